@@ -1,0 +1,41 @@
+"""trainfer: from training to fast inference, with both phases measured.
+
+Public API (the same verbs as the CLI)::
+
+    import trainfer
+    run = trainfer.train(data="digits", model="mlp", epochs=30, out="runs/digits")
+    trainfer.evaluate(run)
+
+Heavy dependencies (torch) load on first use, never at import.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trainfer.errors import TrainferError
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from trainfer.config import Recipe
+    from trainfer.train import Run, evaluate, train
+
+# public name -> module that defines it; imported lazily so `import trainfer` stays light
+_LAZY = {
+    "train": "trainfer.train",
+    "evaluate": "trainfer.train",
+    "Run": "trainfer.train",
+    "Recipe": "trainfer.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainfer' has no attribute {name!r}")
+
+
+__all__ = ["Recipe", "Run", "TrainferError", "__version__", "evaluate", "train"]

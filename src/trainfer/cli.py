@@ -1,0 +1,119 @@
+"""The `trainfer` command line: one verb per phase, the same names as the Python API.
+
+User mistakes print ``error: ...`` (and ``hint: ...``) on stderr and exit with code 2, without a
+traceback. Heavy libraries are imported inside the commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trainfer.errors import TrainferError
+
+app = typer.Typer(
+    name="trainfer",
+    help="Train a model, hand it off to a fast torch-free inference bundle, and measure both phases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(record, default=str))
+    else:
+        from rich.console import Console
+
+        Console(highlight=False).print(human)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model and train sections.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Built-in dataset (digits, iris, wine, breast_cancer, synthetic-classification, "
+             "synthetic-regression, synthetic-images) or a path: .csv, .parquet, .npz, or an image folder "
+             "root/<class>/*.png.")] = None,
+    target: Annotated[str | None, typer.Option(help="Column to predict (CSV/Parquet).")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp, cnn, or a custom builder package.module:function.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a model on your data and write a run directory.
+
+    The run holds recipe.yaml, features.json, metrics.jsonl (one line per epoch), checkpoints/
+    (one per epoch, for --resume), model.safetensors (the best epoch) and summary.json.
+
+    Example: trainfer train --data digits --model mlp --epochs 30 --out runs/digits --seed 0
+    """
+    from trainfer.train import train as train_fn
+
+    show = not quiet and not as_json and sys.stdout.isatty()
+    run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
+                   resume=resume, quiet=not show, overrides=set_ or [])
+    s = run.summary
+    test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
+    human = (
+        f"[bold]trained[/] {run.recipe.model.name} on {run.recipe.data.source}: test {test}\n"
+        f"best epoch {s['best_epoch']} of {s['epochs_run']}"
+        f"{' (early stop)' if s['stopped_early'] else ''}, {s['params']:,} parameters, "
+        f"{s['timings']['total_s']:.1f} s, {s['samples_per_s']:,.0f} samples/s\n"
+        f"{s['overfitting']['line']}\nrun: {run.path}"
+    )
+    _emit({"run": str(run.path), **s}, as_json, human)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    data: Annotated[str | None, typer.Option(
+        help="Labelled data with the training columns; default: the run's own test split.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Score a run on its test split, or on new labelled data.
+
+    Example: trainfer evaluate runs/digits --json
+    """
+    from trainfer.train import Run
+    from trainfer.train import evaluate as evaluate_fn
+
+    result = evaluate_fn(Run.load(run), data)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples): {shown}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; maps TrainferError to exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except TrainferError as exc:
+        _fail(exc.message, exc.hint)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _fail(message: str, hint: str | None) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Image preprocessing: decode with Pillow, resize to a fixed size, normalize per channel.
+
+Raw images are uint8 arrays of shape (n, height, width, 3); the model takes float32 NCHW.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainfer.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """Decode one image file to uint8 (size, size, 3); a corrupt file raises InputError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise InputError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"cannot decode image {path}: {exc}", hint="remove or replace the corrupt file") from None
+
+
+def read_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray:
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = read_image(p, size)
+    return out
+
+
+class ImageFeatures:
+    kind = "image"
+
+    def __init__(self, size: int, mean: list[float], std: list[float]) -> None:
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+
+    @classmethod
+    def fit(cls, images: np.ndarray) -> ImageFeatures:
+        """Per-channel mean and std of the train split, on the [0, 1] scale."""
+        x = images.astype(np.float64) / 255.0
+        mean = x.mean(axis=(0, 1, 2))
+        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
+        return cls(images.shape[1], mean.tolist(), std.tolist())
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size)
+
+    @property
+    def column_names(self) -> list[str]:
+        return ["image"]
+
+    def to_uint8(self, X: Any) -> np.ndarray:
+        """Paths, a folder, PIL images or arrays -> uint8 (n, size, size, 3)."""
+        if isinstance(X, (str, os.PathLike)):
+            p = Path(X)
+            X = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike)):
+            return read_images(X, self.size)
+        if isinstance(X, (list, tuple)) and X and hasattr(X[0], "convert"):  # PIL images
+            X = np.stack([np.asarray(im.convert("RGB")) for im in X])
+        arr = np.asarray(X)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise InputError(f"expected images as (n, height, width, 3) or file paths, got shape {arr.shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError("image array holds NaN or infinity; send pixel values in 0..255")
+        if arr.shape[1:3] != (self.size, self.size):
+            arr = _resize(arr, self.size)
+        return np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Raw images -> float32 (n, 3, size, size), normalized like the training data."""
+        arr = self.to_uint8(X).astype(np.float32) / np.float32(255.0)
+        return ((arr.transpose(0, 3, 1, 2) - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "size": self.size, "channels": 3,
+            "mean": self.mean.reshape(-1).tolist(), "std": self.std.reshape(-1).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageFeatures:
+        return cls(int(d["size"]), d["mean"], d["std"])
+
+
+def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(arr), size, size, 3), dtype=np.uint8)
+    for i, a in enumerate(arr):
+        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+        out[i] = np.asarray(img.resize((size, size), Image.BILINEAR))
+    return out

@@ -1,0 +1,167 @@
+"""Tabular preprocessing: fitted on the train split with numpy/pandas, applied with numpy alone.
+
+Numeric columns: impute the median, then standardize. Categorical columns: impute the most
+frequent value, then one-hot with one extra "unknown" slot for values never seen in training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from trainfer.errors import InputError
+
+MAX_CATEGORIES = 64  # rarer values fall into the unknown slot; keeps the input width bounded
+
+
+def _is_numeric(values: np.ndarray) -> bool:
+    return values.dtype.kind in "iuf"
+
+
+class TabularFeatures:
+    kind = "tabular"
+
+    def __init__(self, columns: list[dict[str, Any]]) -> None:
+        self.columns = columns
+        self._cat_index = [
+            {v: i for i, v in enumerate(c["categories"])} if c["type"] == "categorical" else None
+            for c in columns
+        ]
+
+    # ---- fit -------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, frame: Any) -> TabularFeatures:
+        """Fit on a pandas DataFrame of raw feature columns (train split only)."""
+        columns = []
+        for name in frame.columns:
+            series = frame[name]
+            values = series.to_numpy()
+            if _is_numeric(values) and series.dtype.kind != "b":
+                v = values.astype(np.float64)
+                finite = v[np.isfinite(v)]
+                fill = float(np.median(finite)) if len(finite) else 0.0
+                v = np.where(np.isfinite(v), v, fill)
+                std = float(v.std())
+                columns.append({
+                    "name": str(name), "type": "numeric", "fill": fill,
+                    "mean": float(v.mean()), "std": std if std > 1e-12 else 1.0,
+                })
+            else:
+                present = [_category(x) for x in values.tolist() if not _missing(x)]
+                uniq, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True) \
+                    if present else (np.array([]), np.array([]))
+                order = np.argsort(-counts, kind="stable")
+                cats = [str(uniq[i]) for i in order[:MAX_CATEGORIES]]
+                columns.append({
+                    "name": str(name), "type": "categorical",
+                    "categories": sorted(cats), "fill": cats[0] if cats else None,
+                })
+        return cls(columns)
+
+    # ---- shape -----------------------------------------------------------------------------
+    @property
+    def column_names(self) -> list[str]:
+        return [c["name"] for c in self.columns]
+
+    @property
+    def width(self) -> int:
+        return sum(1 if c["type"] == "numeric" else len(c["categories"]) + 1 for c in self.columns)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.width,)
+
+    # ---- apply -----------------------------------------------------------------------------
+    def transform(self, X: Any) -> np.ndarray:
+        """Raw rows -> float32 matrix of shape (n, width), in numpy alone.
+
+        X: a DataFrame, a list of dicts keyed by column name, or a 2-D array whose columns are
+        in training order. Missing values are imputed; unseen categories go to the unknown slot;
+        a column that is absent, a non-number in a numeric column, or an infinity raises
+        InputError naming the row and column.
+        """
+        cols = self._columns_of(X)
+        n = len(cols[0]) if cols else 0
+        out = np.zeros((n, self.width), dtype=np.float32)
+        j = 0
+        for spec, values, index in zip(self.columns, cols, self._cat_index):
+            if spec["type"] == "numeric":
+                v = _to_float(values, spec["name"])
+                bad = np.isinf(v)
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    raise InputError(f"row {row}, column {spec['name']!r}: value is infinite; send a finite number")
+                v = np.where(np.isnan(v), spec["fill"], v)
+                out[:, j] = (v - spec["mean"]) / spec["std"]
+                j += 1
+            else:
+                unknown = len(spec["categories"])
+                for i, x in enumerate(values.tolist() if hasattr(values, "tolist") else values):
+                    key = spec["fill"] if _missing(x) else _category(x)
+                    out[i, j + index.get(key, unknown)] = 1.0
+                j += unknown + 1
+        return out
+
+    def _columns_of(self, X: Any) -> list[np.ndarray]:
+        names = self.column_names
+        if hasattr(X, "columns") and hasattr(X, "__getitem__"):  # DataFrame, without importing pandas
+            missing = [c for c in names if c not in X.columns]
+            if missing:
+                raise InputError(f"missing column(s) {missing}; the model expects {names}")
+            return [X[c].to_numpy() for c in names]
+        if isinstance(X, dict):
+            X = [X]
+        if isinstance(X, list) and (not X or isinstance(X[0], dict)):
+            for i, row in enumerate(X):
+                if not isinstance(row, dict):
+                    raise InputError(f"row {i}: expected an object of named features, got {type(row).__name__}")
+                missing = [c for c in names if c not in row]
+                if missing:
+                    raise InputError(f"row {i}: missing column(s) {missing}; the model expects {names}")
+            return [np.asarray([row[c] for row in X], dtype=object) for c in names]
+        arr = np.asarray(X, dtype=object) if not isinstance(X, np.ndarray) else X
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != len(names):
+            raise InputError(
+                f"expected rows of {len(names)} features {names}, got an array of shape {arr.shape}"
+            )
+        return [arr[:, k] for k in range(len(names))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "columns": self.columns}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TabularFeatures:
+        return cls(d["columns"])
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x)) or str(x) in ("nan", "NaN", "<NA>", "NaT")
+
+
+def _category(x: Any) -> str:
+    # 3, 3.0 and "3" are one category: a CSV may give any of them for the same value.
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)
+    return str(x)
+
+
+def _to_float(values: np.ndarray, column: str) -> np.ndarray:
+    if values.dtype.kind in "iufb":
+        return values.astype(np.float64)
+    out = np.empty(len(values), dtype=np.float64)
+    for i, x in enumerate(values.tolist()):
+        if _missing(x) or (isinstance(x, str) and x.strip() == ""):
+            out[i] = np.nan
+            continue
+        if isinstance(x, bool):
+            out[i] = float(x)
+            continue
+        try:
+            out[i] = float(x)
+        except (TypeError, ValueError):
+            raise InputError(f"row {i}, column {column!r}: expected a number, got {x!r}") from None
+    return out

@@ -1,0 +1,61 @@
+"""The training side: the loop, checkpoints, finished runs and their evaluation (torch lives here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainfer.config import Recipe, build_recipe
+from trainfer.train.evaluate import evaluate
+from trainfer.train.loop import train_run
+from trainfer.train.run import Run
+
+
+def train(
+    recipe: str | Path | dict[str, Any] | Recipe | None = None,
+    *,
+    out: str | Path,
+    data: str | None = None,
+    target: str | None = None,
+    model: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    overrides: list[str] | None = None,
+) -> Run:
+    """Train a model and return the finished Run.
+
+    Example: ``run = trainfer.train(data="digits", model="mlp", epochs=30, out="runs/digits")``.
+    ``recipe`` is a YAML path, a dict or a Recipe; keyword shortcuts and ``overrides``
+    (``["train.lr=0.01"]``) change its values. With ``resume=True`` the run continues from its
+    last checkpoint, using the recipe recorded in ``out``.
+    """
+    shortcuts = {"data.source": data, "data.target": target, "model.name": model, "train.epochs": epochs,
+                 "seed": seed}
+    out = Path(out)
+    if resume and (out / "recipe.yaml").is_file():
+        resolved = _resume_recipe(out, recipe, shortcuts, overrides)
+        if (out / "summary.json").is_file():
+            return Run.load(out)  # already complete: nothing to do
+    else:
+        resolved = build_recipe(recipe, overrides, **shortcuts)
+    train_run(resolved, out, resume=resume, quiet=quiet)
+    return Run.load(out)
+
+
+def _resume_recipe(out: Path, recipe: Any, shortcuts: dict[str, Any], overrides: list[str] | None) -> Recipe:
+    from trainfer.errors import ConfigError
+
+    stored = build_recipe(out / "recipe.yaml")
+    asked = build_recipe(recipe if recipe is not None else stored, overrides, **shortcuts)
+    a, b = stored.model_dump(), asked.model_dump()
+    diff = [f"{sec}.{k}" for sec in a if isinstance(a[sec], dict) for k in a[sec] if a[sec][k] != b[sec][k]]
+    diff += [k for k in a if not isinstance(a[k], dict) and a[k] != b[k]]
+    if diff:
+        raise ConfigError(f"cannot resume {out} with a different recipe (differs in: {', '.join(diff)})",
+                          hint="drop those options to resume as recorded, or train into a new --out")
+    return stored
+
+
+__all__ = ["Run", "evaluate", "train"]

@@ -1,0 +1,100 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, each file written atomically.
+
+``state.json`` is written last and names the tensor files it belongs to, so a crash at any point
+leaves either the previous complete checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainfer._atomic import write_json, write_with
+from trainfer.errors import RunError
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata=meta))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing") from None
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise RunError(f"{path} is unreadable ({exc}); the run is damaged") from None
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and plain values (for JSON)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    for idx, st in sd["state"].items():
+        entry = {}
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                entry[name] = value
+        plain["state"][str(idx)] = entry
+    return tensors, plain
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in plain["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def save_checkpoint(ckpt_dir: Path, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    state: dict[str, Any], best_model: dict[str, torch.Tensor] | None) -> None:
+    """Write epoch ``epoch``'s checkpoint; ``best_model`` when this epoch is the new best."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    opt_tensors, opt_plain = optimizer_to_flat(opt)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    last_file = f"epoch-{epoch:04d}.safetensors"
+    save_tensors(ckpt_dir / last_file, tensors)
+    if best_model is not None:
+        state["best_file"] = f"best-{epoch:04d}.safetensors"
+        save_tensors(ckpt_dir / state["best_file"], best_model)
+    state.update(epoch=epoch, last_file=last_file, optimizer=opt_plain)
+    write_json(ckpt_dir / "state.json", state)
+    keep = {last_file, state.get("best_file"), "state.json"}
+    for stale in ckpt_dir.iterdir():  # older epochs and abandoned temporaries
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The last complete checkpoint as (state, tensors), or None when there is none yet."""
+    state_path = ckpt_dir / "state.json"
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+    except ValueError:
+        raise RunError(f"{state_path} is unreadable; the run is damaged") from None
+    return state, load_tensors(ckpt_dir / state["last_file"])
+
+
+def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
+            tensors: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_from_flat(opt, tensors, state["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])

@@ -1,0 +1,36 @@
+"""Metrics for a finished run: on its recorded test split, or on new labelled data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trainfer.data import load_dataset
+from trainfer.errors import DataError
+from trainfer.train.metrics import compute_metrics
+from trainfer.train.run import Run
+
+
+def evaluate(run: Run, data: str | None = None) -> dict[str, Any]:
+    """Score ``run`` on its test split (``data=None``) or on a labelled source with the same columns."""
+    target = run.features.target
+    if data is None:
+        cfg = run.recipe.data
+        ds = load_dataset(cfg)
+        recorded = run.split()
+        if ds.fingerprint() != recorded["fingerprint"]:
+            raise DataError(f"the data at {cfg.source!r} changed since the run was trained",
+                            hint="pass --data to evaluate on new labelled data")
+        idx = np.asarray(recorded["test"], dtype=np.int64)
+        X, y, source, split = ds.rows(idx), ds.y[idx], cfg.source, "test"
+    else:
+        cfg = run.recipe.data.model_copy(update={"source": data, "options": {}})
+        if run.recipe.data.source == data:
+            cfg = run.recipe.data
+        ds = load_dataset(cfg)
+        X, y, source, split = ds.X, ds.y, data, "all"
+    if target.task == "regression":
+        y = np.asarray(y, dtype=np.float64)
+    metrics = compute_metrics(run.outputs(X), target.encode(y), target)
+    return {"run": str(run.path), "data": source, "split": split, "samples": len(y), "metrics": metrics}

@@ -1,0 +1,248 @@
+"""The training loop, written out top to bottom: setup, data, model, optimizer, loop, finish.
+
+Adapters that come later (tuning, privacy, distributed, federated) wrap these pieces; they do not
+subclass a trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainfer._atomic import write_json, write_text
+from trainfer.config import Recipe
+from trainfer.data import Prepared, Split, prepare
+from trainfer.errors import RunError
+from trainfer.models import build_model, count_parameters
+from trainfer.train.checkpoint import load_checkpoint, load_tensors, restore, save_checkpoint, save_tensors
+from trainfer.train.metrics import compute_metrics, monitor
+from trainfer.train.progress import Progress
+from trainfer.train.schedule import lr_at
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RunError("train.device=cuda but no CUDA device is available", hint="use train.device=auto")
+    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def predict_outputs(model: nn.Module, X: np.ndarray, device: torch.device, batch_size: int = 1024,
+                    precision: str = "fp32") -> np.ndarray:
+    """Raw model outputs (logits or standardized values) for a preprocessed array, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in range(0, len(X), batch_size):
+        xb = torch.from_numpy(X[i:i + batch_size]).to(device)
+        with _autocast(device, precision):
+            outs.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 1), dtype=np.float32)
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = True) -> Path:
+    """Train ``recipe`` into the run directory ``out``; returns ``out``. See trainfer.train."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    cfg = recipe.train
+    split = _recorded_split(out) if resume else None
+
+    # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
+    data: Prepared = prepare(recipe.data, recipe.seed, split)
+    features = data.features
+    task = features.task
+    t_data = time.perf_counter() - t_start
+
+    # -- model: seeded, so the same seed builds the same initial weights
+    torch.manual_seed(recipe.seed)
+    device = pick_device(cfg.device)
+    model = build_model(recipe.model, features.input_shape, features.n_outputs).to(device)
+    n_params = count_parameters(model)
+
+    # -- optimizer. Weight decay only on weights that multiply inputs, not on biases or BN (nanoGPT).
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if task == "classification":
+        loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    else:
+        loss_fn = nn.MSELoss()
+
+    # -- tensors on the device once; batches are index slices (no DataLoader overhead for in-memory data)
+    X_train = torch.from_numpy(data.X["train"]).to(device)
+    y_train = torch.from_numpy(data.y["train"]).to(device)
+    if task == "regression":
+        y_train = y_train.view(-1, 1)
+    n_train = len(X_train)
+    bs = min(cfg.batch_size, n_train)
+    steps_per_epoch = -(-n_train // bs)
+    if n_train % bs == 1 and steps_per_epoch > 1:
+        steps_per_epoch -= 1  # a batch of one breaks BatchNorm's batch statistics: drop it
+    total_steps = steps_per_epoch * cfg.epochs
+    metric_name, mode = monitor(task)
+
+    # -- state: fresh, or the last complete checkpoint
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
+                             "elapsed_s": 0.0}
+    ckpt = load_checkpoint(ckpt_dir) if resume else None
+    if ckpt is not None:
+        state, tensors = ckpt
+        restore(model, opt, state, tensors)
+    else:
+        _start_run_dir(out, recipe, data, resume)
+
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    progress = Progress(cfg.epochs, steps_per_epoch, enabled=not quiet)
+    t_loop = time.perf_counter()
+    try:
+        with progress:
+            progress.advance_to(state["epoch"])
+            for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+                if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+                    break
+                t0 = time.perf_counter()
+                model.train()
+                # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state.
+                perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(recipe.seed * 100003 + epoch))
+                perm = perm.to(device)
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device, dtype=torch.long)
+                seen = 0
+                for i in range(steps_per_epoch):
+                    step = (epoch - 1) * steps_per_epoch + i
+                    lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup_fraction)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    idx = perm[i * bs:(i + 1) * bs]
+                    xb, yb = X_train[idx], y_train[idx]
+                    with _autocast(device, cfg.precision):
+                        out_b = model(xb)
+                        loss = loss_fn(out_b.float(), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    loss_sum += loss.detach() * len(idx)
+                    if task == "classification":
+                        correct += (out_b.detach().argmax(1) == yb).sum()
+                    seen += len(idx)
+                    progress.step()
+                train_s = time.perf_counter() - t0
+
+                val = compute_metrics(predict_outputs(model, data.X["val"], device, cfg.eval_batch_size,
+                                                      cfg.precision), data.y["val"], features.target)
+                record = {"epoch": epoch, "train_loss": float(loss_sum) / seen}
+                if task == "classification":
+                    record["train_accuracy"] = float(correct) / seen
+                record.update({f"val_{k}": v for k, v in val.items()})
+                record.update(lr=lr, samples_per_s=seen / train_s, train_s=train_s,
+                              epoch_s=time.perf_counter() - t0)
+
+                score = val[metric_name]
+                improved = _improved(score, val["loss"], state, mode, cfg.min_delta)
+                if improved:
+                    state.update(best=score, best_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
+                else:
+                    state["bad_epochs"] += 1
+                state["history"].append(record)
+                state["elapsed_s"] += time.perf_counter() - t0
+                best_weights = model.state_dict() if improved else None
+                save_checkpoint(ckpt_dir, epoch, model, opt, state, best_weights)
+                # Rewritten whole from the checkpointed history, so it never holds an epoch twice.
+                write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+                progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+    t_loop = time.perf_counter() - t_loop
+
+    # -- finish: the best epoch's weights become the model; summary.json last marks the run complete
+    best = load_tensors(ckpt_dir / state["best_file"])
+    model.load_state_dict(best)
+    save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
+    summary = _summary(model, data, device, cfg, state, n_params,
+                       {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
+                        "total_s": time.perf_counter() - t_start})
+    write_json(out / "summary.json", summary)
+    return out
+
+
+def _improved(score: float, loss: float, state: dict[str, Any], mode: str, min_delta: float) -> bool:
+    """Better on the monitored metric; on a tie (accuracy saturates on small validation sets), lower loss."""
+    best = state["best"]
+    if best is None:
+        return True
+    better = score > best + min_delta if mode == "max" else score < best - min_delta
+    return better or (score == best and loss < state.get("best_loss", float("inf")))
+
+
+def _start_run_dir(out: Path, recipe: Recipe, data: Prepared, resume: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise RunError(f"run directory {out} already exists and is not empty",
+                       hint="pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "recipe.yaml", recipe.to_yaml())
+    data.features.save(out / "features.json")
+    write_json(out / "split.json", {"seed": recipe.seed, "fingerprint": data.dataset.fingerprint(),
+                                    **data.split.to_dict()})
+
+
+def _recorded_split(out: Path) -> Split | None:
+    path = out / "split.json"
+    return Split.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, state: dict[str, Any],
+             n_params: int, timings: dict[str, float]) -> dict[str, Any]:
+    target = data.features.target
+    splits = {name: compute_metrics(predict_outputs(model, data.X[name], device, cfg.eval_batch_size, cfg.precision),
+                                    data.y[name], target) for name in ("train", "val", "test")}
+    metric_name, _ = monitor(target.task)
+    gap = splits["train"][metric_name] - splits["val"][metric_name]
+    if target.task == "regression":
+        gap = -gap  # for rmse, validation worse than train means a positive gap
+    points = 100 * gap if target.task == "classification" else gap
+    unit = "points" if target.task == "classification" else f"{metric_name}"
+    history = state["history"]
+    epochs_run = history[-1]["epoch"] if history else 0
+    return {
+        "task": target.task,
+        "train": splits["train"], "val": splits["val"], "test": splits["test"],
+        "monitor": f"val_{metric_name}",
+        "best_epoch": state["best_epoch"],
+        "epochs_run": epochs_run,
+        "epochs_max": cfg.epochs,
+        "stopped_early": epochs_run < cfg.epochs,
+        "overfitting": {
+            "train_minus_val": gap,
+            "line": f"train {metric_name} {splits['train'][metric_name]:.4f} vs val "
+                    f"{splits['val'][metric_name]:.4f}: gap {points:+.2f} {unit}"
+                    + (" (overfitting)" if (target.task == "classification" and points > 5) else ""),
+        },
+        "params": n_params,
+        "samples": {k: len(v) for k, v in data.y.items()},
+        "samples_per_s": float(np.median([r["samples_per_s"] for r in history])) if history else 0.0,
+        "timings": timings,
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "data": {"source": data.dataset.name, "fingerprint": data.dataset.fingerprint()},
+        "versions": {"torch": torch.__version__, "numpy": np.__version__},
+    }

@@ -1,0 +1,82 @@
+"""A finished run: its recipe, features, summary and model, loaded from the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from trainfer.config import Recipe, validate
+from trainfer.errors import RunError
+from trainfer.features import Features
+from trainfer.models import build_model
+from trainfer.train.checkpoint import load_tensors
+
+
+class Run:
+    """A completed training run. ``Run.load("runs/digits")`` opens one; ``trainfer.train`` returns one.
+
+    Attributes: ``path``, ``recipe``, ``features``, ``summary`` (dict), ``model`` (torch, eval mode).
+    """
+
+    def __init__(self, path: Path, recipe: Recipe, features: Features, summary: dict[str, Any],
+                 model: torch.nn.Module) -> None:
+        self.path = path
+        self.recipe = recipe
+        self.features = features
+        self.summary = summary
+        self.model = model
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"run directory {path} not found", hint="pass the --out directory of `trainfer train`")
+        if not (path / "summary.json").is_file():
+            raise RunError(f"run {path} is incomplete (no summary.json)",
+                           hint=f"finish it with: trainfer train --out {path} --resume")
+        try:
+            recipe = validate(yaml.safe_load((path / "recipe.yaml").read_text()), str(path / "recipe.yaml"))
+            summary = json.loads((path / "summary.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise RunError(f"run {path} is damaged: {exc}") from None
+        features = Features.load(path / "features.json")
+        model = build_model(recipe.model, features.input_shape, features.n_outputs)
+        model.load_state_dict(load_tensors(path / "model.safetensors"))
+        model.eval()
+        return cls(path, recipe, features, summary, model)
+
+    @property
+    def task(self) -> str:
+        return self.features.task
+
+    def split(self) -> dict[str, Any]:
+        return json.loads((self.path / "split.json").read_text())
+
+    def outputs(self, X: Any, batch_size: int = 1024) -> np.ndarray:
+        """Raw model outputs for raw input rows (the torch reference for export parity)."""
+        from trainfer.train.loop import predict_outputs
+
+        device = next(self.model.parameters()).device
+        return predict_outputs(self.model, self.features.transform(X), device, batch_size)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities from the torch model, for raw input rows."""
+        if self.task != "classification":
+            raise RunError("predict_proba is for classification runs; use predict for regression")
+        z = self.outputs(X).astype(np.float64)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Labels (classification) or values (regression) in the original space, from torch."""
+        return self.features.target.decode(self.outputs(X))
+
+    def __repr__(self) -> str:
+        test = self.summary.get("test", {})
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if k != "loss")
+        return f"Run({str(self.path)!r}, {self.recipe.model.name}, test: {shown})"
