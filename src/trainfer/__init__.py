@@ -5,6 +5,9 @@ Public API (the same verbs as the CLI)::
     import trainfer
     run = trainfer.train(data="digits", model="mlp", epochs=30, out="runs/digits")
     trainfer.evaluate(run)
+    trainfer.export(run, "bundles/digits")
+    predictor = trainfer.load("bundles/digits")   # numpy + onnxruntime only: no torch
+    predictor.predict(rows)
 
 Heavy dependencies (torch) load on first use, never at import.
 """
@@ -19,6 +22,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from trainfer.config import Recipe
+    from trainfer.export import export
+    from trainfer.runtime import Predictor, load
     from trainfer.train import Run, evaluate, train
 
 # public name -> module that defines it; imported lazily so `import trainfer` stays light
@@ -27,6 +32,9 @@ _LAZY = {
     "evaluate": "trainfer.train",
     "Run": "trainfer.train",
     "Recipe": "trainfer.config",
+    "export": "trainfer.export",
+    "load": "trainfer.runtime",
+    "Predictor": "trainfer.runtime",
 }
 
 
@@ -38,4 +46,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainfer' has no attribute {name!r}")
 
 
-__all__ = ["Recipe", "Run", "TrainferError", "__version__", "evaluate", "train"]
+__all__ = ["Predictor", "Recipe", "Run", "TrainferError", "__version__", "evaluate", "export", "load", "train"]

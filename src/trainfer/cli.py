@@ -97,6 +97,62 @@ def evaluate(
     _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples): {shown}")
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export a run to a lossless ONNX inference bundle (BatchNorm folded, parity checked).
+
+    The bundle holds model.onnx and manifest.json (schema, preprocessing, labels, metrics, provenance,
+    sha256 of every file). Loading it needs numpy and onnxruntime, not torch.
+
+    Example: trainfer export runs/digits --out bundles/digits
+    """
+    from trainfer.export import export as export_fn
+    from trainfer.runtime import read_manifest
+
+    path = export_fn(run, out, force=force)
+    m = read_manifest(path)
+    human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
+             f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
+             f"max abs diff {m['parity']['max_abs_diff']:.2e}"
+             + (f", argmax agreement {m['parity']['argmax_agreement']:.4f}" if "argmax_agreement" in m["parity"] else ""))
+    _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"]}, as_json, human)
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
+    input: Annotated[Path, typer.Argument(help="CSV, Parquet, .npz (array X), an image, or a folder of images.")],
+    out: Annotated[Path, typer.Option(help="Where to write predictions: .csv or .json.")] = Path("predictions.csv"),
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory.", min=1)] = 4096,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Batch inference from a file: predictions in input order, with the id column when there is one.
+
+    Example: trainfer predict bundles/digits new_rows.csv --out preds.csv
+    """
+    from trainfer.runtime import load
+    from trainfer.runtime.files import predict_file
+
+    pred = load(bundle, threads=threads)
+    if quiet or as_json or not sys.stdout.isatty():
+        report = predict_file(pred, input, out, chunk_size)
+    else:
+        from rich.progress import Progress
+
+        with Progress() as bar:
+            task = bar.add_task("predicting", total=None)
+            report = predict_file(pred, input, out, chunk_size,
+                                  on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; maps TrainferError to exit code 2."""
     try:

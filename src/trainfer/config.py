@@ -35,7 +35,7 @@ class ModelConfig(_Strict):
     name: str = Field("mlp", description="mlp, cnn, or package.module:function")
     hidden: list[int] = Field(default_factory=lambda: [256, 128], description="mlp hidden sizes")
     channels: list[int] = Field(default_factory=lambda: [32, 64, 128], description="cnn stage widths")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
     batchnorm: bool = True
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a custom model")
 
@@ -45,7 +45,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: float = Field(0.2, ge=0.0, lt=1.0)

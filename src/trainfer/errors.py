@@ -44,7 +44,19 @@ class ExportError(TrainferError):
 
 
 class InputError(TrainferError):
-    """Inference input does not match the bundle's input schema."""
+    """Inference input does not match the bundle's input schema; names the row and column when known."""
+
+    def __init__(self, message: str, hint: str | None = None, *, row: int | None = None,
+                 column: str | None = None) -> None:
+        where = ", ".join(x for x in (f"row {row}" if row is not None else "",
+                                      f"column {column!r}" if column is not None else "") if x)
+        super().__init__(f"{where}: {message}" if where else message, hint)
+        self.problem, self.row, self.column = message, row, column
+
+    def shifted(self, offset: int) -> InputError:
+        """The same error with the row counted from ``offset`` (for inputs processed in chunks)."""
+        row = None if self.row is None else self.row + offset
+        return InputError(self.problem, self.hint, row=row, column=self.column)
 
 
 class MissingDependencyError(TrainferError):

@@ -29,6 +29,12 @@ class TabularFeatures:
             {v: i for i, v in enumerate(c["categories"])} if c["type"] == "categorical" else None
             for c in columns
         ]
+        # All-numeric tables (the common case) take one vectorized path instead of a loop per column.
+        self._all_numeric = all(c["type"] == "numeric" for c in columns)
+        if self._all_numeric:
+            self._fill = np.asarray([c["fill"] for c in columns], dtype=np.float64)
+            self._mean = np.asarray([c["mean"] for c in columns], dtype=np.float64)
+            self._std = np.asarray([c["std"] for c in columns], dtype=np.float64)
 
     # ---- fit -------------------------------------------------------------------------------
     @classmethod
@@ -82,6 +88,8 @@ class TabularFeatures:
         a column that is absent, a non-number in a numeric column, or an infinity raises
         InputError naming the row and column.
         """
+        if self._all_numeric and isinstance(X, np.ndarray) and X.dtype.kind in "iufb":
+            return self._transform_numeric(X)
         cols = self._columns_of(X)
         n = len(cols[0]) if cols else 0
         out = np.zeros((n, self.width), dtype=np.float32)
@@ -92,7 +100,7 @@ class TabularFeatures:
                 bad = np.isinf(v)
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
-                    raise InputError(f"row {row}, column {spec['name']!r}: value is infinite; send a finite number")
+                    raise InputError("value is infinite; send a finite number", row=row, column=spec["name"])
                 v = np.where(np.isnan(v), spec["fill"], v)
                 out[:, j] = (v - spec["mean"]) / spec["std"]
                 j += 1
@@ -103,6 +111,21 @@ class TabularFeatures:
                     out[i, j + index.get(key, unknown)] = 1.0
                 j += unknown + 1
         return out
+
+    def _transform_numeric(self, X: np.ndarray) -> np.ndarray:
+        v = X.reshape(1, -1) if X.ndim == 1 else X
+        if v.ndim != 2 or v.shape[1] != len(self.columns):
+            names = self.column_names
+            raise InputError(f"expected rows of {len(names)} features {names}, got an array of shape {X.shape}")
+        v = v.astype(np.float64)
+        if v.dtype.kind == "f":
+            bad = np.isinf(v)
+            if bad.any():
+                row, col = (int(i) for i in np.argwhere(bad)[0])
+                raise InputError("value is infinite; send a finite number", row=row,
+                                 column=self.columns[col]["name"])
+            v = np.where(np.isnan(v), self._fill, v)
+        return ((v - self._mean) / self._std).astype(np.float32)
 
     def _columns_of(self, X: Any) -> list[np.ndarray]:
         names = self.column_names
@@ -116,10 +139,10 @@ class TabularFeatures:
         if isinstance(X, list) and (not X or isinstance(X[0], dict)):
             for i, row in enumerate(X):
                 if not isinstance(row, dict):
-                    raise InputError(f"row {i}: expected an object of named features, got {type(row).__name__}")
+                    raise InputError(f"expected an object of named features, got {type(row).__name__}", row=i)
                 missing = [c for c in names if c not in row]
                 if missing:
-                    raise InputError(f"row {i}: missing column(s) {missing}; the model expects {names}")
+                    raise InputError(f"missing column(s) {missing}; the model expects {names}", row=i)
             return [np.asarray([row[c] for row in X], dtype=object) for c in names]
         arr = np.asarray(X, dtype=object) if not isinstance(X, np.ndarray) else X
         if arr.ndim == 1:
@@ -163,5 +186,5 @@ def _to_float(values: np.ndarray, column: str) -> np.ndarray:
         try:
             out[i] = float(x)
         except (TypeError, ValueError):
-            raise InputError(f"row {i}, column {column!r}: expected a number, got {x!r}") from None
+            raise InputError(f"expected a number, got {x!r}", row=i, column=column) from None
     return out

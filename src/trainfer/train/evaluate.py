@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from trainfer.data import load_dataset
-from trainfer.errors import DataError
 from trainfer.train.metrics import compute_metrics
 from trainfer.train.run import Run
 
@@ -16,18 +15,10 @@ def evaluate(run: Run, data: str | None = None) -> dict[str, Any]:
     """Score ``run`` on its test split (``data=None``) or on a labelled source with the same columns."""
     target = run.features.target
     if data is None:
-        cfg = run.recipe.data
-        ds = load_dataset(cfg)
-        recorded = run.split()
-        if ds.fingerprint() != recorded["fingerprint"]:
-            raise DataError(f"the data at {cfg.source!r} changed since the run was trained",
-                            hint="pass --data to evaluate on new labelled data")
-        idx = np.asarray(recorded["test"], dtype=np.int64)
-        X, y, source, split = ds.rows(idx), ds.y[idx], cfg.source, "test"
+        (X, y), source, split = run.load_split("test"), run.recipe.data.source, "test"
     else:
-        cfg = run.recipe.data.model_copy(update={"source": data, "options": {}})
-        if run.recipe.data.source == data:
-            cfg = run.recipe.data
+        cfg = run.recipe.data if run.recipe.data.source == data else \
+            run.recipe.data.model_copy(update={"source": data, "options": {}})
         ds = load_dataset(cfg)
         X, y, source, split = ds.X, ds.y, data, "all"
     if target.task == "regression":

@@ -57,12 +57,29 @@ class Run:
     def split(self) -> dict[str, Any]:
         return json.loads((self.path / "split.json").read_text())
 
+    def load_split(self, name: str = "test") -> tuple[Any, np.ndarray]:
+        """Raw rows and raw targets of one recorded split (train, val or test) of the run's data."""
+        from trainfer.data import load_dataset
+        from trainfer.errors import DataError
+
+        ds = load_dataset(self.recipe.data)
+        recorded = self.split()
+        if ds.fingerprint() != recorded["fingerprint"]:
+            raise DataError(f"the data at {self.recipe.data.source!r} changed since the run was trained",
+                            hint="pass labelled data explicitly (e.g. --data) instead of the recorded split")
+        idx = np.asarray(recorded[name], dtype=np.int64)
+        return ds.rows(idx), ds.y[idx]
+
     def outputs(self, X: Any, batch_size: int = 1024) -> np.ndarray:
-        """Raw model outputs for raw input rows (the torch reference for export parity)."""
+        """Raw model outputs (logits, or standardized values) for raw input rows."""
+        return self.outputs_preprocessed(self.features.transform(X), batch_size)
+
+    def outputs_preprocessed(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Raw model outputs for already preprocessed float32 input (the torch reference for export)."""
         from trainfer.train.loop import predict_outputs
 
         device = next(self.model.parameters()).device
-        return predict_outputs(self.model, self.features.transform(X), device, batch_size)
+        return predict_outputs(self.model, X, device, batch_size)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities from the torch model, for raw input rows."""

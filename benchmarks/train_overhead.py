@@ -1,0 +1,200 @@
+"""Training-loop overhead: trainfer.train() against a minimal hand-written PyTorch loop.
+
+Both sides train the same model (trainfer.models.build_model, same seed) on the same preprocessed
+arrays with the same batch size, AdamW param groups, lr schedule, grad clipping and thread count.
+The baseline also runs a validation pass each epoch (any early-stopping loop needs one) but writes
+no checkpoints. Rounds are interleaved in one process (MEASURE.md: compare A/B as a same-run ratio).
+
+    .venv/bin/python benchmarks/train_overhead.py            # full: ~1-2 min on 2 cores
+    .venv/bin/python benchmarks/train_overhead.py --quick    # smoke run, a few seconds
+
+The last line printed is one JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainfer.config import Recipe, build_recipe
+from trainfer.data import Prepared, prepare
+from trainfer.models import build_model
+
+# The function behind the public `trainfer.train`: that attribute turns into the `trainfer.train`
+# subpackage once the subpackage is imported (by the line below, or by a second access).
+from trainfer.train import train as trainfer_train
+from trainfer.train.schedule import lr_at
+
+GOAL_OVERHEAD_PCT = 5.0
+
+
+def make_recipe(n_samples: int, epochs: int, batch: int, threads: int) -> Recipe:
+    return build_recipe({
+        "data": {"source": "synthetic-classification",
+                 "options": {"n_samples": n_samples, "n_features": 64}},
+        "model": {"name": "mlp", "hidden": [256, 256]},
+        # patience=null: no early stopping, so both sides run exactly `epochs` epochs.
+        # device=cpu: the goal is about CPU training; threads is recorded (the run sets it below).
+        "train": {"epochs": epochs, "batch_size": batch, "patience": None, "device": "cpu",
+                  "threads": threads},
+    })
+
+
+def run_trainfer(recipe: Recipe, n_train: int) -> tuple[float, float, float]:
+    """(samples/s over the loop wall time incl. eval + checkpoints, loop seconds, train-phase seconds)."""
+    with tempfile.TemporaryDirectory(prefix="bench-trainfer-") as tmp:
+        run = trainfer_train(recipe, out=Path(tmp) / "run", quiet=True)
+        records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    loop_s = float(run.summary["timings"]["train_loop_s"])
+    epochs = int(run.summary["epochs_run"])
+    return n_train * epochs / loop_s, loop_s, sum(r["train_s"] for r in records)
+
+
+def run_baseline(recipe: Recipe, data: Prepared) -> tuple[float, float, float]:
+    """What a competent engineer writes by hand: per-step lr, fwd, loss, bwd, clip, step; val per epoch."""
+    cfg = recipe.train
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    X, y = torch.from_numpy(data.X["train"]), torch.from_numpy(data.y["train"])
+    Xv, yv = torch.from_numpy(data.X["val"]), torch.from_numpy(data.y["val"])
+    n, bs = len(X), cfg.batch_size
+    steps = -(-n // bs)  # same step count as trainfer (its drop-a-batch-of-one rule never fires here)
+    total = steps * cfg.epochs
+    train_s = 0.0
+    t_loop = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n)
+        for i in range(steps):
+            lr = lr_at(epoch * steps + i, total, cfg.lr, cfg.schedule, cfg.warmup_fraction)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = perm[i * bs:(i + 1) * bs]
+            loss = loss_fn(model(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+        train_s += time.perf_counter() - t0
+        model.eval()
+        ebs = cfg.eval_batch_size
+        with torch.inference_mode():
+            correct = sum(int((model(Xv[j:j + ebs]).argmax(1) == yv[j:j + ebs]).sum())
+                          for j in range(0, len(Xv), ebs))
+        _ = correct / len(Xv)  # the number early stopping would compare
+    loop_s = time.perf_counter() - t_loop
+    return n * cfg.epochs / loop_s, loop_s, train_s
+
+
+def environment(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError, StopIteration):  # platform.processor() is often just "x86_64"
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+            return done.stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {"cpu_model": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "git_revision": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved A/B rounds (default 5, quick 3)")
+    ap.add_argument("--quick", action="store_true", help="small data and few epochs, for smoke runs")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores, max 8)")
+    args = ap.parse_args()
+    rounds = args.rounds or (3 if args.quick else 5)
+    n_samples, epochs, batch = (4000, 2, 128) if args.quick else (20000, 5, 128)
+    threads = args.threads or min(os.cpu_count() or 1, 8)
+    # Set once for the whole process, so both sides run at exactly the same thread count.
+    torch.set_num_threads(threads)
+
+    recipe = make_recipe(n_samples, epochs, batch, threads)
+    data = prepare(recipe.data, recipe.seed)  # the same arrays trainfer.train() prepares for itself
+    n_train = len(data.y["train"])
+    print(f"train_overhead: {n_train} train / {len(data.y['val'])} val samples, "
+          f"mlp 64-256-256-{data.features.n_outputs}, batch {batch}, {epochs} epochs, {threads} threads,"
+          f" {rounds} rounds")
+
+    # Warm-up, unmeasured: first-call costs (lazy imports, allocator, kernel selection) hit one side only.
+    warm = recipe.model_copy(update={"train": recipe.train.model_copy(update={"epochs": 1})})
+    run_trainfer(warm, n_train)
+    run_baseline(warm, data)
+
+    raw: list[dict[str, float]] = []
+    for r in range(rounds):
+        # Alternate who goes first (A B, B A, ...) so slow drift on a shared machine favours neither side.
+        order = ("trainfer", "baseline") if r % 2 == 0 else ("baseline", "trainfer")
+        res: dict[str, tuple[float, float, float]] = {}
+        for side in order:
+            res[side] = run_trainfer(recipe, n_train) if side == "trainfer" else run_baseline(recipe, data)
+        (tf_sps, tf_loop, tf_train), (bl_sps, bl_loop, bl_train) = res["trainfer"], res["baseline"]
+        raw.append({"trainfer_samples_per_s": tf_sps, "baseline_samples_per_s": bl_sps,
+                    "trainfer_loop_s": tf_loop, "baseline_loop_s": bl_loop,
+                    "trainfer_train_phase_s": tf_train, "baseline_train_phase_s": bl_train,
+                    "ratio": tf_sps / bl_sps, "train_phase_ratio": bl_train / tf_train})
+        print(f"  round {r + 1}: trainfer {tf_sps:6.0f}/s ({tf_loop:.2f} s loop, {tf_train:.2f} s steps)"
+              f" | baseline {bl_sps:6.0f}/s ({bl_loop:.2f} s loop, {bl_train:.2f} s steps)"
+              f" | ratio {tf_sps / bl_sps:.3f}")
+
+    def med(key: str) -> float:
+        return statistics.median(x[key] for x in raw)
+
+    # Median of the per-round (paired) ratios: each pair ran back to back, so shared-machine noise cancels.
+    ratio, train_ratio = med("ratio"), med("train_phase_ratio")
+    # Overhead = extra wall time per sample relative to the baseline (1/ratio - 1), in percent.
+    overhead, train_overhead = 100 * (1 / ratio - 1), 100 * (1 / train_ratio - 1)
+    ratios = [x["ratio"] for x in raw]
+    cv = statistics.pstdev(ratios) / statistics.mean(ratios) if len(ratios) > 1 else 0.0
+    passed = overhead <= GOAL_OVERHEAD_PCT
+    tf, bl = med("trainfer_samples_per_s"), med("baseline_samples_per_s")
+    print(f"medians: trainfer {tf:.0f} vs baseline {bl:.0f} samples/s; loop ratio {ratio:.3f} -> overhead"
+          f" {overhead:+.1f}% (goal <= {GOAL_OVERHEAD_PCT:.0f}%) {'PASS' if passed else 'FAIL'};"
+          f" ratio CV {100 * cv:.1f}%")
+    print(f"train phase only (steps, no eval/checkpoint): ratio {train_ratio:.3f} -> overhead"
+          f" {train_overhead:+.1f}%; the rest of the loop adds {overhead - train_overhead:+.1f} points")
+    print(json.dumps({
+        "benchmark": "train_overhead",
+        "trainfer_samples_per_s": tf, "baseline_samples_per_s": bl,
+        "ratio": ratio, "overhead_pct": overhead, "train_phase_ratio": train_ratio,
+        "train_phase_overhead_pct": train_overhead, "ratio_cv": cv,
+        "goal_overhead_pct": GOAL_OVERHEAD_PCT, "pass": passed, "rounds": rounds, "threads": threads,
+        "config": {"quick": args.quick, "dataset": "synthetic-classification", "n_samples": n_samples,
+                   "n_train": n_train, "n_val": len(data.y["val"]), "n_features": 64,
+                   "n_classes": data.features.n_outputs,
+                   "model": "mlp", "hidden": [256, 256], "batch_size": batch, "epochs": epochs,
+                   "optimizer": "adamw", "schedule": recipe.train.schedule,
+                   "grad_clip": recipe.train.grad_clip, "device": "cpu"},
+        "env": environment(threads), "raw": raw,
+    }))
+
+
+if __name__ == "__main__":
+    main()

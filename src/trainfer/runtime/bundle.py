@@ -1,0 +1,83 @@
+"""The bundle format: a directory with manifest.json and model.onnx, every byte covered by a hash.
+
+manifest.json lists the sha256 of every other file, and carries ``manifest_sha256``: the sha256 of
+its own bytes with that value replaced by zeros. Changing any byte of any file is detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from trainfer.errors import BundleError
+
+FORMAT = "trainfer-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+_PLACEHOLDER = "0" * 64
+_SELF_HASH = re.compile(rb'"manifest_sha256": "([0-9a-f]{64})"')
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """Serialize a manifest with its self-hash filled in (the key is placed last)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    body["manifest_sha256"] = _PLACEHOLDER
+    raw = (json.dumps(body, indent=2, default=_plain) + "\n").encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    return raw.replace(f'"manifest_sha256": "{_PLACEHOLDER}"'.encode(), f'"manifest_sha256": "{digest}"'.encode())
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """Read and verify a bundle: the manifest's own hash, then every file it lists.
+
+    Raises BundleError naming the file that is missing or does not match; nothing is loaded then.
+    """
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {bundle} not found (expected a directory with {MANIFEST} and {MODEL})",
+                          hint="create one with `trainfer export RUN --out BUNDLE`")
+    if not path.is_file():
+        raise BundleError(f"{MANIFEST} is missing from bundle {bundle}")
+    raw = path.read_bytes()
+    found = _SELF_HASH.findall(raw)
+    if len(found) != 1:
+        raise BundleError(f"{MANIFEST} in {bundle} was modified: its manifest_sha256 field is damaged")
+    claimed = found[0].decode()
+    actual = hashlib.sha256(raw.replace(found[0], _PLACEHOLDER.encode())).hexdigest()
+    if actual != claimed:
+        raise BundleError(f"{MANIFEST} in {bundle} was modified after export (sha256 mismatch)",
+                          hint="re-export the bundle; do not edit bundle files by hand")
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise BundleError(f"{MANIFEST} in {bundle} is not valid JSON") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise BundleError(f"{bundle} is not a trainfer bundle of format version <= {FORMAT_VERSION}",
+                          hint="upgrade trainfer to read newer bundles")
+    for name, digest in manifest.get("files", {}).items():
+        f = bundle / name
+        if not f.is_file():
+            raise BundleError(f"{name} is missing from bundle {bundle}")
+        if sha256_file(f) != digest:
+            raise BundleError(f"{name} in bundle {bundle} does not match its sha256 in the manifest",
+                              hint="the file was modified or corrupted; re-export the bundle")
+    return manifest

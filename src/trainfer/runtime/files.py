@@ -1,0 +1,145 @@
+"""Batch prediction from files: read the input in chunks, predict, stream the output to disk.
+
+Memory stays bounded by the chunk size (npz arrays excepted: numpy loads them whole). The output
+keeps the input's order and carries its id column when it has one. pandas is imported only for
+CSV/Parquet input; the runtime's core stays numpy + onnxruntime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainfer._atomic import write_with
+from trainfer.errors import InputError
+from trainfer.features.image import IMAGE_SUFFIXES
+from trainfer.runtime.predictor import Predictor
+
+Chunk = tuple[Any, list[Any] | None]  # (raw rows, their ids or None)
+
+
+def _table_chunks(path: Path, id_column: str | None, size: int) -> tuple[int, Iterator[Chunk]]:
+    import pandas as pd
+
+    if path.suffix.lower() == ".csv":
+        total = _count_csv_rows(path)
+        reader: Any = pd.read_csv(path, chunksize=size)
+    else:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        total = pf.metadata.num_rows
+        reader = (b.to_pandas() for b in pf.iter_batches(batch_size=size))
+
+    def gen() -> Iterator[Chunk]:
+        for frame in reader:
+            frame.columns = [str(c) for c in frame.columns]
+            ids = frame[id_column].tolist() if id_column and id_column in frame.columns else None
+            yield frame, ids
+
+    return total, gen()
+
+
+def _count_csv_rows(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return max(sum(1 for _ in fh) - 1, 0)
+
+
+def _npz_chunks(path: Path, size: int) -> tuple[int, Iterator[Chunk]]:
+    with np.load(path, allow_pickle=False) as z:
+        if "X" not in z:
+            raise InputError(f"{path.name} must hold an array named 'X' (found {sorted(z.files)})")
+        X = z["X"]
+    return len(X), ((X[i:i + size], None) for i in range(0, len(X), size))
+
+
+def _image_chunks(root: Path, size: int) -> tuple[int, Iterator[Chunk]]:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no images found in {root}")
+    ids = [str(p.relative_to(root)) for p in files]
+    return len(files), ((files[i:i + size], ids[i:i + size]) for i in range(0, len(files), size))
+
+
+def open_input(pred: Predictor, path: Path, chunk_size: int) -> tuple[int, Iterator[Chunk], str | None]:
+    """(row count, chunk iterator, id column name) for any supported input."""
+    if not path.exists():
+        raise InputError(f"input {path} not found")
+    if path.is_dir():
+        total, chunks = _image_chunks(path, chunk_size)
+        return total, chunks, "path"
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet", ".pq"):
+        id_col = pred.features.id_column or "id"
+        total, chunks = _table_chunks(path, id_col, chunk_size)
+        return total, chunks, id_col
+    if suffix == ".npz":
+        total, chunks = _npz_chunks(path, chunk_size)
+        return total, chunks, None
+    if suffix in IMAGE_SUFFIXES:
+        return 1, iter([([path], [path.name])]), "path"
+    raise InputError(f"unsupported input {path.name}", hint="use .csv, .parquet, .npz, an image or a folder of images")
+
+
+def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk_size: int = 4096,
+                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Predict every row of ``input_path`` into ``out`` (.csv or .json); returns a small report."""
+    input_path, out = Path(input_path), Path(out)
+    fmt = out.suffix.lower()
+    if fmt not in (".csv", ".json"):
+        raise InputError(f"--out must end in .csv or .json, got {out.name}")
+    total, chunks, id_name = open_input(pred, input_path, chunk_size)
+    labels = pred.labels if pred.task == "classification" else []
+    columns = ["prediction", *[f"prob_{label}" for label in labels]]
+    written = 0
+    has_ids = False
+
+    def write(tmp: Path) -> None:
+        nonlocal written, has_ids
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh) if fmt == ".csv" else None
+            if fmt == ".json":
+                fh.write("[")
+            for rows, ids in chunks:
+                try:
+                    x = pred.features.transform(rows)
+                except InputError as exc:
+                    raise exc.shifted(written) from None
+                out_arr = pred.run(x)
+                preds = _decode(pred, out_arr)
+                if written == 0:
+                    has_ids = ids is not None
+                    if writer:
+                        writer.writerow(([id_name] if has_ids else []) + columns)
+                for i in range(len(preds)):
+                    values = [_plain(preds[i]), *([float(p) for p in out_arr[i]] if labels else [])]
+                    lead = [_plain(ids[i])] if has_ids and ids is not None else []
+                    if writer:
+                        writer.writerow(lead + values)
+                    else:
+                        rec = dict(zip(([id_name] if lead else []) + columns, lead + values))
+                        fh.write(("," if written + i else "") + "\n" + json.dumps(rec))
+                written += len(preds)
+                if on_progress:
+                    on_progress(written, total)
+            if fmt == ".json":
+                fh.write("\n]\n")
+
+    write_with(out, write)
+    return {"input": str(input_path), "out": str(out), "rows": written, "variant": pred.variant,
+            "id_column": id_name if has_ids else None}
+
+
+def _decode(pred: Predictor, out: np.ndarray) -> np.ndarray:
+    if pred.task == "classification":
+        return np.asarray(pred.labels, dtype=object)[out.argmax(axis=1)]
+    return out.reshape(-1)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v

@@ -1,0 +1,83 @@
+"""The inference runtime: a verified bundle on one onnxruntime session, preprocessing in numpy.
+
+Imports numpy, onnxruntime and trainfer.features only: never torch, so it runs on small edge
+machines and starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainfer.errors import BundleError
+from trainfer.features import Features
+from trainfer.runtime.bundle import MODEL, read_manifest
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Predictor:
+    """A loaded bundle. ``trainfer.load("bundles/digits").predict(rows)``.
+
+    ``predict(X)`` returns labels in the original label space (or values, for regression);
+    ``predict_proba(X)`` returns class probabilities. X is raw input exactly as in the training
+    data: an ndarray of raw features, a DataFrame, a list of dicts, or image paths.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)  # verifies every hash before anything is loaded
+        self.features = Features.from_dict(self.manifest["preprocessing"])
+        self.task = self.manifest["task"]
+        self.threads = int(threads or default_threads())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path / MODEL), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
+            raise BundleError(f"{MODEL} in {self.path} cannot be loaded by onnxruntime: {exc}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.variant = self.manifest.get("variant", "onnx-fp32")
+
+    @property
+    def labels(self) -> list[Any]:
+        return self.features.target.labels
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The model on an already preprocessed float32 batch: probabilities or predictions."""
+        return self.session.run(self.output_names[:1], {self.input_name: x})[0]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        if self.task != "classification":
+            raise BundleError("predict_proba is for classification bundles; use predict for regression")
+        return self.run(self.features.transform(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        out = self.run(self.features.transform(X))
+        if self.task == "classification":
+            labels = np.asarray(self.labels, dtype=object if any(isinstance(v, str) for v in self.labels) else None)
+            return labels[out.argmax(axis=1)]
+        return out.reshape(-1).astype(np.float64)
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.path)!r}, task={self.task}, variant={self.variant}, threads={self.threads})"
+
+
+def load(path: str | Path, threads: int | None = None) -> Predictor:
+    """Open a bundle for inference, verifying its hashes first. Example: ``trainfer.load("bundles/digits")``."""
+    return Predictor(path, threads)
