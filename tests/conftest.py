@@ -16,6 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# One intra-op thread per process: the models here are tiny, and on a small shared machine torch's
+# default thread pool spends more time spinning than computing (and several CLI processes run at once).
+# Set before torch is imported anywhere, so it holds for this process and every CLI subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 CLI = [sys.executable, "-m", "trainfer.cli"]
@@ -53,14 +59,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(args: Sequence[str], cwd: Path | None = None) -> subprocess.Popen:
+def start_cli(args: Sequence[str], cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=_env(), cwd=cwd,
     )
 
 
-def _finish(proc: subprocess.Popen, args: Sequence[str]) -> Result:
+def finish_cli(proc: subprocess.Popen, args: Sequence[str]) -> Result:
     try:
         out, err = proc.communicate(timeout=CLI_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -72,13 +78,13 @@ def _finish(proc: subprocess.Popen, args: Sequence[str]) -> Result:
 
 def run_cli(*args: object, cwd: Path | None = None) -> Result:
     """Run ``python -m trainfer.cli ARGS`` in a fresh process and capture everything."""
-    return _finish(_start([str(a) for a in args], cwd), args)
+    return finish_cli(start_cli([str(a) for a in args], cwd), args)
 
 
 def run_cli_many(commands: Sequence[Sequence[object]]) -> list[Result]:
     """Run several CLI commands at once (each in its own process); results in the same order."""
-    procs = [(_start([str(a) for a in c]), c) for c in commands]
-    return [_finish(p, c) for p, c in procs]
+    procs = [(start_cli([str(a) for a in c]), c) for c in commands]
+    return [finish_cli(p, c) for p, c in procs]
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
 
 @app.command()
 def train(
-    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model and train sections.")] = None,
+    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model, train sections.")] = None,
     data: Annotated[str | None, typer.Option(
         help="Built-in dataset (digits, iris, wine, breast_cancer, synthetic-classification, "
              "synthetic-regression, synthetic-images) or a path: .csv, .parquet, .npz, or an image folder "
@@ -48,10 +48,11 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.")] = None,
+        "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
+    )] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a model on your data and write a run directory.
@@ -118,8 +119,9 @@ def export(
     m = read_manifest(path)
     human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
              f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
-             f"max abs diff {m['parity']['max_abs_diff']:.2e}"
-             + (f", argmax agreement {m['parity']['argmax_agreement']:.4f}" if "argmax_agreement" in m["parity"] else ""))
+             f"max abs diff {m['parity']['max_abs_diff']:.2e}")
+    if "argmax_agreement" in m["parity"]:
+        human += f", argmax agreement {m['parity']['argmax_agreement']:.4f}"
     _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"]}, as_json, human)
 
 

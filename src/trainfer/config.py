@@ -34,7 +34,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field("mlp", description="mlp, cnn, or package.module:function")
     hidden: list[int] = Field(default_factory=lambda: [256, 128], description="mlp hidden sizes")
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], description="cnn stage widths")
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64], description="cnn stage widths")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     batchnorm: bool = True
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a custom model")

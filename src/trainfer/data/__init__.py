@@ -60,6 +60,7 @@ class Prepared:
 def prepare(cfg: DataConfig, seed: int, split: Split | None = None) -> Prepared:
     """Load, split (or reuse a recorded split), fit preprocessing on train only, transform all splits."""
     ds = load_dataset(cfg)
+    ds.fingerprint()  # of the data exactly as loaded (cached), before the target is converted below
     task = resolve_task(cfg, ds)
     if task == "regression":
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,8 @@ class Dataset:
     def rows(self, index: np.ndarray) -> Any:
         return self.X.iloc[index].reset_index(drop=True) if self.kind == "tabular" else self.X[index]
 
-    def fingerprint(self) -> str:
-        """sha256 of the raw content, recorded in runs and bundles to tie them to their data."""
+    @cached_property
+    def _fingerprint(self) -> str:
         h = hashlib.sha256()
         if self.kind == "tabular":
             import pandas as pd
@@ -37,5 +38,9 @@ class Dataset:
             h.update(",".join(map(str, self.X.columns)).encode())
         else:
             h.update(np.ascontiguousarray(self.X).tobytes())
-        h.update(np.asarray(self.y).astype(str).astype(object).sum().encode() if len(self.y) else b"")
+        h.update("\x1f".join(map(str, np.asarray(self.y).tolist())).encode())
         return h.hexdigest()
+
+    def fingerprint(self) -> str:
+        """sha256 of the raw content, recorded in runs and bundles to tie them to their data."""
+        return self._fingerprint

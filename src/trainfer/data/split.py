@@ -31,8 +31,8 @@ def split_indices(y: np.ndarray, val: float, test: float, seed: int, stratify: b
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for idx in groups:
         idx = rng.permutation(idx)
-        n_test = int(round(len(idx) * test))
-        n_val = int(round(len(idx) * val))
+        n_test = round(len(idx) * test)
+        n_val = round(len(idx) * val)
         parts["test"].append(idx[:n_test])
         parts["val"].append(idx[n_test:n_test + n_val])
         parts["train"].append(idx[n_test + n_val:])

@@ -29,12 +29,13 @@ class TabularFeatures:
             {v: i for i, v in enumerate(c["categories"])} if c["type"] == "categorical" else None
             for c in columns
         ]
+        # Standardizing as x * scale + shift (float64) is the same arithmetic on every path.
+        numeric = [c for c in columns if c["type"] == "numeric"]
+        self._scale = np.asarray([1.0 / c["std"] for c in numeric], dtype=np.float64)
+        self._shift = np.asarray([-c["mean"] / c["std"] for c in numeric], dtype=np.float64)
+        self._fill = np.asarray([c["fill"] for c in numeric], dtype=np.float64)
         # All-numeric tables (the common case) take one vectorized path instead of a loop per column.
-        self._all_numeric = all(c["type"] == "numeric" for c in columns)
-        if self._all_numeric:
-            self._fill = np.asarray([c["fill"] for c in columns], dtype=np.float64)
-            self._mean = np.asarray([c["mean"] for c in columns], dtype=np.float64)
-            self._std = np.asarray([c["std"] for c in columns], dtype=np.float64)
+        self._all_numeric = len(numeric) == len(columns)
 
     # ---- fit -------------------------------------------------------------------------------
     @classmethod
@@ -93,17 +94,18 @@ class TabularFeatures:
         cols = self._columns_of(X)
         n = len(cols[0]) if cols else 0
         out = np.zeros((n, self.width), dtype=np.float32)
-        j = 0
-        for spec, values, index in zip(self.columns, cols, self._cat_index):
+        j = k = 0
+        for spec, values, index in zip(self.columns, cols, self._cat_index, strict=False):
             if spec["type"] == "numeric":
                 v = _to_float(values, spec["name"])
                 bad = np.isinf(v)
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
                     raise InputError("value is infinite; send a finite number", row=row, column=spec["name"])
-                v = np.where(np.isnan(v), spec["fill"], v)
-                out[:, j] = (v - spec["mean"]) / spec["std"]
+                v = np.where(np.isnan(v), self._fill[k], v)
+                out[:, j] = v * self._scale[k] + self._shift[k]
                 j += 1
+                k += 1
             else:
                 unknown = len(spec["categories"])
                 for i, x in enumerate(values.tolist() if hasattr(values, "tolist") else values):
@@ -117,15 +119,18 @@ class TabularFeatures:
         if v.ndim != 2 or v.shape[1] != len(self.columns):
             names = self.column_names
             raise InputError(f"expected rows of {len(names)} features {names}, got an array of shape {X.shape}")
-        v = v.astype(np.float64)
-        if v.dtype.kind == "f":
-            bad = np.isinf(v)
+        out = v * self._scale  # float64, a new array: the caller's input is never modified
+        out += self._shift
+        # One reduction tells whether anything is NaN or infinite; the per-element work runs only then.
+        if not np.isfinite(out.sum()):
+            src = v.astype(np.float64)
+            bad = np.isinf(src)
             if bad.any():
                 row, col = (int(i) for i in np.argwhere(bad)[0])
                 raise InputError("value is infinite; send a finite number", row=row,
                                  column=self.columns[col]["name"])
-            v = np.where(np.isnan(v), self._fill, v)
-        return ((v - self._mean) / self._std).astype(np.float32)
+            out = np.where(np.isnan(src), self._fill, src) * self._scale + self._shift
+        return out.astype(np.float32)
 
     def _columns_of(self, X: Any) -> list[np.ndarray]:
         names = self.column_names

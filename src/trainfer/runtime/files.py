@@ -122,7 +122,7 @@ def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk
                     if writer:
                         writer.writerow(lead + values)
                     else:
-                        rec = dict(zip(([id_name] if lead else []) + columns, lead + values))
+                        rec = dict(zip(([id_name] if lead else []) + columns, lead + values, strict=False))
                         fh.write(("," if written + i else "") + "\n" + json.dumps(rec))
                 written += len(preds)
                 if on_progress:

@@ -52,6 +52,8 @@ class Predictor:
             raise BundleError(f"{MODEL} in {self.path} cannot be loaded by onnxruntime: {exc}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._first_output = self.output_names[:1]
+        self._transform = self.features.inputs.transform  # bound once: predict is a hot path at batch 1
         self.variant = self.manifest.get("variant", "onnx-fp32")
 
     @property
@@ -60,15 +62,15 @@ class Predictor:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model on an already preprocessed float32 batch: probabilities or predictions."""
-        return self.session.run(self.output_names[:1], {self.input_name: x})[0]
+        return self.session.run(self._first_output, {self.input_name: x})[0]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         if self.task != "classification":
             raise BundleError("predict_proba is for classification bundles; use predict for regression")
-        return self.run(self.features.transform(X))
+        return self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
 
     def predict(self, X: Any) -> np.ndarray:
-        out = self.run(self.features.transform(X))
+        out = self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
         if self.task == "classification":
             labels = np.asarray(self.labels, dtype=object if any(isinstance(v, str) for v in self.labels) else None)
             return labels[out.argmax(axis=1)]

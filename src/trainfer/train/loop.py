@@ -56,20 +56,31 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
     """Train ``recipe`` into the run directory ``out``; returns ``out``. See trainfer.train."""
     t_start = time.perf_counter()
     out = Path(out)
+    # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
+    data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
+    # -- model: seeded, so the same seed builds the same initial weights
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+    fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
+    return out
+
+
+def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: bool = False, quiet: bool = True,
+        t_start: float | None = None) -> dict[str, Any]:
+    """The loop itself, on a built model and prepared data; writes the run dir and returns the summary.
+
+    Used by train_run, and by anything that needs to train an existing model (e.g. fine-tuning a
+    pruned network) with the same loop, checkpoints and metrics.
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    out = Path(out)
     ckpt_dir = out / "checkpoints"
     cfg = recipe.train
-    split = _recorded_split(out) if resume else None
-
-    # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
-    data: Prepared = prepare(recipe.data, recipe.seed, split)
     features = data.features
     task = features.task
     t_data = time.perf_counter() - t_start
-
-    # -- model: seeded, so the same seed builds the same initial weights
-    torch.manual_seed(recipe.seed)
     device = pick_device(cfg.device)
-    model = build_model(recipe.model, features.input_shape, features.n_outputs).to(device)
+    model = model.to(device)
     n_params = count_parameters(model)
 
     # -- optimizer. Weight decay only on weights that multiply inputs, not on biases or BN (nanoGPT).
@@ -182,7 +193,7 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
                        {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
                         "total_s": time.perf_counter() - t_start})
     write_json(out / "summary.json", summary)
-    return out
+    return summary
 
 
 def _improved(score: float, loss: float, state: dict[str, Any], mode: str, min_delta: float) -> bool:

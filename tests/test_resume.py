@@ -1,0 +1,134 @@
+"""Resume: a run killed mid-training and resumed ends bitwise identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    CLI_TIMEOUT_S,
+    finish_cli,
+    start_cli,
+    assert_user_error,
+    read_metrics,
+    read_summary,
+    run_cli,
+    run_cli_many,
+)
+from safetensors.numpy import load_file
+
+EPOCHS = 12
+TRAIN = [
+    "train", "--data", "synthetic-classification", "--model", "mlp", "--epochs", str(EPOCHS), "--seed", "3",
+    "--set", "data.options.n_samples=4000", "--set", "train.patience=null", "--set", "train.batch_size=16",
+    "--set", "model.hidden=[64,32]",
+]
+
+
+def _state_epoch(run: Path) -> int:
+    try:
+        return int(json.loads((run / "checkpoints" / "state.json").read_text())["epoch"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def _kill_after_epoch(run: Path, epoch: int) -> int:
+    """Start training into ``run``, SIGKILL it once a checkpoint of ``epoch`` exists; returns the epoch then."""
+    args = [*TRAIN, "--out", str(run)]
+    proc = start_cli(args)
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    try:
+        while _state_epoch(run) < epoch:
+            if proc.poll() is not None:
+                result = finish_cli(proc, args)
+                pytest.fail(f"training ended (exit {result.returncode}) before epoch {epoch} could be "
+                            f"interrupted; make the run longer\n{result.stderr}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint of epoch {epoch} after {CLI_TIMEOUT_S} s")
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed (exit {proc.returncode})"
+    return _state_epoch(run)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    run, reference = tmp_path / "killed", tmp_path / "uninterrupted"
+    ref_proc = start_cli([*TRAIN, "--out", str(reference)])  # in parallel: it is independent
+    try:
+        killed_at = _kill_after_epoch(run, 2)
+        # The kill really happened mid-run.
+        assert 2 <= killed_at < EPOCHS, killed_at
+        assert not (run / "summary.json").exists(), "the run finished before it was killed"
+        assert not (run / "model.safetensors").exists()
+        assert len(read_metrics(run)) == killed_at
+
+        # An incomplete run cannot be loaded; the error says how to finish it.
+        import trainfer
+
+        with pytest.raises(trainfer.TrainferError, match="incomplete"):
+            trainfer.Run.load(run)
+
+        # Resuming with a different recipe is refused, and leaves the run resumable.
+        refused = run_cli("train", "--out", run, "--resume", "--epochs", "99")
+        line = assert_user_error(refused, mentions=["epochs"])
+        assert "resume" in line
+        assert _state_epoch(run) == killed_at and not (run / "summary.json").exists()
+
+        # Resume with no other flags: the recorded recipe is used.
+        resumed = run_cli("train", "--out", run, "--resume", "--json").check()
+    finally:
+        ref_result = finish_cli(ref_proc, ["train", "--out", str(reference)])
+    ref_result.check()
+
+    assert resumed.json()["epochs_run"] == EPOCHS
+    ours, theirs = load_file(str(run / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert sorted(ours) == sorted(theirs) and ours
+    for name in ours:
+        assert ours[name].dtype == theirs[name].dtype
+        assert np.array_equal(ours[name], theirs[name]), f"tensor {name} differs after resume"
+
+    metrics, ref_metrics = read_metrics(run), read_metrics(reference)
+    assert [r["epoch"] for r in metrics] == list(range(1, EPOCHS + 1)), "one metrics line per epoch, no duplicates"
+    assert [r["train_loss"] for r in metrics] == [r["train_loss"] for r in ref_metrics]
+    assert [r["val_loss"] for r in metrics] == [r["val_loss"] for r in ref_metrics]
+    summary, ref_summary = read_summary(run), read_summary(reference)
+    assert summary["test"] == ref_summary["test"]
+    assert summary["best_epoch"] == ref_summary["best_epoch"]
+
+    # Resuming a complete run changes nothing.
+    before = (run / "summary.json").read_bytes()
+    run_cli("train", "--out", run, "--resume").check()
+    assert (run / "summary.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_training_into_a_nonempty_dir_needs_resume(tmp_path: Path) -> None:
+    run = tmp_path / "existing"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    marker = other / "summary.json"
+    marker.write_text("{}\n")
+
+    results = run_cli_many([
+        ["train", "--data", "iris", "--model", "mlp", "--epochs", "2", "--out", run, *["--set", "model.hidden=[8]"]],
+        ["train", "--data", "iris", "--model", "mlp", "--epochs", "2", "--out", other],
+    ])
+    for result, path in zip(results, (run, other)):
+        line = assert_user_error(result)
+        assert str(path) in line and "--resume" in result.stderr
+    # Nothing of the existing content was touched or added to.
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert (run / "notes.txt").read_text() == "keep me\n"
+    assert sorted(p.name for p in other.iterdir()) == ["summary.json"] and marker.read_text() == "{}\n"
