@@ -181,8 +181,8 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def csv_run(tmp_path_factory: pytest.TempPathFactory, mixed_csv: Path):
     """One small run trained in-process through the Python API, shared by read-only tests."""
-    import trainfer
+    from trainfer.train import train
 
     out = tmp_path_factory.mktemp("runs") / "csv-run"
-    return trainfer.train(data=str(mixed_csv), target="label", model="mlp", epochs=4, seed=0, out=out,
+    return train(data=str(mixed_csv), target="label", model="mlp", epochs=4, seed=0, out=out,
                           overrides=["model.hidden=[32]"])

@@ -1,7 +1,7 @@
 """User mistakes: exit code 2, one `error:` line (and maybe one `hint:`), no traceback, no run dir.
 
-All the failing commands start at once in one module-scoped fixture (each is a separate process):
-most of their cost is importing torch, which overlaps well.
+Every case goes through ``trainfer.cli.main`` (the console script's entry point) in this process, so
+torch is imported once; two of them also run as real processes to check exit code and stderr end to end.
 """
 
 from __future__ import annotations
@@ -53,11 +53,35 @@ def _cases(root: Path) -> dict[str, tuple[list[object], Path | None, list[str]]]
     }
 
 
+def _main_in_process(args: list[object], capsys: pytest.CaptureFixture[str]) -> Result:
+    """Call the console script's entry point (``trainfer.cli.main``) in this process.
+
+    An exception escaping ``main`` would be a traceback for the user: it fails the test as such.
+    """
+    from trainfer.cli import main
+
+    argv = [str(a) for a in args]
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return Result(argv, code, captured.out, captured.err)
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Result, Path | None, list[str]]]:
-    cases = _cases(tmp_path_factory.mktemp("bad-inputs"))
-    results = run_cli_many([args for args, _, _ in cases.values()])
-    return {name: (result, out, words) for (name, (_, out, words)), result in zip(cases.items(), results)}
+def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[object], Path | None, list[str]]]:
+    return _cases(tmp_path_factory.mktemp("bad-inputs"))
+
+
+@pytest.fixture(scope="module")
+def outcomes(cases: dict) -> dict[str, tuple[Result, Path | None, list[str]]]:
+    """Two cases in real processes, at once: the exit code and stderr exactly as a shell sees them."""
+    names = ["unknown_dataset", "corrupt_image"]
+    results = run_cli_many([cases[n][0] for n in names])
+    return {n: (r, cases[n][1], cases[n][2]) for n, r in zip(names, results)}
 
 
 CASES = [
@@ -68,17 +92,23 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_user_error(outcomes: dict, case: str) -> None:
+def test_user_error(cases: dict, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args, out, words = cases[case]
+    assert_user_error(_main_in_process(args, capsys), out, mentions=words)
+
+
+@pytest.mark.parametrize("case", ["unknown_dataset", "corrupt_image"])
+def test_user_error_in_a_real_process(outcomes: dict, case: str) -> None:
     result, out, words = outcomes[case]
     assert_user_error(result, out, mentions=words)
 
 
-def test_every_case_is_checked(outcomes: dict) -> None:
-    assert sorted(outcomes) == sorted(CASES)
+def test_every_case_is_checked(cases: dict) -> None:
+    assert sorted(cases) == sorted(CASES)
 
 
-def test_recipe_problems_are_reported_together(outcomes: dict) -> None:
-    result, _, _ = outcomes["recipe_unknown_key_and_wrong_type"]
+def test_recipe_problems_are_reported_together(cases: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _main_in_process(cases["recipe_unknown_key_and_wrong_type"][0], capsys)
     error = result.stderr.splitlines()[0]
     # both problems, each saying what is wrong, in the one error line
     assert "unknown key" in error

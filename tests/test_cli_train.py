@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_MLP, make_mixed_frame, read_metrics, read_summary, run_cli, run_cli_many
+from conftest import TINY_MLP, read_metrics, read_summary, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -58,31 +58,6 @@ def test_csv_with_strings_and_missing_values_trains_and_evaluates(tmp_path: Path
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
     # Evaluating the recorded test split reproduces the number training reported.
     assert record["metrics"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
-
-
-def test_parquet_and_npz_train(tmp_path: Path) -> None:
-    parquet = tmp_path / "table.parquet"
-    make_mixed_frame(n=200, seed=1).to_parquet(parquet, index=False)
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(240, 6)).astype(np.float32)
-    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
-    npz = tmp_path / "arrays.npz"
-    np.savez(npz, X=X, y=y)
-
-    runs = [tmp_path / "run-parquet", tmp_path / "run-npz"]
-    results = run_cli_many([
-        ["train", "--data", parquet, "--target", "label", "--model", "mlp", "--epochs", "3", "--out", runs[0],
-         *TINY_MLP],
-        ["train", "--data", npz, "--model", "mlp", "--epochs", "3", "--out", runs[1], *TINY_MLP],
-    ])
-    for result, run in zip(results, runs):
-        result.check()
-        summary = read_summary(run)
-        assert summary["task"] == "classification"
-        assert 0.0 <= summary["test"]["accuracy"] <= 1.0
-        assert len(read_metrics(run)) == summary["epochs_run"] == 3
-    npz_summary = read_summary(runs[1])
-    assert npz_summary["samples"]["train"] + npz_summary["samples"]["val"] + npz_summary["samples"]["test"] == 240
 
 
 def test_image_folder_cnn_learns(tmp_path: Path, image_folder: Path) -> None:

@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from trainfer.config import Recipe
     from trainfer.export import export
+    from trainfer.export.optimize import optimize
     from trainfer.runtime import Predictor, load
     from trainfer.train import Run, evaluate, train
 
@@ -33,6 +34,7 @@ _LAZY = {
     "Run": "trainfer.train",
     "Recipe": "trainfer.config",
     "export": "trainfer.export",
+    "optimize": "trainfer.export.optimize",
     "load": "trainfer.runtime",
     "Predictor": "trainfer.runtime",
 }
@@ -46,4 +48,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainfer' has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "Recipe", "Run", "TrainferError", "__version__", "evaluate", "export", "load", "train"]
+__all__ = ["Predictor", "Recipe", "Run", "TrainferError", "__version__", "evaluate", "export", "load", "optimize",
+           "train"]

@@ -27,13 +27,18 @@ app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
 
+def _console() -> Any:
+    """stdout console; wide when not a terminal, so tables in logs are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
         print(json.dumps(record, default=str))
     else:
-        from rich.console import Console
-
-        Console(highlight=False).print(human)
+        _console().print(human)
 
 
 @app.command()
@@ -123,6 +128,89 @@ def export(
     if "argmax_agreement" in m["parity"]:
         human += f", argmax agreement {m['parity']['argmax_agreement']:.4f}"
     _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"]}, as_json, human)
+
+
+STATUS = {"kept": "✅ kept", "over_budget": "❎ over budget", "failed": "❌ failed", "skipped": "➖ skipped"}
+
+
+@app.command()
+def optimize(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (the chosen variant).")] = ...,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        help="Budget: accuracy drop in percentage points on the validation split (regression: % rmse increase).",
+        min=0.0)] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="Deployment batch size the speed is judged at.", min=1)] = 1,
+    variants: Annotated[list[str] | None, typer.Option(
+        "--variant", help="Only these variants (repeatable); onnx-fp32 is always included.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for every measurement (default: all cores).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Longer measurements (1,000 calls and 10 s each).")] = False,
+    fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after pruning.", min=1)] = 5,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Try int8 quantization, structured pruning and both; keep the fastest variant within the budget.
+
+    Every variant is measured with one harness: accuracy on the validation split (used to choose) and
+    the test split (reported), latency p50/p90 at batch 1, throughput at batch 64, size, parameters
+    and FLOPs. A variant must beat onnx-fp32 beyond measurement noise to replace it.
+
+    Example: trainfer optimize runs/digits --out bundles/digits-fast --max-accuracy-drop 0.5
+    """
+    from rich.console import Console
+
+    from trainfer.export.optimize import optimize as optimize_fn
+
+    console = Console(stderr=True, highlight=False)
+    show = not as_json and sys.stdout.isatty()
+    with console.status("optimizing", spinner="dots") if show else _nullcontext() as status:
+        def log(msg: str) -> None:
+            if status is not None:
+                status.update(msg)
+
+        record = optimize_fn(run, out, max_accuracy_drop=max_accuracy_drop, batch_size=batch_size,
+                             variants=variants, threads=threads, quick=not full, fine_tune_epochs=fine_tune_epochs,
+                             force=force, log=log)
+    if as_json:
+        print(json.dumps(record, default=str))
+        return
+    console = _console()
+    console.print(optimize_table(record))
+    for r in record["variants"]:
+        if r.get("reason"):
+            console.print(f"{STATUS[r['status']]} {r['name']}: {r['reason']}")
+    console.print(f"[bold]chosen:[/] {record['chosen']} — {record['reason']}\n"
+                                   f"bundle: {record['bundle']} (recommended threads: {record['recommended_threads']})")
+
+
+def optimize_table(record: dict[str, Any]) -> Any:
+    """The variants table as a rich Table (also used by `trainfer run`)."""
+    from rich.table import Table
+
+    m, unit = record["metric"], record["drop_unit"]
+    table = Table(title=f"optimize: budget {record['max_accuracy_drop']} {unit}, {record['threads']} threads")
+    for col in ("variant", "status", "size MB", f"val {m}", f"test {m}", f"drop ({unit})", "p50 ms", "p90 ms",
+                "speedup vs torch", "params", "MFLOPs"):
+        table.add_column(col, justify="left" if col in ("variant", "status") else "right")
+
+    def f(v: Any, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    for r in record["variants"]:
+        status = STATUS.get(r["status"], r["status"]) + (" ★ chosen" if r.get("chosen") else "")
+        table.add_row(r["name"], status, f(r.get("size_mb"), ".3f"), f(r.get(f"val_{m}"), ".4f"),
+                      f(r.get(f"test_{m}"), ".4f"), f(r.get("val_drop"), "+.2f"), f(r.get("latency_ms_p50"), ".4f"),
+                      f(r.get("latency_ms_p90"), ".4f"), f(r.get("speedup_vs_torch"), ".2f"),
+                      f(r.get("params"), ","), f(None if r.get("flops") is None else r["flops"] / 1e6, ".3f"))
+    return table
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 @app.command()

@@ -13,53 +13,73 @@ from trainfer.errors import ExportError
 from trainfer.export.fold import InferenceHead, fold_batchnorm
 from trainfer.export.onnx_export import INPUT_NAME, export_onnx
 from trainfer.export.writer import git_revision, write_bundle
+from trainfer.features import Target
 from trainfer.runtime.bundle import MODEL
 from trainfer.train import Run
 
-PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| on probabilities (or on regression outputs, relative)
+PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| on probabilities (relative, for regression outputs)
 
 
-def inference_module(run: Run) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The run's model as the bundle computes it: BatchNorm folded, softmax or de-standardization on top."""
-    body, folded, why = fold_batchnorm(run.model)
-    t = run.features.target
-    return InferenceHead(body, t.task, t.mean, t.std).eval(), {"bn_folded": folded, "bn_fold_note": why}
+def inference_module(model: torch.nn.Module, target: Target) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` as the bundle computes it: BatchNorm folded, softmax or de-standardization on top."""
+    body, folded, why = fold_batchnorm(model)
+    return InferenceHead(body, target.task, target.mean, target.std).eval(), {"bn_folded": folded,
+                                                                              "bn_fold_note": why}
 
 
-def reference_outputs(run: Run, X: np.ndarray) -> np.ndarray:
-    """What the bundle must reproduce: the unfolded torch model in eval mode, on preprocessed input."""
-    out = run.outputs_preprocessed(X).astype(np.float64)
-    t = run.features.target
-    if t.task == "classification":
-        e = np.exp(out - out.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    return out * t.std + t.mean
+@torch.inference_mode()
+def reference_outputs(model: torch.nn.Module, X: np.ndarray, target: Target) -> np.ndarray:
+    """What a bundle must reproduce: the unfolded torch model in eval mode, with the same head."""
+    head = InferenceHead(model, target.task, target.mean, target.std).eval()
+    device = next(model.parameters()).device
+    return np.concatenate([head(torch.from_numpy(X[i:i + 1024]).to(device)).double().cpu().numpy()
+                           for i in range(0, len(X), 1024)])
 
 
-def check_parity(run: Run, onnx_path: Path, X: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, Any]:
-    """Compare onnxruntime with torch on ``X``; raise ExportError with the figures when they disagree."""
+def onnx_outputs(onnx_path: Path, X: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
-    want = reference_outputs(run, X)
+    return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
+
+
+def compare(got: np.ndarray, want: np.ndarray, task: str, atol: float = PARITY_ATOL) -> dict[str, Any]:
+    """Figures of agreement between two output arrays; ``ok`` says whether they match within ``atol``.
+
+    A different argmax is excused only on a near-tie, where float rounding may flip it.
+    """
     diff = np.abs(got.astype(np.float64) - want)
-    scale = 1.0 if run.task == "classification" else max(1.0, float(np.abs(want).max()))
+    scale = 1.0 if task == "classification" else max(1.0, float(np.abs(want).max()))
     max_diff = float(diff.max()) / scale if diff.size else 0.0
-    report = {"samples": len(X), "max_abs_diff": max_diff, "atol": atol}
-    if run.task == "classification":
+    report: dict[str, Any] = {"samples": len(want), "max_abs_diff": max_diff, "atol": atol}
+    real_flips = 0
+    if task == "classification":
         agree = got.argmax(1) == want.argmax(1)
-        # A disagreement is only excusable on a near-tie, where float rounding may flip the argmax.
         top2 = np.sort(want, axis=1)[:, -2:]
-        real = ~agree & ((top2[:, 1] - top2[:, 0]) > 2 * atol)
+        real_flips = int((~agree & ((top2[:, 1] - top2[:, 0]) > 2 * atol)).sum())
         report["argmax_agreement"] = float(agree.mean()) if len(agree) else 1.0
-        if real.any():
-            raise ExportError(f"exported model disagrees with torch on {int(real.sum())} of {len(X)} predictions "
-                              f"(max abs diff {max_diff:.2e})")
-    if max_diff > atol:
-        raise ExportError(f"exported model differs from torch by {max_diff:.2e} (> {atol:.0e}) on {len(X)} samples",
-                          hint="a custom model may use an op that ONNX approximates; check it in eval mode")
+    report["ok"] = max_diff <= atol and real_flips == 0
     return report
+
+
+def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X: np.ndarray,
+                 atol: float = PARITY_ATOL) -> dict[str, Any]:
+    """Compare onnxruntime with torch on ``X``; raise ExportError with the figures when they disagree."""
+    report = compare(onnx_outputs(onnx_path, X), reference_outputs(model, X, target), target.task, atol)
+    if not report["ok"]:
+        agree = f", argmax agreement {report['argmax_agreement']:.4f}" if "argmax_agreement" in report else ""
+        raise ExportError(
+            f"exported model disagrees with torch: max abs diff {report['max_abs_diff']:.2e} (> {atol:.0e}){agree} "
+            f"on {report['samples']} samples",
+            hint="a custom model may use an op that ONNX approximates; check it in eval mode")
+    return report
+
+
+def export_model(model: torch.nn.Module, target: Target, X_check: np.ndarray, onnx_path: Path) -> dict[str, Any]:
+    """Fold, export and parity-check one torch model; returns the onnx info with the parity figures."""
+    module, fold_info = inference_module(model, target)
+    info = export_onnx(module, torch.from_numpy(X_check[:2]), onnx_path, output_name(target.task))
+    return {**info, **fold_info, "parity": check_parity(model, target, onnx_path, X_check)}
 
 
 def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Path:
@@ -69,12 +89,11 @@ def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Pa
     """
     run = run if isinstance(run, Run) else Run.load(run)
     X_test = run.features.transform(run.load_split("test")[0])
-    module, fold_info = inference_module(run)
 
     def fill(tmp: Path) -> dict[str, Any]:
-        onnx_info = export_onnx(module, torch.from_numpy(X_test[:2]), tmp / MODEL, output_name(run.task))
-        parity = check_parity(run, tmp / MODEL, X_test)
-        return manifest_fields(run, "onnx-fp32", {**onnx_info, **fold_info}, parity)
+        info = export_model(run.model, run.features.target, X_test, tmp / MODEL)
+        parity = info.pop("parity")
+        return manifest_fields(run, "onnx-fp32", info, parity)
 
     return write_bundle(Path(out), fill, force=force)
 
@@ -126,4 +145,5 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["check_parity", "export", "inference_module", "manifest_fields", "output_name"]
+__all__ = ["check_parity", "compare", "export", "export_model", "inference_module", "manifest_fields", "onnx_outputs",
+           "output_name", "reference_outputs"]

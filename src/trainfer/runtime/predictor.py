@@ -39,7 +39,8 @@ class Predictor:
         self.manifest = read_manifest(self.path)  # verifies every hash before anything is loaded
         self.features = Features.from_dict(self.manifest["preprocessing"])
         self.task = self.manifest["task"]
-        self.threads = int(threads or default_threads())
+        # An optimized bundle records the thread count its sweep found fastest; the caller's choice wins.
+        self.threads = int(threads or self.manifest.get("runtime", {}).get("threads") or default_threads())
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1

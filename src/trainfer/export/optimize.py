@@ -1,0 +1,237 @@
+"""`trainfer optimize`: build every variant, measure them with one harness, keep the fastest one that
+stays within the accuracy budget, and write it as the bundle with the whole table in its manifest."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainfer._timing import FULL, QUICK, summarize, time_interleaved
+from trainfer.errors import MissingDependencyError, TrainferError
+from trainfer.export import compare, export_model, manifest_fields, reference_outputs
+from trainfer.export.onnx_export import INPUT_NAME
+from trainfer.export.prune import fine_tune, prune_structured
+from trainfer.export.select import BASELINE, choose, quality_drop
+from trainfer.export.variants import QUANTIZERS, Variant, by_name
+from trainfer.export.writer import write_bundle
+from trainfer.models import count_parameters
+from trainfer.models.flops import forward_flops
+from trainfer.runtime import MODEL, default_threads
+from trainfer.train import Run
+from trainfer.train.metrics import compute_metrics, monitor
+
+THROUGHPUT_BATCH = 64
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _outputs(sess: Any, X: np.ndarray) -> np.ndarray:
+    return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
+
+
+def _score(out: np.ndarray, y: np.ndarray, run: Run) -> float:
+    """The monitored metric (accuracy, or rmse) from the bundle's outputs (probabilities or values)."""
+    t = run.features.target
+    if t.task == "classification":
+        return float(np.mean(out.argmax(1) == y))
+    std = (out.reshape(-1) - t.mean) / t.std  # compute_metrics expects standardized outputs
+    return compute_metrics(std, y, t)["rmse"]
+
+
+class _Bases:
+    """The fp32 sources variants derive from: the run's model, and pruned + fine-tuned copies."""
+
+    def __init__(self, run: Run, X_check: np.ndarray, work: Path, fine_tune_epochs: int,
+                 log: Callable[[str], None]) -> None:
+        self.run, self.X_check, self.work, self.epochs, self.log = run, X_check, work, fine_tune_epochs, log
+        self._cache: dict[float | None, dict[str, Any]] = {}
+
+    def get(self, ratio: float | None) -> dict[str, Any]:
+        if ratio not in self._cache:
+            self._cache[ratio] = self._build(ratio)
+        base = self._cache[ratio]
+        if "error" in base:
+            raise base["error"]
+        return base
+
+    def _build(self, ratio: float | None) -> dict[str, Any]:
+        run, shape = self.run, self.run.features.input_shape
+        name = "fp32" if ratio is None else f"pruned-{int(ratio * 100)}"
+        try:
+            model = run.model
+            if ratio is not None:
+                self.log(f"pruning {int(ratio * 100)}% and fine-tuning ({self.epochs} epochs)")
+                model = fine_tune(run, prune_structured(run.model, shape, ratio), self.work / f"{name}-run",
+                                  self.epochs)
+            path = self.work / f"{name}.onnx"
+            info = export_model(model, run.features.target, self.X_check, path)
+            return {"model": model, "onnx": path, "info": info, "params": count_parameters(model),
+                    "flops": forward_flops(model, shape)}
+        except TrainferError as exc:
+            return {"error": exc}
+
+
+def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float = 0.5, batch_size: int = 1,
+             variants: list[str] | None = None, threads: int | None = None, quick: bool = True,
+             fine_tune_epochs: int = 5, force: bool = False,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Try the variants on ``run``, write the chosen one to ``out`` as a bundle, return the record.
+
+    Example: ``trainfer.optimize("runs/digits", "bundles/digits-fast", max_accuracy_drop=0.5)``.
+    """
+    run = run if isinstance(run, Run) else Run.load(run)
+    log = log or (lambda _msg: None)
+    threads = int(threads or default_threads())
+    out = Path(out)
+    if out.exists() and not force:
+        from trainfer.errors import BundleError
+
+        raise BundleError(f"{out} already exists", hint="choose another --out, or pass --force to replace it")
+    enc = run.features.target.encode
+    X = {s: run.features.transform(run.load_split(s)[0]) for s in ("train", "val", "test")}
+    y = {s: enc(run.load_split(s)[1]) for s in ("val", "test")}
+    rng = np.random.default_rng(run.recipe.seed)
+    calib = X["train"][rng.choice(len(X["train"]), size=min(256, len(X["train"])), replace=False)]
+    metric, _ = monitor(run.task)
+    work = Path(tempfile.mkdtemp(prefix="trainfer-optimize-"))
+    try:
+        bases = _Bases(run, X["test"], work, fine_tune_epochs, log)
+        rows, sessions = [], {}
+        for v in by_name(variants):
+            log(f"building {v.name}")
+            row, sess = _build_variant(v, bases, run, X, y, calib, threads, work)
+            rows.append(row)
+            if sess is not None:
+                sessions[v.name] = sess
+        ref = next((r for r in rows if r["name"] == BASELINE and r["status"] == "ok"), None)
+        if ref is None:
+            raise TrainferError(f"the onnx-fp32 baseline could not be built: {rows[0].get('reason')}")
+        for r in rows:
+            if r["status"] == "ok":
+                r["val_drop"] = quality_drop(ref[f"val_{metric}"], r[f"val_{metric}"], run.task)
+                r["test_drop"] = quality_drop(ref[f"test_{metric}"], r[f"test_{metric}"], run.task)
+
+        log("measuring latency and throughput (interleaved)")
+        timing = QUICK if quick else FULL
+        lat = _latency(sessions, run, X["test"], 1, threads, timing)
+        thr = _latency(sessions, run, X["test"], THROUGHPUT_BATCH, threads,
+                       {"min_count": 20, "min_seconds": 0.5 if quick else 3.0})
+        deploy = lat if batch_size == 1 else thr if batch_size == THROUGHPUT_BATCH else \
+            _latency(sessions, run, X["test"], batch_size, threads, timing)
+        torch_p50 = float(np.median(lat["torch-eager"]))
+        for r in rows:
+            if r["name"] in sessions:
+                r.update({k: v for k, v in summarize(lat[r["name"]]).items() if k != "samples"})
+                r["throughput_per_s"] = THROUGHPUT_BATCH / float(np.median(thr[r["name"]]))
+                r["speedup_vs_torch"] = torch_p50 / float(np.median(lat[r["name"]]))
+        chosen, why = choose(rows, {k: v for k, v in deploy.items() if k != "torch-eager"}, max_accuracy_drop)
+        for r in rows:
+            if r["status"] == "ok":
+                r["status"] = "kept" if r["val_drop"] <= max_accuracy_drop + 1e-9 else "over_budget"
+            r["chosen"] = r["name"] == chosen
+        log(f"chose {chosen}; sweeping thread counts")
+        sweep = _thread_sweep(next(r for r in rows if r["chosen"])["path"], X["test"][:batch_size], timing)
+        record = {
+            "run": str(run.path), "bundle": str(out), "chosen": chosen, "reason": why,
+            "max_accuracy_drop": max_accuracy_drop, "drop_unit": "points" if run.task == "classification" else "%",
+            "metric": metric, "batch_size": batch_size, "threads": threads,
+            "torch_eager": summarize(lat["torch-eager"]),
+            "thread_sweep": sweep, "recommended_threads": min(sweep, key=lambda k: sweep[k]["latency_ms_p50"]),
+            "variants": [{k: v for k, v in r.items() if k != "path"} for r in rows],
+        }
+        _write(run, out, rows, chosen, record, force)
+        return record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray], y: dict[str, np.ndarray],
+                   calib: np.ndarray, threads: int, work: Path) -> tuple[dict[str, Any], Any]:
+    row: dict[str, Any] = {"name": v.name, "status": "ok", "reason": None}
+    try:
+        base = bases.get(v.prune)
+        path = base["onnx"]
+        if v.quant is not None:
+            path = work / f"{v.name}.onnx"
+            QUANTIZERS[v.quant](base["onnx"], path, work, calib)
+        sess = _session(path, threads)
+        outs = {s: _outputs(sess, X[s]) for s in ("val", "test")}
+        metric, _ = monitor(run.task)
+        parity = compare(outs["test"], reference_outputs(base["model"], X["test"], run.features.target), run.task)
+        row.update({
+            "path": path, "size_mb": path.stat().st_size / 1e6, "params": base["params"], "flops": base["flops"],
+            "flops_note": "fp32 reference count (int8 ops are not counted)" if v.quant else None,
+            f"val_{metric}": _score(outs["val"], y["val"], run), f"test_{metric}": _score(outs["test"], y["test"], run),
+            "lossless": v.lossless, "onnx": {k: x for k, x in base["info"].items() if k != "parity"},
+            "parity": {**parity, "reference": "torch fp32" if v.prune is None else f"torch pruned-{int(v.prune*100)}"},
+        })
+        return row, sess
+    except MissingDependencyError as exc:
+        row.update(status="skipped", reason=f"{exc.message} ({exc.hint})")
+    except Exception as exc:  # one variant failing must not stop the others; the table shows why
+        msg = exc.message if isinstance(exc, TrainferError) else f"{type(exc).__name__}: {exc}"
+        row.update(status="failed", reason=msg.splitlines()[0][:200] if msg else type(exc).__name__)
+    return row, None
+
+
+def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, batch: int, threads: int,
+             timing: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-call seconds at ``batch`` for every variant and torch eager, interleaved, same threads."""
+    x = np.ascontiguousarray(np.resize(X, (batch, *X.shape[1:])))
+    feed = {INPUT_NAME: x}
+    fns: dict[str, Callable[[], Any]] = {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}
+    model = run.model.eval()
+    xt = torch.from_numpy(x)
+    head = torch.softmax if run.task == "classification" else (lambda t, dim: t)
+
+    def torch_eager() -> None:
+        with torch.inference_mode():
+            head(model(xt), dim=1)
+
+    fns["torch-eager"] = torch_eager
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return time_interleaved(fns, max_seconds=60, **timing)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _thread_sweep(path: Path, x: np.ndarray, timing: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    counts = sorted({1, *[2**k for k in range(1, 8) if 2**k <= default_threads()], default_threads()})
+    feed = {INPUT_NAME: np.ascontiguousarray(x)}
+    sessions = {str(t): _session(path, t) for t in counts}
+    samples = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
+                               min_count=timing["min_count"] // 2, min_seconds=timing["min_seconds"] / 2)
+    return {int(t): summarize(s) for t, s in samples.items()}
+
+
+def _write(run: Run, out: Path, rows: list[dict[str, Any]], chosen: str, record: dict[str, Any],
+           force: bool) -> None:
+    row = next(r for r in rows if r["name"] == chosen)
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        shutil.copyfile(row["path"], tmp / MODEL)
+        fields = manifest_fields(run, chosen, row["onnx"], row["parity"])
+        fields["variant_metrics"] = {k: row.get(k) for k in row if k.startswith(("val_", "test_", "latency_"))}
+        fields["runtime"] = {"threads": record["recommended_threads"]}
+        fields["optimization"] = record
+        return fields
+
+    write_bundle(out, fill, force=force)
