@@ -128,7 +128,7 @@ def test_json_output_is_an_array_of_records(cli: Cli, csv_bundle: Path, input_cs
     records = json.loads((tmp_path / "p.json").read_text())
     assert isinstance(records, list) and len(records) == 50
     assert all(isinstance(r, dict) and list(r) == ["id", "prediction", *PROB_COLUMNS] for r in records)
-    assert [r["id"] for r in records] == frame50["id"].tolist()
+    assert [str(r["id"]) for r in records] == [str(i) for i in frame50["id"]]  # a number or its text
     _, body = read_csv(tmp_path / "p.csv")
     assert [r["prediction"] for r in records] == [b[1] for b in body]
     np.testing.assert_allclose([[r[c] for c in PROB_COLUMNS] for r in records],
@@ -148,6 +148,37 @@ def test_chunked_output_equals_one_chunk(cli: Cli, csv_bundle: Path, input_csv: 
     j1 = json.loads((tmp_path / "one.json").read_text())
     j7 = json.loads((tmp_path / "seven.json").read_text())
     assert [(r["id"], r["prediction"]) for r in j1] == [(r["id"], r["prediction"]) for r in j7]
+
+
+def test_ids_are_copied_verbatim_whatever_the_chunk_size(cli: Cli, csv_bundle: Path, frame50,
+                                                        tmp_path: Path) -> None:
+    """Ids identify rows: "0007" must come back as "0007", in every chunk. (With per-chunk type
+    inference, a chunk holding only digit-like ids turns them into integers and drops the zeros.)"""
+    ids = [f"{i:04d}" for i in range(49)] + ["X-49"]
+    path = tmp_path / "padded.csv"
+    frame50.assign(id=ids).to_csv(path, index=False)
+    for chunk in ("4096", "7"):
+        out = tmp_path / f"p{chunk}.csv"
+        cli.ok("predict", csv_bundle, path, "--out", out, "--chunk-size", chunk)
+        _, body = read_csv(out)
+        assert [r[0] for r in body] == ids, f"--chunk-size {chunk}: ids changed: {[r[0] for r in body][:8]}"
+
+
+def test_missing_id_keeps_other_ids_and_json_valid(cli: Cli, csv_bundle: Path, frame50, tmp_path: Path) -> None:
+    frame = frame50.astype({"id": object})
+    frame.loc[4, "id"] = None
+    path = tmp_path / "holes.csv"
+    frame.to_csv(path, index=False)
+    cli.ok("predict", csv_bundle, path, "--out", tmp_path / "p.csv")
+    _, body = read_csv(tmp_path / "p.csv")
+    assert [r[0] for r in body][:4] == [str(i) for i in frame50["id"][:4]]  # not "1234.0"
+    cli.ok("predict", csv_bundle, path, "--out", tmp_path / "p.json")
+
+    def reject(constant: str) -> None:
+        raise AssertionError(f"{constant} is not valid JSON")
+
+    records = json.loads((tmp_path / "p.json").read_text(), parse_constant=reject)
+    assert str(records[0]["id"]) == str(frame50["id"][0]) and len(records) == 50
 
 
 def test_parquet_input_gives_the_same_output_as_csv(cli: Cli, csv_bundle: Path, input_csv: Path, frame50,

@@ -102,8 +102,9 @@ class TabularFeatures:
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
                     raise InputError("value is infinite; send a finite number", row=row, column=spec["name"])
-                v = np.where(np.isnan(v), self._fill[k], v)
-                out[:, j] = v * self._scale[k] + self._shift[k]
+                v = np.where(np.isnan(v), self._fill[k], v) * self._scale[k] + self._shift[k]
+                _check_float32_range(v, spec["name"])
+                out[:, j] = v
                 j += 1
                 k += 1
             else:
@@ -121,8 +122,8 @@ class TabularFeatures:
             raise InputError(f"expected rows of {len(names)} features {names}, got an array of shape {X.shape}")
         out = v * self._scale  # float64, a new array: the caller's input is never modified
         out += self._shift
-        # One reduction tells whether anything is NaN or infinite; the per-element work runs only then.
-        if not np.isfinite(out.sum()):
+        # One reduction tells whether anything is NaN, infinite or beyond float32; the details only then.
+        if out.size and not np.abs(out).max() <= _F32_MAX:  # NaN compares False too
             src = v.astype(np.float64)
             bad = np.isinf(src)
             if bad.any():
@@ -130,6 +131,8 @@ class TabularFeatures:
                 raise InputError("value is infinite; send a finite number", row=row,
                                  column=self.columns[col]["name"])
             out = np.where(np.isnan(src), self._fill, src) * self._scale + self._shift
+            for col in range(out.shape[1]):
+                _check_float32_range(out[:, col], self.columns[col]["name"])
         return out.astype(np.float32)
 
     def _columns_of(self, X: Any) -> list[np.ndarray]:
@@ -164,6 +167,17 @@ class TabularFeatures:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TabularFeatures:
         return cls(d["columns"])
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(standardized: np.ndarray, column: str) -> None:
+    """A finite input so far outside the training range that the model's float32 input overflows."""
+    bad = np.abs(standardized) > _F32_MAX
+    if bad.any():
+        raise InputError("value is too large for the model (overflows float32 after scaling); check the units",
+                         row=int(np.flatnonzero(bad)[0]), column=column)
 
 
 def _missing(x: Any) -> bool:

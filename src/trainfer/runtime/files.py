@@ -21,14 +21,26 @@ from trainfer.features.image import IMAGE_SUFFIXES
 from trainfer.runtime.predictor import Predictor
 
 Chunk = tuple[Any, list[Any] | None]  # (raw rows, their ids or None)
+# pandas' default missing-value markers, for the columns that keep them
+_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+       "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
-def _table_chunks(path: Path, id_column: str | None, size: int) -> tuple[int, Iterator[Chunk]]:
+def _table_chunks(path: Path, id_column: str | None, size: int,
+                  text_columns: list[str]) -> tuple[int, Iterator[Chunk]]:
     import pandas as pd
 
     if path.suffix.lower() == ".csv":
         total = _count_csv_rows(path)
-        reader: Any = pd.read_csv(path, chunksize=size)
+        # pandas guesses types per chunk: ids like 0007 and category codes like 01 must stay text in every
+        # chunk, and one missing id must not turn the other ids into floats.
+        header = list(pd.read_csv(path, nrows=0).columns)
+        dtype = {c: str for c in [*text_columns, id_column] if c in header}
+        if id_column in header:
+            na = {c: _NA for c in header if c != id_column}  # the id's text is copied verbatim
+            reader: Any = pd.read_csv(path, chunksize=size, dtype=dtype, keep_default_na=False, na_values=na)
+        else:
+            reader = pd.read_csv(path, chunksize=size, dtype=dtype)
     else:
         import pyarrow.parquet as pq
 
@@ -76,7 +88,9 @@ def open_input(pred: Predictor, path: Path, chunk_size: int) -> tuple[int, Itera
     suffix = path.suffix.lower()
     if suffix in (".csv", ".parquet", ".pq"):
         id_col = pred.features.id_column or "id"
-        total, chunks = _table_chunks(path, id_col, chunk_size)
+        inputs = pred.features.inputs
+        text = [c["name"] for c in getattr(inputs, "columns", []) if c["type"] == "categorical"]
+        total, chunks = _table_chunks(path, id_col, chunk_size, text)
         return total, chunks, id_col
     if suffix == ".npz":
         total, chunks = _npz_chunks(path, chunk_size)
