@@ -77,8 +77,8 @@ def train_and_export(name: str, workdir: Path, epochs: int | None = None) -> tup
     """Train ``MODELS[name]`` into ``workdir/name/run`` and export it to ``workdir/name/bundle``."""
     # Import the functions from their modules: once the `trainfer.train` / `trainfer.export`
     # subpackages are imported, the package attributes of those names are the modules, not the functions.
-    from trainfer.export import export
-    from trainfer.train import train
+    from trainfer.exporting import export
+    from trainfer.training import train
 
     spec = dict(MODELS[name])
     if epochs is not None:
@@ -91,7 +91,7 @@ def ensure_bundle(run: Path, bundle: Path | None, out: Path) -> Path:
     """The given bundle, or a fresh export of ``run`` to ``out``."""
     if bundle is not None:
         return bundle
-    from trainfer.export import export
+    from trainfer.exporting import export
 
     return export(run, out)
 

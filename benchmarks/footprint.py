@@ -109,7 +109,7 @@ def main() -> None:
             run_dir, bundle_dir = train_and_export("digits_mlp", work, epochs=5 if args.quick else None)
         else:
             run_dir, bundle_dir = args.run, ensure_bundle(args.run, args.bundle, work / "bundle")
-        from trainfer.train import Run
+        from trainfer.training import Run
 
         row = work / "row.npy"
         np.save(row, first_raw_row(Run.load(run_dir)))

@@ -45,7 +45,7 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
     import torch
 
     import trainfer
-    from trainfer.train import Run
+    from trainfer.training import Run
 
     t0 = time.perf_counter()
     run = Run.load(run_dir)

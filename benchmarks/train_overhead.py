@@ -34,8 +34,8 @@ from trainfer.models import build_model
 
 # The function behind the public `trainfer.train`: that attribute turns into the `trainfer.train`
 # subpackage once the subpackage is imported (by the line below, or by a second access).
-from trainfer.train import train as trainfer_train
-from trainfer.train.schedule import lr_at
+from trainfer.training import train as trainfer_train
+from trainfer.training.schedule import lr_at
 
 GOAL_OVERHEAD_PCT = 5.0
 

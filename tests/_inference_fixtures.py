@@ -74,7 +74,7 @@ def get_run(factory: pytest.TempPathFactory, name: str):
     if key not in _cache:
         # Imported from the submodule: `trainfer.train` stops being the function once the
         # trainfer.train package is imported (see test_export.test_public_api_verbs_stay_callable).
-        from trainfer.train import train
+        from trainfer.training import train
 
         kwargs = dict(RECIPES[name])
         if name == "csv":
@@ -87,7 +87,7 @@ def get_bundle(factory: pytest.TempPathFactory, name: str) -> Path:
     """The exported bundle of ``get_run(name)`` (cached for the session; never modify it in place)."""
     key = f"bundle:{name}"
     if key not in _cache:
-        from trainfer.export import export
+        from trainfer.exporting import export
 
         _cache[key] = export(get_run(factory, name), _root(factory) / f"bundle-{name}")
     return _cache[key]

@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +87,23 @@ def run_cli_many(commands: Sequence[Sequence[object]]) -> list[Result]:
     return [finish_cli(p, c) for p, c in procs]
 
 
-@pytest.fixture
-def cli() -> Callable[..., Result]:
-    return run_cli
+def run_main(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -> Result:
+    """Call the console script's entry point, ``trainfer.cli.main(argv)``, in this process.
+
+    Much cheaper than a new process (torch is imported once). An exception escaping ``main`` would
+    be a traceback for the user: it fails the test as such.
+    """
+    from trainfer.cli import main
+
+    argv = [str(a) for a in args]
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return Result(argv, code, captured.out, captured.err)
 
 
 def assert_user_error(result: Result, out: Path | None = None, mentions: Sequence[str] = ()) -> str:
@@ -181,7 +195,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def csv_run(tmp_path_factory: pytest.TempPathFactory, mixed_csv: Path):
     """One small run trained in-process through the Python API, shared by read-only tests."""
-    from trainfer.train import train
+    from trainfer.training import train
 
     out = tmp_path_factory.mktemp("runs") / "csv-run"
     return train(data=str(mixed_csv), target="label", model="mlp", epochs=4, seed=0, out=out,

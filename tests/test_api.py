@@ -12,7 +12,7 @@ from conftest import make_mixed_frame, read_metrics
 
 import trainfer
 from trainfer.errors import RunError, TrainferError
-from trainfer.train import train  # not `trainfer.train`: see test_top_level_train_is_the_function
+from trainfer.training import train
 
 TINY = ["model.hidden=[32]"]
 
@@ -136,7 +136,7 @@ def test_seed_makes_training_reproducible(tmp_path: Path) -> None:
     b = train(out=tmp_path / "b", **kwargs)
     assert a.summary["test"] == b.summary["test"]
     assert json.loads((a.path / "split.json").read_text()) == json.loads((b.path / "split.json").read_text())
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert ka == kb and bool((va == vb).all()), ka
 
 
@@ -155,14 +155,15 @@ def test_train_threads_setting_is_applied(tmp_path: Path) -> None:
     assert run.summary["threads"] == want
 
 
-@pytest.mark.parametrize("name", ["train", "export"])
-def test_top_level_train_is_the_function(name: str) -> None:
+@pytest.mark.parametrize(("name", "package"), [("train", "training"), ("export", "exporting"),
+                                               ("optimize", "exporting.optimize")])
+def test_top_level_train_is_the_function(name: str, package: str) -> None:
     # The documented API is `trainfer.train(...) -> Run` and `trainfer.export(run, out)`. Importing the
-    # subpackage of the same name (which the lazy attribute itself does) must not replace the function with
-    # the module: calling it twice, or after `import trainfer.train`, has to keep working.
+    # package that implements it (which the lazy attribute itself does) must not replace the function with
+    # a module: calling it twice, or after `import trainfer.training`, has to keep working.
     import importlib
 
-    importlib.import_module(f"trainfer.{name}")
+    importlib.import_module(f"trainfer.{package}")
     value = getattr(trainfer, name)
     assert callable(value), f"trainfer.{name} is {value!r}, not the {name} function"
     assert callable(trainfer.evaluate) and isinstance(trainfer.Run, type)

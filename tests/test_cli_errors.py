@@ -1,7 +1,7 @@
 """User mistakes: exit code 2, one `error:` line (and maybe one `hint:`), no traceback, no run dir.
 
 Every case goes through ``trainfer.cli.main`` (the console script's entry point) in this process, so
-torch is imported once; two of them also run as real processes to check exit code and stderr end to end.
+torch is imported once; one of them also runs as a real process to check exit code and stderr end to end.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Result, assert_user_error, run_cli, run_cli_many, write_image_folder
+from conftest import assert_user_error, run_cli, run_main, write_image_folder
 
 
 def _cases(root: Path) -> dict[str, tuple[list[object], Path | None, list[str]]]:
@@ -53,35 +53,9 @@ def _cases(root: Path) -> dict[str, tuple[list[object], Path | None, list[str]]]
     }
 
 
-def _main_in_process(args: list[object], capsys: pytest.CaptureFixture[str]) -> Result:
-    """Call the console script's entry point (``trainfer.cli.main``) in this process.
-
-    An exception escaping ``main`` would be a traceback for the user: it fails the test as such.
-    """
-    from trainfer.cli import main
-
-    argv = [str(a) for a in args]
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return Result(argv, code, captured.out, captured.err)
-
-
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[object], Path | None, list[str]]]:
     return _cases(tmp_path_factory.mktemp("bad-inputs"))
-
-
-@pytest.fixture(scope="module")
-def outcomes(cases: dict) -> dict[str, tuple[Result, Path | None, list[str]]]:
-    """Two cases in real processes, at once: the exit code and stderr exactly as a shell sees them."""
-    names = ["unknown_dataset", "corrupt_image"]
-    results = run_cli_many([cases[n][0] for n in names])
-    return {n: (r, cases[n][1], cases[n][2]) for n, r in zip(names, results)}
 
 
 CASES = [
@@ -94,13 +68,13 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_user_error(cases: dict, case: str, capsys: pytest.CaptureFixture[str]) -> None:
     args, out, words = cases[case]
-    assert_user_error(_main_in_process(args, capsys), out, mentions=words)
+    assert_user_error(run_main(args, capsys), out, mentions=words)
 
 
-@pytest.mark.parametrize("case", ["unknown_dataset", "corrupt_image"])
-def test_user_error_in_a_real_process(outcomes: dict, case: str) -> None:
-    result, out, words = outcomes[case]
-    assert_user_error(result, out, mentions=words)
+def test_user_error_in_a_real_process(cases: dict) -> None:
+    # One case end to end in its own process: exit code and stderr exactly as a shell sees them.
+    args, out, words = cases["corrupt_image"]
+    assert_user_error(run_cli(*args), out, mentions=words)
 
 
 def test_every_case_is_checked(cases: dict) -> None:
@@ -108,15 +82,15 @@ def test_every_case_is_checked(cases: dict) -> None:
 
 
 def test_recipe_problems_are_reported_together(cases: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    result = _main_in_process(cases["recipe_unknown_key_and_wrong_type"][0], capsys)
+    result = run_main(cases["recipe_unknown_key_and_wrong_type"][0], capsys)
     error = result.stderr.splitlines()[0]
     # both problems, each saying what is wrong, in the one error line
     assert "unknown key" in error
     assert "'many'" in error
 
 
-def test_unknown_dataset_hint_lists_builtin_names(outcomes: dict) -> None:
-    result, _, _ = outcomes["unknown_dataset"]
+def test_unknown_dataset_hint_lists_builtin_names(cases: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_main(cases["unknown_dataset"][0], capsys)
     hint = [line for line in result.stderr.splitlines() if line.startswith("hint: ")]
     assert hint and "digits" in hint[0] and "synthetic-classification" in hint[0]
 

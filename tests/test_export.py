@@ -17,7 +17,7 @@ from _inference_fixtures import CSV_LABELS, get_bundle, get_run
 from torch import nn
 
 import trainfer
-from trainfer.export.fold import fold_batchnorm
+from trainfer.exporting.fold import fold_batchnorm
 from trainfer.models.cnn import SmallResNet
 from trainfer.models.mlp import build_mlp
 
@@ -140,25 +140,13 @@ def test_batchnorm_folded_out_of_the_graph(case) -> None:
 
 
 def test_export_refuses_to_overwrite_a_bundle(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from trainfer.export import export
+    from trainfer.exporting import export
 
     bundle = get_bundle(tmp_path_factory, "digits")
     before = (bundle / "manifest.json").read_bytes()
     with pytest.raises(trainfer.TrainferError, match="already exists"):
         export(get_run(tmp_path_factory, "digits"), bundle)
     assert (bundle / "manifest.json").read_bytes() == before
-
-
-def test_public_api_verbs_stay_callable(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """`trainfer.train(...)` and `trainfer.export(run, out)` are the documented API. Importing the
-    subpackages of the same name (which training and exporting do) must not replace them."""
-    get_bundle(tmp_path_factory, "digits")  # trains and exports: trainfer.train and trainfer.export are imported
-    import trainfer.export
-    import trainfer.train
-
-    assert callable(trainfer.train), f"trainfer.train is {trainfer.train!r}, not the train() function"
-    assert callable(trainfer.export), f"trainfer.export is {trainfer.export!r}, not the export() function"
-    assert callable(trainfer.load) and callable(trainfer.evaluate)
 
 
 # ---- fold_batchnorm on models directly -------------------------------------------------------

@@ -2,13 +2,13 @@
 
     L5  cli, pipeline
     L4  serve (runtime only), bench, report
-    L3  export
-    L2  train, models, data, runtime
+    L3  exporting
+    L2  training, models, data, runtime
     L1  features
     L0  errors, config, _imports, _atomic, _timing (private helpers count as L0)
 
 Lower layers never import higher ones. Packages on one layer do not import each other, except
-train -> data and train -> models (train wires them together) and anything -> errors (the root error).
+training -> data and training -> models (training wires them together) and anything -> errors (the root error).
 Every import counts: module level, inside functions, under TYPE_CHECKING, and import_module("...")
 or require("...") with a literal name.
 """
@@ -31,12 +31,12 @@ ROOT = "<trainfer>"  # src/trainfer/__init__.py
 LAYERS: dict[str, int] = {
     "errors": 0, "config": 0, "_imports": 0, "_atomic": 0, "_timing": 0,
     "features": 1,
-    "train": 2, "models": 2, "data": 2, "runtime": 2,
-    "export": 3,
+    "training": 2, "models": 2, "data": 2, "runtime": 2,
+    "exporting": 3,
     "serve": 4, "bench": 4, "report": 4,
     "cli": 5, "pipeline": 5,
 }
-SAME_LAYER_ALLOWED = {("train", "data"), ("train", "models")}
+SAME_LAYER_ALLOWED = {("training", "data"), ("training", "models")}
 ANYONE_MAY_IMPORT = {"errors"}
 # Beyond the layer order: serve talks to bundles through the runtime only.
 ONLY_FROM = {"serve": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
@@ -200,15 +200,15 @@ def _check(module: str, source: str, is_package: bool = False) -> list[str]:
     ("trainfer.features.tabular", "from trainfer.data import split\n", "higher layer"),
     ("trainfer.features.tabular", "from ..data import split\n", "higher layer"),
     ("trainfer.features.image", "from .. import train\n", "higher layer"),
-    ("trainfer.errors", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainfer.train import Run\n",
+    ("trainfer.errors", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainfer.training import Run\n",
      "higher layer"),
     ("trainfer.data.files", "from trainfer.models import build_model\n", "both on L2"),
-    ("trainfer.models.mlp", "from trainfer.train.run import Run\n", "both on L2"),
-    ("trainfer.runtime.bundle", "from trainfer.train import Run\n", "both on L2"),
+    ("trainfer.models.mlp", "from trainfer.training.run import Run\n", "both on L2"),
+    ("trainfer.runtime.bundle", "from trainfer.training import Run\n", "both on L2"),
     ("trainfer.data", "from trainfer import Run\n", "both on L2"),
-    ("trainfer.export.writer", "from trainfer import cli\n", "higher layer"),
-    ("trainfer.serve.app", "from trainfer.export import export\n", "may only use"),
-    ("trainfer", "from trainfer.train import train\n", "must stay light"),
+    ("trainfer.exporting.writer", "from trainfer import cli\n", "higher layer"),
+    ("trainfer.serve.app", "from trainfer.exporting import export\n", "may only use"),
+    ("trainfer", "from trainfer.training import train\n", "must stay light"),
     ("trainfer.config", "import importlib\nimportlib.import_module('trainfer.cli')\n", "higher layer"),
     ("trainfer.newthing", "from trainfer.errors import TrainferError\n", "not in the layer map"),
 ])
@@ -218,15 +218,17 @@ def test_checker_reports_violations(module: str, source: str, expected: str) -> 
 
 
 @pytest.mark.parametrize(("module", "source"), [
-    ("trainfer.train.loop", "import torch\nfrom trainfer.data import prepare\nfrom trainfer.models import build_model\n"),
-    ("trainfer.train", "from .run import Run\nfrom . import loop\n"),
+    ("trainfer.training.loop",
+     "import torch\nfrom trainfer.data import prepare\nfrom trainfer.models import build_model\n"),
+    ("trainfer.training", "from .run import Run\nfrom . import loop\n"),
     ("trainfer.config", "from trainfer.errors import ConfigError\n"),
-    ("trainfer.cli", "from trainfer.train import train\nfrom trainfer.export import export\n"),
+    ("trainfer.cli", "from trainfer.training import train\nfrom trainfer.exporting import export\n"),
     ("trainfer.serve.app", "from trainfer.runtime import load\nfrom trainfer.errors import InputError\n"),
-    ("trainfer", "from trainfer.errors import TrainferError\nif TYPE_CHECKING:\n    from trainfer.train import Run\n"),
+    ("trainfer",
+     "from trainfer.errors import TrainferError\nif TYPE_CHECKING:\n    from trainfer.training import Run\n"),
 ])
 def test_checker_allows_legal_imports(module: str, source: str) -> None:
-    assert _check(module, source, is_package=module in ("trainfer", "trainfer.train")) == []
+    assert _check(module, source, is_package=module in ("trainfer", "trainfer.training")) == []
 
 
 # ---- at run time: the light side really loads without torch ------------------------------------

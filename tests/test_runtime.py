@@ -193,7 +193,7 @@ def test_runtime_package_imports_no_training_code() -> None:
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 for n in names:
-                    if n.split(".")[0] == "torch" or n.startswith(("trainfer.train", "trainfer.export",
+                    if n.split(".")[0] == "torch" or n.startswith(("trainfer.training", "trainfer.exporting",
                                                                      "trainfer.models", "trainfer.data")):
                         offenders.append(f"{f.relative_to(src)}: {n}")
     assert not offenders, offenders

@@ -7,7 +7,7 @@ import pytest
 
 from trainfer.data.split import Split, split_indices
 from trainfer.errors import DataError
-from trainfer.train.schedule import lr_at
+from trainfer.training.schedule import lr_at
 
 BASE = 3e-3
 

@@ -22,19 +22,19 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from trainfer.config import Recipe
-    from trainfer.export import export
-    from trainfer.export.optimize import optimize
+    from trainfer.exporting import export
+    from trainfer.exporting.optimize import optimize
     from trainfer.runtime import Predictor, load
-    from trainfer.train import Run, evaluate, train
+    from trainfer.training import Run, evaluate, train
 
 # public name -> module that defines it; imported lazily so `import trainfer` stays light
 _LAZY = {
-    "train": "trainfer.train",
-    "evaluate": "trainfer.train",
-    "Run": "trainfer.train",
+    "train": "trainfer.training",
+    "evaluate": "trainfer.training",
+    "Run": "trainfer.training",
     "Recipe": "trainfer.config",
-    "export": "trainfer.export",
-    "optimize": "trainfer.export.optimize",
+    "export": "trainfer.exporting",
+    "optimize": "trainfer.exporting.optimize",
     "load": "trainfer.runtime",
     "Predictor": "trainfer.runtime",
 }

@@ -67,7 +67,7 @@ def train(
 
     Example: trainfer train --data digits --model mlp --epochs 30 --out runs/digits --seed 0
     """
-    from trainfer.train import train as train_fn
+    from trainfer.training import train as train_fn
 
     show = not quiet and not as_json and sys.stdout.isatty()
     run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
@@ -95,8 +95,8 @@ def evaluate(
 
     Example: trainfer evaluate runs/digits --json
     """
-    from trainfer.train import Run
-    from trainfer.train import evaluate as evaluate_fn
+    from trainfer.training import Run
+    from trainfer.training import evaluate as evaluate_fn
 
     result = evaluate_fn(Run.load(run), data)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
@@ -117,7 +117,7 @@ def export(
 
     Example: trainfer export runs/digits --out bundles/digits
     """
-    from trainfer.export import export as export_fn
+    from trainfer.exporting import export as export_fn
     from trainfer.runtime import read_manifest
 
     path = export_fn(run, out, force=force)
@@ -159,7 +159,7 @@ def optimize(
     """
     from rich.console import Console
 
-    from trainfer.export.optimize import optimize as optimize_fn
+    from trainfer.exporting.optimize import optimize as optimize_fn
 
     console = Console(stderr=True, highlight=False)
     show = not as_json and sys.stdout.isatty()

@@ -72,9 +72,15 @@ class Recipe(_Strict):
 def _parse_scalar(text: str) -> Any:
     # YAML gives `3` -> int, `1e-3` -> float, `null`, `true`, `[64, 32]` -> list; strings stay strings.
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and text.strip()[:1] not in ("'", '"'):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

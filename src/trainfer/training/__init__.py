@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from trainfer.config import Recipe, build_recipe
-from trainfer.train.evaluate import evaluate
-from trainfer.train.loop import train_run
-from trainfer.train.run import Run
+from trainfer.training.evaluate import evaluate
+from trainfer.training.loop import train_run
+from trainfer.training.run import Run
 
 
 def train(

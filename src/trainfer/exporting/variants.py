@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainfer.export.quantize import quantize_dynamic_int8, quantize_static_int8
+from trainfer.exporting.quantize import quantize_dynamic_int8, quantize_static_int8
 
 
 @dataclass(frozen=True)

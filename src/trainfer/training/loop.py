@@ -21,10 +21,10 @@ from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
-from trainfer.train.checkpoint import load_checkpoint, load_tensors, restore, save_checkpoint, save_tensors
-from trainfer.train.metrics import compute_metrics, monitor
-from trainfer.train.progress import Progress
-from trainfer.train.schedule import lr_at
+from trainfer.training.checkpoint import load_checkpoint, load_tensors, restore, save_checkpoint, save_tensors
+from trainfer.training.metrics import compute_metrics, monitor
+from trainfer.training.progress import Progress
+from trainfer.training.schedule import lr_at
 
 
 def pick_device(choice: str) -> torch.device:
@@ -53,7 +53,7 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = True) -> Path:
-    """Train ``recipe`` into the run directory ``out``; returns ``out``. See trainfer.train."""
+    """Train ``recipe`` into the run directory ``out``; returns ``out``. See trainfer.training."""
     t_start = time.perf_counter()
     out = Path(out)
     # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
@@ -119,8 +119,11 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     else:
         _start_run_dir(out, recipe, data, resume)
 
-    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
     progress = Progress(cfg.epochs, steps_per_epoch, enabled=not quiet)
     t_loop = time.perf_counter()
     try:
@@ -183,13 +186,14 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
     finally:
         torch.use_deterministic_algorithms(prev_det)
+        torch.set_num_threads(prev_threads)  # API callers get their process settings back
     t_loop = time.perf_counter() - t_loop
 
     # -- finish: the best epoch's weights become the model; summary.json last marks the run complete
     best = load_tensors(ckpt_dir / state["best_file"])
     model.load_state_dict(best)
     save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
-    summary = _summary(model, data, device, cfg, state, n_params,
+    summary = _summary(model, data, device, cfg, state, n_params, threads,
                        {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
                         "total_s": time.perf_counter() - t_start})
     write_json(out / "summary.json", summary)
@@ -222,7 +226,7 @@ def _recorded_split(out: Path) -> Split | None:
 
 
 def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, state: dict[str, Any],
-             n_params: int, timings: dict[str, float]) -> dict[str, Any]:
+             n_params: int, threads: int, timings: dict[str, float]) -> dict[str, Any]:
     target = data.features.target
     splits = {name: compute_metrics(predict_outputs(model, data.X[name], device, cfg.eval_batch_size, cfg.precision),
                                     data.y[name], target) for name in ("train", "val", "test")}
@@ -253,7 +257,7 @@ def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, s
         "samples_per_s": float(np.median([r["samples_per_s"] for r in history])) if history else 0.0,
         "timings": timings,
         "device": device.type,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "data": {"source": data.dataset.name, "fingerprint": data.dataset.fingerprint()},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }

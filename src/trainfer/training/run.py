@@ -14,7 +14,7 @@ from trainfer.config import Recipe, validate
 from trainfer.errors import RunError
 from trainfer.features import Features
 from trainfer.models import build_model
-from trainfer.train.checkpoint import load_tensors
+from trainfer.training.checkpoint import load_tensors
 
 
 class Run:
@@ -76,7 +76,7 @@ class Run:
 
     def outputs_preprocessed(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Raw model outputs for already preprocessed float32 input (the torch reference for export)."""
-        from trainfer.train.loop import predict_outputs
+        from trainfer.training.loop import predict_outputs
 
         device = next(self.model.parameters()).device
         return predict_outputs(self.model, X, device, batch_size)

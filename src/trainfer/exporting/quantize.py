@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainfer.export.onnx_export import INPUT_NAME
+from trainfer.exporting.onnx_export import INPUT_NAME
 
 # Softmax and the output scaling stay in float: quantizing probabilities would cost accuracy for nothing.
 _QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]

@@ -14,17 +14,17 @@ import torch
 
 from trainfer._timing import FULL, QUICK, summarize, time_interleaved
 from trainfer.errors import MissingDependencyError, TrainferError
-from trainfer.export import compare, export_model, manifest_fields, reference_outputs
-from trainfer.export.onnx_export import INPUT_NAME
-from trainfer.export.prune import fine_tune, prune_structured
-from trainfer.export.select import BASELINE, choose, quality_drop
-from trainfer.export.variants import QUANTIZERS, Variant, by_name
-from trainfer.export.writer import write_bundle
+from trainfer.exporting import compare, export_model, manifest_fields, reference_outputs
+from trainfer.exporting.onnx_export import INPUT_NAME
+from trainfer.exporting.prune import fine_tune, prune_structured
+from trainfer.exporting.select import BASELINE, choose, quality_drop
+from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
+from trainfer.exporting.writer import write_bundle
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
 from trainfer.runtime import MODEL, default_threads
-from trainfer.train import Run
-from trainfer.train.metrics import compute_metrics, monitor
+from trainfer.training import Run
+from trainfer.training.metrics import compute_metrics, monitor
 
 THROUGHPUT_BATCH = 64
 

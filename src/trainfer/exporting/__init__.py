@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from trainfer.errors import ExportError
-from trainfer.export.fold import InferenceHead, fold_batchnorm
-from trainfer.export.onnx_export import INPUT_NAME, export_onnx
-from trainfer.export.writer import git_revision, write_bundle
+from trainfer.exporting.fold import InferenceHead, fold_batchnorm
+from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
+from trainfer.exporting.writer import git_revision, write_bundle
 from trainfer.features import Target
 from trainfer.runtime.bundle import MODEL
-from trainfer.train import Run
+from trainfer.training import Run
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| on probabilities (relative, for regression outputs)
 

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from trainfer.data import load_dataset
-from trainfer.train.metrics import compute_metrics
-from trainfer.train.run import Run
+from trainfer.training.metrics import compute_metrics
+from trainfer.training.run import Run
 
 
 def evaluate(run: Run, data: str | None = None) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from torch import nn
 from trainfer._imports import require
 from trainfer.data import prepare
 from trainfer.errors import ExportError
-from trainfer.train import Run
-from trainfer.train.loop import fit
+from trainfer.training import Run
+from trainfer.training.loop import fit
 
 
 def prune_structured(model: nn.Module, input_shape: tuple[int, ...], ratio: float) -> nn.Module:
