@@ -14,27 +14,21 @@ The last line printed is one JSON record.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from _common import environment
 from torch import nn
 
+import trainfer
 from trainfer.config import Recipe, build_recipe
 from trainfer.data import Prepared, prepare
 from trainfer.models import build_model
-
-# The function behind the public `trainfer.train`: that attribute turns into the `trainfer.train`
-# subpackage once the subpackage is imported (by the line below, or by a second access).
-from trainfer.training import train as trainfer_train
 from trainfer.training.schedule import lr_at
 
 GOAL_OVERHEAD_PCT = 5.0
@@ -46,7 +40,8 @@ def make_recipe(n_samples: int, epochs: int, batch: int, threads: int) -> Recipe
                  "options": {"n_samples": n_samples, "n_features": 64}},
         "model": {"name": "mlp", "hidden": [256, 256]},
         # patience=null: no early stopping, so both sides run exactly `epochs` epochs.
-        # device=cpu: the goal is about CPU training; threads is recorded (the run sets it below).
+        # device=cpu: the goal is about CPU training. threads: trainfer sets it for its loop; main()
+        # sets the same count process-wide, so the baseline runs at exactly the same count.
         "train": {"epochs": epochs, "batch_size": batch, "patience": None, "device": "cpu",
                   "threads": threads},
     })
@@ -55,7 +50,7 @@ def make_recipe(n_samples: int, epochs: int, batch: int, threads: int) -> Recipe
 def run_trainfer(recipe: Recipe, n_train: int) -> tuple[float, float, float]:
     """(samples/s over the loop wall time incl. eval + checkpoints, loop seconds, train-phase seconds)."""
     with tempfile.TemporaryDirectory(prefix="bench-trainfer-") as tmp:
-        run = trainfer_train(recipe, out=Path(tmp) / "run", quiet=True)
+        run = trainfer.train(recipe, out=Path(tmp) / "run", quiet=True)
         records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     loop_s = float(run.summary["timings"]["train_loop_s"])
     epochs = int(run.summary["epochs_run"])
@@ -105,36 +100,18 @@ def run_baseline(recipe: Recipe, data: Prepared) -> tuple[float, float, float]:
     return n * cfg.epochs / loop_s, loop_s, train_s
 
 
-def environment(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError, StopIteration):  # platform.processor() is often just "x86_64"
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
-            return done.stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "git_revision": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved A/B rounds (default 5, quick 3)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved A/B rounds (default 15, quick 3)")
     ap.add_argument("--quick", action="store_true", help="small data and few epochs, for smoke runs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores, max 8)")
     args = ap.parse_args()
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (3 if args.quick else 15)
     n_samples, epochs, batch = (4000, 2, 128) if args.quick else (20000, 5, 128)
     threads = args.threads or min(os.cpu_count() or 1, 8)
     # Set once for the whole process, so both sides run at exactly the same thread count.
     torch.set_num_threads(threads)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs skew CPU timings
 
     recipe = make_recipe(n_samples, epochs, batch, threads)
     data = prepare(recipe.data, recipe.seed)  # the same arrays trainfer.train() prepares for itself
@@ -180,6 +157,9 @@ def main() -> None:
           f" ratio CV {100 * cv:.1f}%")
     print(f"train phase only (steps, no eval/checkpoint): ratio {train_ratio:.3f} -> overhead"
           f" {train_overhead:+.1f}%; the rest of the loop adds {overhead - train_overhead:+.1f} points")
+    if cv > 0.05:
+        print(f"warning: ratios vary by {100 * cv:.0f}% between rounds (load average {load_start} at start);"
+              " the machine is busy, rerun when it is quiet")
     print(json.dumps({
         "benchmark": "train_overhead",
         "trainfer_samples_per_s": tf, "baseline_samples_per_s": bl,
@@ -192,7 +172,7 @@ def main() -> None:
                    "model": "mlp", "hidden": [256, 256], "batch_size": batch, "epochs": epochs,
                    "optimizer": "adamw", "schedule": recipe.train.schedule,
                    "grad_clip": recipe.train.grad_clip, "device": "cpu"},
-        "env": environment(threads), "raw": raw,
+        "env": {**environment(threads), "load_avg_1m_start": load_start}, "raw": raw,
     }))
 
 

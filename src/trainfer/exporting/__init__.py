@@ -10,21 +10,39 @@ import numpy as np
 import torch
 
 from trainfer.errors import ExportError
-from trainfer.exporting.fold import InferenceHead, fold_batchnorm
+from trainfer.exporting.fold import InferenceHead, fold_batchnorm, fold_input_affine
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
 from trainfer.exporting.writer import git_revision, write_bundle
-from trainfer.features import Target
+from trainfer.features import Features, Target
 from trainfer.runtime.bundle import MODEL
 from trainfer.training import Run
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| on probabilities (relative, for regression outputs)
 
 
-def inference_module(model: torch.nn.Module, target: Target) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``model`` as the bundle computes it: BatchNorm folded, softmax or de-standardization on top."""
+def graph_standardizes(features: Features) -> bool:
+    """Tables whose scaling is safe in float32 get it inside the graph (folded into the first layer):
+    the bundle's numpy work at batch 1 is then one cast and one check, not a float64 round trip."""
+    return features.kind == "tabular" and features.inputs.affine_in_float32_is_exact_enough
+
+
+def graph_inputs(features: Features, X_raw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(input of the torch model, input of the ONNX graph) for the same raw rows."""
+    X_std = features.transform(X_raw)
+    return X_std, (features.inputs.encode(X_raw) if graph_standardizes(features) else X_std)
+
+
+def inference_module(model: torch.nn.Module, features: Features) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` as the bundle computes it: BatchNorm folded, the input standardization folded in (when
+    the graph standardizes), softmax or de-standardization of the output on top."""
     body, folded, why = fold_batchnorm(model)
-    return InferenceHead(body, target.task, target.mean, target.std).eval(), {"bn_folded": folded,
-                                                                              "bn_fold_note": why}
+    info: dict[str, Any] = {"bn_folded": folded, "bn_fold_note": why, "standardization": "numpy"}
+    if graph_standardizes(features):
+        scale, shift = (torch.from_numpy(a).float() for a in features.inputs.affine)
+        body, into_first = fold_input_affine(body, scale, shift)
+        info.update(standardization="in_graph", standardization_folded=into_first)
+    t = features.target
+    return InferenceHead(body, t.task, t.mean, t.std).eval(), info
 
 
 @torch.inference_mode()
@@ -62,10 +80,11 @@ def compare(got: np.ndarray, want: np.ndarray, task: str, atol: float = PARITY_A
     return report
 
 
-def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X: np.ndarray,
+def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X_std: np.ndarray, X_graph: np.ndarray,
                  atol: float = PARITY_ATOL) -> dict[str, Any]:
-    """Compare onnxruntime with torch on ``X``; raise ExportError with the figures when they disagree."""
-    report = compare(onnx_outputs(onnx_path, X), reference_outputs(model, X, target), target.task, atol)
+    """Compare onnxruntime (on the graph's input) with torch (on the standardized input) for the same rows;
+    raise ExportError with the figures when they disagree."""
+    report = compare(onnx_outputs(onnx_path, X_graph), reference_outputs(model, X_std, target), target.task, atol)
     if not report["ok"]:
         agree = f", argmax agreement {report['argmax_agreement']:.4f}" if "argmax_agreement" in report else ""
         raise ExportError(
@@ -75,11 +94,12 @@ def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X: np.
     return report
 
 
-def export_model(model: torch.nn.Module, target: Target, X_check: np.ndarray, onnx_path: Path) -> dict[str, Any]:
+def export_model(model: torch.nn.Module, features: Features, X_std: np.ndarray, X_graph: np.ndarray,
+                 onnx_path: Path) -> dict[str, Any]:
     """Fold, export and parity-check one torch model; returns the onnx info with the parity figures."""
-    module, fold_info = inference_module(model, target)
-    info = export_onnx(module, torch.from_numpy(X_check[:2]), onnx_path, output_name(target.task))
-    return {**info, **fold_info, "parity": check_parity(model, target, onnx_path, X_check)}
+    module, fold_info = inference_module(model, features)
+    info = export_onnx(module, torch.from_numpy(X_graph[:2]), onnx_path, output_name(features.task))
+    return {**info, **fold_info, "parity": check_parity(model, features.target, onnx_path, X_std, X_graph)}
 
 
 def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Path:
@@ -88,10 +108,10 @@ def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Pa
     Example: ``trainfer.export("runs/digits", "bundles/digits")`` then ``trainfer.load("bundles/digits")``.
     """
     run = run if isinstance(run, Run) else Run.load(run)
-    X_test = run.features.transform(run.load_split("test")[0])
+    X_std, X_graph = graph_inputs(run.features, run.load_split("test")[0])
 
     def fill(tmp: Path) -> dict[str, Any]:
-        info = export_model(run.model, run.features.target, X_test, tmp / MODEL)
+        info = export_model(run.model, run.features, X_std, X_graph, tmp / MODEL)
         parity = info.pop("parity")
         return manifest_fields(run, "onnx-fp32", info, parity)
 
@@ -112,7 +132,9 @@ def manifest_fields(run: Run, variant: str, onnx_info: dict[str, Any], parity: d
     else:
         schema = {"kind": "image", "height": f.inputs.size, "width": f.inputs.size, "channels": 3,
                   "accepts": "image files, or uint8 arrays (n, height, width, 3); other sizes are resized"}
-    schema.update(tensor_name=INPUT_NAME, tensor_shape=["batch", *f.input_shape], id_column=f.id_column)
+    # "in_graph": the tensor takes imputed, one-hot but unscaled values (Predictor.prepare makes them).
+    schema.update(tensor_name=INPUT_NAME, tensor_shape=["batch", *f.input_shape], id_column=f.id_column,
+                  standardization=onnx_info.get("standardization", "numpy"))
     import onnx
     import onnxruntime
 
@@ -145,5 +167,5 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["check_parity", "compare", "export", "export_model", "inference_module", "manifest_fields", "onnx_outputs",
-           "output_name", "reference_outputs"]
+__all__ = ["check_parity", "compare", "export", "export_model", "graph_inputs", "graph_standardizes",
+           "inference_module", "manifest_fields", "onnx_outputs", "output_name", "reference_outputs"]

@@ -72,3 +72,39 @@ class InferenceHead(nn.Module):
         if self.task == "classification":
             return torch.softmax(out, dim=1)
         return out * self.std + self.mean
+
+
+class InputAffine(nn.Module):
+    """``x * scale + shift`` on the raw (imputed, one-hot) input: standardization inside the graph."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def fold_input_affine(model: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> tuple[nn.Module, bool]:
+    """Put ``x * scale + shift`` in front of ``model``, folded into its first Linear when the input
+    feeds only that layer (W' = W diag(scale), b' = b + W shift); returns (model, folded)."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # untraceable custom model: keep the explicit op
+        return nn.Sequential(InputAffine(scale, shift), model).eval(), False
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    users = list(placeholder.users)
+    if len(users) == 1 and users[0].op == "call_module":
+        layer = gm.get_submodule(users[0].target)
+        if type(layer) is nn.Linear and layer.in_features == scale.numel():
+            fused = nn.Linear(layer.in_features, layer.out_features, bias=True)
+            with torch.no_grad():
+                w = layer.weight.double()
+                bias = layer.bias.double() if layer.bias is not None else torch.zeros(layer.out_features).double()
+                fused.weight.copy_((w * scale.double()).float())
+                fused.bias.copy_((bias + w @ shift.double()).float())
+            _set_module(gm, users[0].target, fused)
+            gm.recompile()
+            return gm.eval(), True
+    return nn.Sequential(InputAffine(scale, shift), model).eval(), False

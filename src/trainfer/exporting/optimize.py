@@ -14,7 +14,7 @@ import torch
 
 from trainfer._timing import FULL, QUICK, summarize, time_interleaved
 from trainfer.errors import MissingDependencyError, TrainferError
-from trainfer.exporting import compare, export_model, manifest_fields, reference_outputs
+from trainfer.exporting import compare, export_model, graph_inputs, manifest_fields, reference_outputs
 from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
 from trainfer.exporting.select import BASELINE, choose, quality_drop
@@ -57,9 +57,10 @@ def _score(out: np.ndarray, y: np.ndarray, run: Run) -> float:
 class _Bases:
     """The fp32 sources variants derive from: the run's model, and pruned + fine-tuned copies."""
 
-    def __init__(self, run: Run, X_check: np.ndarray, work: Path, fine_tune_epochs: int,
+    def __init__(self, run: Run, X_std: np.ndarray, X_graph: np.ndarray, work: Path, fine_tune_epochs: int,
                  log: Callable[[str], None]) -> None:
-        self.run, self.X_check, self.work, self.epochs, self.log = run, X_check, work, fine_tune_epochs, log
+        self.run, self.work, self.epochs, self.log = run, work, fine_tune_epochs, log
+        self.X_std, self.X_graph = X_std, X_graph
         self._cache: dict[float | None, dict[str, Any]] = {}
 
     def get(self, ratio: float | None) -> dict[str, Any]:
@@ -80,7 +81,7 @@ class _Bases:
                 model = fine_tune(run, prune_structured(run.model, shape, ratio), self.work / f"{name}-run",
                                   self.epochs)
             path = self.work / f"{name}.onnx"
-            info = export_model(model, run.features.target, self.X_check, path)
+            info = export_model(model, run.features, self.X_std, self.X_graph, path)
             return {"model": model, "onnx": path, "info": info, "params": count_parameters(model),
                     "flops": forward_flops(model, shape)}
         except TrainferError as exc:
@@ -104,18 +105,21 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
 
         raise BundleError(f"{out} already exists", hint="choose another --out, or pass --force to replace it")
     enc = run.features.target.encode
-    X = {s: run.features.transform(run.load_split(s)[0]) for s in ("train", "val", "test")}
+    # X: what the ONNX graphs take; X_std: what the torch models take (they differ when the graph standardizes)
+    X, X_std = {}, {}
+    for s in ("train", "val", "test"):
+        X_std[s], X[s] = graph_inputs(run.features, run.load_split(s)[0])
     y = {s: enc(run.load_split(s)[1]) for s in ("val", "test")}
     rng = np.random.default_rng(run.recipe.seed)
     calib = X["train"][rng.choice(len(X["train"]), size=min(256, len(X["train"])), replace=False)]
     metric, _ = monitor(run.task)
     work = Path(tempfile.mkdtemp(prefix="trainfer-optimize-"))
     try:
-        bases = _Bases(run, X["test"], work, fine_tune_epochs, log)
+        bases = _Bases(run, X_std["test"], X["test"], work, fine_tune_epochs, log)
         rows, sessions = [], {}
         for v in by_name(variants):
             log(f"building {v.name}")
-            row, sess = _build_variant(v, bases, run, X, y, calib, threads, work)
+            row, sess = _build_variant(v, bases, run, X, X_std["test"], y, calib, threads, work)
             rows.append(row)
             if sess is not None:
                 sessions[v.name] = sess
@@ -129,11 +133,11 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
 
         log("measuring latency and throughput (interleaved)")
         timing = QUICK if quick else FULL
-        lat = _latency(sessions, run, X["test"], 1, threads, timing)
-        thr = _latency(sessions, run, X["test"], THROUGHPUT_BATCH, threads,
+        lat = _latency(sessions, run, X["test"], X_std["test"], 1, threads, timing)
+        thr = _latency(sessions, run, X["test"], X_std["test"], THROUGHPUT_BATCH, threads,
                        {"min_count": 20, "min_seconds": 0.5 if quick else 3.0})
         deploy = lat if batch_size == 1 else thr if batch_size == THROUGHPUT_BATCH else \
-            _latency(sessions, run, X["test"], batch_size, threads, timing)
+            _latency(sessions, run, X["test"], X_std["test"], batch_size, threads, timing)
         torch_p50 = float(np.median(lat["torch-eager"]))
         for r in rows:
             if r["name"] in sessions:
@@ -161,8 +165,9 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray], y: dict[str, np.ndarray],
-                   calib: np.ndarray, threads: int, work: Path) -> tuple[dict[str, Any], Any]:
+def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray], X_test_std: np.ndarray,
+                   y: dict[str, np.ndarray], calib: np.ndarray, threads: int,
+                   work: Path) -> tuple[dict[str, Any], Any]:
     row: dict[str, Any] = {"name": v.name, "status": "ok", "reason": None}
     try:
         base = bases.get(v.prune)
@@ -173,7 +178,7 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
         sess = _session(path, threads)
         outs = {s: _outputs(sess, X[s]) for s in ("val", "test")}
         metric, _ = monitor(run.task)
-        parity = compare(outs["test"], reference_outputs(base["model"], X["test"], run.features.target), run.task)
+        parity = compare(outs["test"], reference_outputs(base["model"], X_test_std, run.features.target), run.task)
         row.update({
             "path": path, "size_mb": path.stat().st_size / 1e6, "params": base["params"], "flops": base["flops"],
             "flops_note": "fp32 reference count (int8 ops are not counted)" if v.quant else None,
@@ -190,14 +195,14 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
     return row, None
 
 
-def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, batch: int, threads: int,
+def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, X_std: np.ndarray, batch: int, threads: int,
              timing: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per-call seconds at ``batch`` for every variant and torch eager, interleaved, same threads."""
     x = np.ascontiguousarray(np.resize(X, (batch, *X.shape[1:])))
     feed = {INPUT_NAME: x}
     fns: dict[str, Callable[[], Any]] = {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}
     model = run.model.eval()
-    xt = torch.from_numpy(x)
+    xt = torch.from_numpy(np.ascontiguousarray(np.resize(X_std, (batch, *X_std.shape[1:]))))
     head = torch.softmax if run.task == "classification" else (lambda t, dim: t)
 
     def torch_eager() -> None:

@@ -82,15 +82,44 @@ class TabularFeatures:
 
     # ---- apply -----------------------------------------------------------------------------
     def transform(self, X: Any) -> np.ndarray:
-        """Raw rows -> float32 matrix of shape (n, width), in numpy alone.
+        """Raw rows -> standardized float32 matrix of shape (n, width), in numpy alone.
 
         X: a DataFrame, a list of dicts keyed by column name, or a 2-D array whose columns are
         in training order. Missing values are imputed; unseen categories go to the unknown slot;
         a column that is absent, a non-number in a numeric column, or an infinity raises
         InputError naming the row and column.
         """
+        return self._apply(X, standardize=True)
+
+    def encode(self, X: Any) -> np.ndarray:
+        """Like transform, without the final ``x * scale + shift``: for graphs that standardize themselves.
+
+        transform(X) == encode(X) * scale + shift (up to float32 rounding), see ``affine``.
+        """
+        return self._apply(X, standardize=False)
+
+    @property
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) over all ``width`` model inputs; one-hot slots pass through unchanged."""
+        scale, shift = np.ones(self.width), np.zeros(self.width)
+        j = k = 0
+        for spec in self.columns:
+            if spec["type"] == "numeric":
+                scale[j], shift[j] = self._scale[k], self._shift[k]
+                j, k = j + 1, k + 1
+            else:
+                j += len(spec["categories"]) + 1
+        return scale, shift
+
+    @property
+    def affine_in_float32_is_exact_enough(self) -> bool:
+        """Whether standardizing raw float32 values loses nothing that matters: with |mean|/std below
+        1e3, float32 rounding of the raw value moves the standardized one by less than 1e-4."""
+        return all(abs(c["mean"]) / c["std"] < 1e3 for c in self.columns if c["type"] == "numeric")
+
+    def _apply(self, X: Any, standardize: bool) -> np.ndarray:
         if self._all_numeric and isinstance(X, np.ndarray) and X.dtype.kind in "iufb":
-            return self._transform_numeric(X)
+            return self._apply_numeric(X, standardize)
         cols = self._columns_of(X)
         n = len(cols[0]) if cols else 0
         out = np.zeros((n, self.width), dtype=np.float32)
@@ -102,7 +131,9 @@ class TabularFeatures:
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
                     raise InputError("value is infinite; send a finite number", row=row, column=spec["name"])
-                v = np.where(np.isnan(v), self._fill[k], v) * self._scale[k] + self._shift[k]
+                v = np.where(np.isnan(v), self._fill[k], v)
+                if standardize:
+                    v = v * self._scale[k] + self._shift[k]
                 _check_float32_range(v, spec["name"])
                 out[:, j] = v
                 j += 1
@@ -115,24 +146,31 @@ class TabularFeatures:
                 j += unknown + 1
         return out
 
-    def _transform_numeric(self, X: np.ndarray) -> np.ndarray:
+    def _apply_numeric(self, X: np.ndarray, standardize: bool) -> np.ndarray:
+        # The hot path at batch 1: as few numpy calls as possible, each on a handful of numbers.
         v = X.reshape(1, -1) if X.ndim == 1 else X
         if v.ndim != 2 or v.shape[1] != len(self.columns):
             names = self.column_names
             raise InputError(f"expected rows of {len(names)} features {names}, got an array of shape {X.shape}")
-        out = v * self._scale  # float64, a new array: the caller's input is never modified
-        out += self._shift
-        # One reduction tells whether anything is NaN, infinite or beyond float32; the details only then.
-        if out.size and not np.abs(out).max() <= _F32_MAX:  # NaN compares False too
-            src = v.astype(np.float64)
-            bad = np.isinf(src)
-            if bad.any():
-                row, col = (int(i) for i in np.argwhere(bad)[0])
-                raise InputError("value is infinite; send a finite number", row=row,
-                                 column=self.columns[col]["name"])
-            out = np.where(np.isnan(src), self._fill, src) * self._scale + self._shift
-            for col in range(out.shape[1]):
-                _check_float32_range(out[:, col], self.columns[col]["name"])
+        if standardize:
+            out = v * self._scale  # float64, a new array: the caller's input is never modified
+            out += self._shift
+            res = out.astype(np.float32)
+        else:
+            res = v.astype(np.float32)  # always a copy
+        # One sum tells whether anything is NaN, infinite or beyond float32 (the cast made it inf).
+        if math.isfinite(res.sum()):
+            return res
+        src = v.astype(np.float64)
+        bad = np.isinf(src)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise InputError("value is infinite; send a finite number", row=row, column=self.columns[col]["name"])
+        out = np.where(np.isnan(src), self._fill, src)
+        if standardize:
+            out = out * self._scale + self._shift
+        for col in range(out.shape[1]):  # a float32 sum may overflow with every value in range: then all pass
+            _check_float32_range(out[:, col], self.columns[col]["name"])
         return out.astype(np.float32)
 
     def _columns_of(self, X: Any) -> list[np.ndarray]:

@@ -121,7 +121,7 @@ def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk
                 fh.write("[")
             for rows, ids in chunks:
                 try:
-                    x = pred.features.transform(rows)
+                    x = pred.prepare(rows)
                 except InputError as exc:
                     raise exc.shifted(written) from None
                 out_arr = pred.run(x)

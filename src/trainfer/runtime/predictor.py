@@ -54,15 +54,24 @@ class Predictor:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._first_output = self.output_names[:1]
-        self._transform = self.features.inputs.transform  # bound once: predict is a hot path at batch 1
+        # Bound once: predict is a hot path at batch 1. A graph that standardizes its input itself takes
+        # the imputed, one-hot encoded rows; otherwise numpy standardizes them too.
+        in_graph = self.manifest.get("input", {}).get("standardization") == "in_graph"
+        self._transform = self.features.inputs.encode if in_graph else self.features.inputs.transform
         self.variant = self.manifest.get("variant", "onnx-fp32")
+        labels = self.features.target.labels
+        self._labels = np.asarray(labels, dtype=object if any(isinstance(v, str) for v in labels) else None)
 
     @property
     def labels(self) -> list[Any]:
         return self.features.target.labels
 
+    def prepare(self, X: Any) -> np.ndarray:
+        """Raw rows -> the graph's input tensor (validated, imputed, encoded) with numpy alone."""
+        return self._transform(X)
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        """The model on an already preprocessed float32 batch: probabilities or predictions."""
+        """The graph on a batch from ``prepare``: probabilities, or predictions for regression."""
         return self.session.run(self._first_output, {self.input_name: x})[0]
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -73,8 +82,7 @@ class Predictor:
     def predict(self, X: Any) -> np.ndarray:
         out = self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
         if self.task == "classification":
-            labels = np.asarray(self.labels, dtype=object if any(isinstance(v, str) for v in self.labels) else None)
-            return labels[out.argmax(axis=1)]
+            return self._labels[out.argmax(axis=1)]
         return out.reshape(-1).astype(np.float64)
 
     def __repr__(self) -> str:
