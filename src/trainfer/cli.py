@@ -243,6 +243,139 @@ def predict(
     _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
 
 
+@app.command()
+def bench(
+    target: Annotated[Path, typer.Argument(help="A finished run directory, or a bundle.")],
+    bundle: Annotated[Path | None, typer.Option(
+        help="For a run: the bundle to measure (default: RUN/bundle, else a fresh onnx-fp32 export).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Short LoadGen runs (about a minute in all).")] = False,
+    threads: Annotated[int | None, typer.Option(help="Threads for inference and torch (default: bundle's).")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(
+        help="Report time-to-target: wall clock until validation accuracy reaches this value.")] = None,
+    seeds: Annotated[int, typer.Option(help="With --target-accuracy: retrain with N seeds, olympic mean.",
+                                       min=1)] = 1,
+    server_latency_ms: Annotated[float | None, typer.Option(
+        help="p99 bound for the Server scenario (default: 20x SingleStream p50, at least 10 ms).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure training and inference side by side; write bench.json (into a run, or beside a bundle).
+
+    Inference runs MLPerf LoadGen's SingleStream, Offline (batch 1 to 256) and Server scenarios on the
+    bundle and, for a run, on torch eager too; plus cold start and peak memory in fresh processes. For a
+    run, training throughput, FLOPs (forward and forward+backward), time-to-target and energy.
+
+    Example: trainfer bench runs/digits --quick
+    """
+    from trainfer.bench import bench as bench_fn
+    from trainfer.bench import bench_path
+
+    console = _console()
+    show = not as_json and sys.stdout.isatty()
+    with console.status("benchmarking") if show else _nullcontext() as status:
+        record = bench_fn(target, bundle=bundle, quick=quick, threads=threads, target_accuracy=target_accuracy,
+                          seeds=seeds, server_latency_ms=server_latency_ms,
+                          log=lambda m: status.update(m) if status is not None else None)
+    if as_json:
+        print(json.dumps(record, default=str))
+        return
+    console.print(bench_table(record))
+    console.print(f"written: {bench_path(Path(target))}")
+
+
+def bench_table(record: dict[str, Any]) -> Any:
+    """The headline figures of bench.json as a rich Table (also used by `trainfer run`)."""
+    from rich.table import Table
+
+    from trainfer.report.fmt import get, ms, seconds, si
+
+    t = Table(title=f"trainfer bench ({record['mode']}, {record['inference']['threads']} threads)")
+    t.add_column("")
+    t.add_column("training", style="dark_orange3")
+    for name in record["inference"]["variants"]:
+        t.add_column(name, style="dodger_blue2")
+    vs = list(record["inference"]["variants"].values())
+    tr = record.get("training") or {}
+    t.add_row("FLOPs / sample", si(tr.get("flops_per_sample"), "FLOP") + " (fwd+bwd)",
+              *[si(get(record, "inference.flops_per_sample"), "FLOP") + " (fwd)"] * len(vs))
+    t.add_row("time", f"{seconds(tr.get('wall_s'))} wall, {si(tr.get('samples_per_s'), '/s')} samples",
+              *[f"p50 {ms(v['latency_ms_p50'])}, p90 {ms(v['latency_ms_p90'])}" for v in vs])
+    t.add_row("throughput", si(tr.get("samples_per_s"), " samples/s"),
+              *[f"{si(v['throughput_per_s'], '/s')} (batch {v['throughput_batch_size']})" for v in vs])
+    t.add_row("server", "", *[f"{si(v['server']['max_qps_within_bound'], 'QPS')} ≤ "
+                                  f"{v['server']['latency_bound_ms_p99']:.3g} ms p99" for v in vs])
+    e = record["energy"]
+    t.add_row("energy", f"{si(get(e, 'training_j.value'), 'J')} ({get(e, 'training_j.method')})",
+              *[f"{si(get(e, 'inference_j_per_prediction.value'), 'J')}/prediction "
+                f"({get(e, 'inference_j_per_prediction.method')})"] + [""] * (len(vs) - 1))
+    cs = record["inference"]["cold_start"]
+    t.add_row("cold start / RSS", f"{(tr.get('peak_rss_mb') or 0):.0f} MB peak",
+              *[f"{seconds(get(cs, 'bundle.time_to_first_prediction_s'))}, "
+                f"{(get(cs, 'bundle.peak_rss_mb') or 0):.0f} MB",
+                f"{seconds(get(cs, 'torch.time_to_first_prediction_s'))}, "
+                f"{(get(cs, 'torch.peak_rss_mb') or 0):.0f} MB"][:len(vs)])
+    if e.get("break_even_predictions", {}).get("value"):
+        t.caption = f"break-even: {e['break_even_predictions']['value']:,.0f} predictions = the training run's energy"
+    return t
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory with bench.json (run `trainfer bench` first).")],
+    out: Annotated[Path | None, typer.Option(help="Directory for report.html and infographic.png "
+                                                  "(default: the run).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write report.html (self-contained) and infographic.png: training vs inference, measured.
+
+    Example: trainfer report runs/digits
+    """
+    from trainfer.report import report as report_fn
+
+    paths = report_fn(run, out)
+    _emit({k: str(v) for k, v in paths.items()}, as_json,
+          f"[bold]report[/] {paths['report']}\n[bold]infographic[/] {paths['infographic']}")
+
+
+@app.command("run")
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. examples/digits.yaml.")],
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<recipe name>).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="optimize's accuracy budget, in points.")] = 0.5,
+    full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Everything in one go: train -> optimize -> bench -> report, with a progress line per stage.
+
+    Example: trainfer run examples/digits.yaml
+    """
+    import time
+
+    from rich.console import Console
+
+    from trainfer.pipeline import STAGES
+    from trainfer.pipeline import run as run_fn
+
+    console = Console(stderr=True, highlight=False)  # stage lines on stderr: stdout stays clean for --json
+    started = time.perf_counter()
+
+    def on_stage(stage: str, msg: str) -> None:
+        console.print(f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {msg}  "
+                      f"({time.perf_counter() - started:.0f} s)")
+
+    result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
+                    resume=resume, on_stage=on_stage)
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
+        return
+    c = _console()
+    c.print(optimize_table(result["optimize"]))
+    c.print(bench_table(result["bench"]))
+    c.print(f"[bold]done[/] in {time.perf_counter() - started:.0f} s\nreport: {result['report']}\n"
+            f"infographic: {result['infographic']}\nbundle: {result['bundle']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; maps TrainferError to exit code 2."""
     try:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainfer._atomic import write_json, write_text
+from trainfer._energy import EnergyMeter
 from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
@@ -111,7 +112,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
 
     # -- state: fresh, or the last complete checkpoint
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
-                             "elapsed_s": 0.0}
+                             "elapsed_s": 0.0, "cpu_s": 0.0, "energy_j": 0.0, "energy_method": None}
     ckpt = load_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
         state, tensors = ckpt
@@ -133,6 +134,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                     break
                 t0 = time.perf_counter()
+                meter = EnergyMeter(device.type).__enter__()
                 model.train()
                 # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state.
                 perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(recipe.seed * 100003 + epoch))
@@ -179,6 +181,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     state["bad_epochs"] += 1
                 state["history"].append(record)
                 state["elapsed_s"] += time.perf_counter() - t0
+                meter.__exit__(None, None, None)
+                state["cpu_s"] += meter.cpu_s
+                state["energy_j"] += meter.joules
+                state["energy_method"] = meter.method
                 best_weights = model.state_dict() if improved else None
                 save_checkpoint(ckpt_dir, epoch, model, opt, state, best_weights)
                 # Rewritten whole from the checkpointed history, so it never holds an epoch twice.
@@ -195,6 +201,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
     summary = _summary(model, data, device, cfg, state, n_params, threads,
                        {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
+                        "train_cpu_s": state["cpu_s"],
                         "total_s": time.perf_counter() - t_start})
     write_json(out / "summary.json", summary)
     return summary
@@ -207,6 +214,15 @@ def _improved(score: float, loss: float, state: dict[str, Any], mode: str, min_d
         return True
     better = score > best + min_delta if mode == "max" else score < best - min_delta
     return better or (score == best and loss < state.get("best_loss", float("inf")))
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (data, model, optimizer, activations)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _start_run_dir(out: Path, recipe: Recipe, data: Prepared, resume: bool) -> None:
@@ -252,6 +268,10 @@ def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, s
                     f"{splits['val'][metric_name]:.4f}: gap {points:+.2f} {unit}"
                     + (" (overfitting)" if (target.task == "classification" and points > 5) else ""),
         },
+        "energy": {"joules": state.get("energy_j", 0.0), "method": state.get("energy_method"),
+                   "assumption": EnergyMeter().assumption if state.get("energy_method") == "estimated" else None,
+                   "scope": "training epochs (train steps, validation, checkpoints)"},
+        "peak_rss_mb": _peak_rss_mb(),
         "params": n_params,
         "samples": {k: len(v) for k, v in data.y.items()},
         "samples_per_s": float(np.median([r["samples_per_s"] for r in history])) if history else 0.0,

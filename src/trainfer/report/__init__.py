@@ -1,0 +1,143 @@
+"""`trainfer report RUN`: a self-contained report.html and an infographic.png from bench.json."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from trainfer._atomic import write_text, write_with
+from trainfer.errors import RunError
+from trainfer.report import charts
+from trainfer.report.fmt import get, ms, si
+from trainfer.report.infographic import draw
+from trainfer.report.ledger import rows
+
+
+def _cell(bench: dict[str, Any], parts: list[Any]) -> str:
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(html.escape(part))
+        else:
+            key, fmt = part
+            value = get(bench, key)
+            out.append(f'<span class="num" data-key="{key}" data-value="{html.escape(json.dumps(value))}">'
+                       f"{html.escape(fmt(value))}</span>")
+    return "".join(out)
+
+
+def _variant_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variants to chart: the optimize table when present, plus what bench measured (bundle, torch)."""
+    opt = get(bench, "inference.optimize.variants") or []
+    measured = [{"name": name, "latency_ms_p50": r["latency_ms_p50"], "latency_ms_p90": r["latency_ms_p90"],
+                 "status": "kept"} for name, r in bench["inference"]["variants"].items()]
+    return [*opt, *measured]
+
+
+def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Write report.html and infographic.png for a benchmarked run; returns their paths.
+
+    Example: ``trainfer.bench("runs/digits", quick=True); trainfer.report("runs/digits")``.
+    """
+    run = Path(run)
+    bench_file = run / "bench.json"
+    if not bench_file.is_file():
+        raise RunError(f"{run} has no bench.json", hint=f"measure it first: trainfer bench {run}")
+    bench = json.loads(bench_file.read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    out = Path(out) if out else run
+    metric = "accuracy" if summary["task"] == "classification" else "rmse"
+    bundle_key = bench["inference"]["bundle_key"]
+    title = (f"{summary['data']['source']} · {bench['inference']['variant']} bundle · test {metric} "
+             f"{summary['test'][metric]:.4f}")
+
+    table = "\n".join(f"<tr><th>{html.escape(label)}</th><td>{_cell(bench, tr)}</td><td>{_cell(bench, inf)}</td></tr>"
+                      for label, tr, inf in rows(bench, bundle_key))
+    variants = _variant_rows(bench)
+    figs = [("Training curves", charts.training_curves(history, summary["best_epoch"], metric))]
+    figs.append(("Latency per variant", charts.latency_by_variant(variants)))
+    if get(bench, "inference.optimize.variants"):
+        figs.append(("Accuracy against latency", charts.accuracy_vs_latency(bench["inference"]["optimize"]["variants"],
+                                                                            metric)))
+    e_method = get(bench, "energy.inference_j_per_prediction.method") or "unknown"
+    figs.append(("FLOPs and energy, per sample", charts.phases_side_by_side(
+        (bench["training"]["flops_per_sample"], bench["inference"]["flops_per_sample"]),
+        (get(bench, "energy.training_j_per_sample.value"), get(bench, "energy.inference_j_per_prediction.value")),
+        e_method)))
+    manifest = _manifest(bench)
+    page = _PAGE.format(
+        title=html.escape(title), table=table,
+        charts="\n".join(f'<figure class="chart"><figcaption>{html.escape(c)}</figcaption>{svg}</figure>'
+                         for c, svg in figs),
+        scenarios=_scenarios(bench), provenance=_provenance(bench, summary, manifest),
+        env=html.escape(json.dumps(bench["env"], indent=1)),
+    )
+    write_text(out / "report.html", page)
+    write_with(out / "infographic.png", lambda tmp: draw(bench, title, tmp))
+    return {"report": out / "report.html", "infographic": out / "infographic.png"}
+
+
+def _manifest(bench: dict[str, Any]) -> dict[str, Any] | None:
+    path = Path(bench["bundle"]) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _scenarios(bench: dict[str, Any]) -> str:
+    out = []
+    for name, r in bench["inference"]["variants"].items():
+        off = ", ".join(f"batch {o['batch_size']}: {si(o['throughput_per_s'], '/s')} ({o['validity']})"
+                        for o in r["offline"])
+        srv = r["server"]
+        out.append(f"<tr><td>{html.escape(name)}</td><td>{ms(r['latency_ms_p50'])} / {ms(r['latency_ms_p90'])} / "
+                   f"{ms(r['latency_ms_p99'])} ({r['single_stream']['validity']})</td><td>{html.escape(off)}</td>"
+                   f"<td>{si(srv['max_qps_within_bound'], 'QPS')} within p99 ≤ {srv['latency_bound_ms_p99']:.3g} ms"
+                   f"</td></tr>")
+    return "\n".join(out)
+
+
+def _provenance(bench: dict[str, Any], summary: dict[str, Any], manifest: dict[str, Any] | None) -> str:
+    items = [f"data fingerprint (sha256): <code>{summary['data']['fingerprint']}</code>"]
+    if manifest:
+        items += [f"{html.escape(n)} sha256: <code>{h}</code>" for n, h in manifest["files"].items()]
+        items.append(f"manifest self-hash: <code>{manifest['manifest_sha256']}</code>")
+    items.append(f"git revision: <code>{bench['env'].get('git_revision') or 'n/a'}</code>")
+    items.append("signatures: not signed (signed bundles come later); privacy budget: not trained with DP")
+    return "".join(f"<li>{i}</li>" for i in items)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>trainfer report: {title}</title>
+<style>
+body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #212529; }}
+h1 {{ margin-bottom: .2rem; }} .sub {{ color: #495057; margin-top: 0; }}
+table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; }}
+th, td {{ border: 1px solid #dee2e6; padding: .45rem .6rem; vertical-align: top; text-align: left; }}
+thead th {{ background: #f1f3f5; }} #ledger th {{ width: 16%; }}
+#ledger thead th:nth-child(2) {{ color: #d9480f; }} #ledger thead th:nth-child(3) {{ color: #1971c2; }}
+.num {{ font-weight: 600; }} figure.chart {{ margin: 1.5rem 0; }} figure.chart svg {{ max-width: 100%; height: auto; }}
+figcaption {{ font-weight: 600; margin-bottom: .3rem; }} code {{ font-size: 12px; word-break: break-all; }}
+pre {{ background: #f8f9fa; padding: .6rem; font-size: 12px; overflow-x: auto; }}
+</style></head>
+<body>
+<h1>Training vs Inference</h1>
+<p class="sub">{title}</p>
+<table id="ledger"><thead><tr><th></th><th>Training</th><th>Inference</th></tr></thead>
+<tbody>
+{table}
+</tbody></table>
+<h2>Charts</h2>
+{charts}
+<h2>MLPerf LoadGen scenarios</h2>
+<table id="scenarios"><thead><tr><th>variant</th><th>SingleStream p50 / p90 / p99</th><th>Offline</th>
+<th>Server</th></tr></thead><tbody>
+{scenarios}
+</tbody></table>
+<h2>Provenance</h2>
+<ul id="provenance">{provenance}</ul>
+<h2>Environment</h2>
+<pre>{env}</pre>
+</body></html>
+"""
