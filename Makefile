@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   train on a built-in dataset (digits), then evaluate it
+#   make demo   the whole path on a built-in dataset (digits): train, optimize, bench, report
 #   make test   run the test suite
 # Both create .venv and install the project when missing.
 PYTHON ?= python3
@@ -20,8 +20,7 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	rm -rf runs/demo-digits
-	$(BIN)/trainfer train --data digits --model mlp --epochs 30 --seed 0 --out runs/demo-digits
-	$(BIN)/trainfer evaluate runs/demo-digits
+	$(BIN)/trainfer run examples/digits.yaml --out runs/demo-digits
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

@@ -15,6 +15,9 @@ _EXTRAS = {
     "pyarrow": "train",
     "onnx": "export",
     "onnxscript": "export",
+    "torch_pruning": "optimize",
+    "mlperf_loadgen": "bench",
+    "matplotlib": "bench",
 }
 
 
