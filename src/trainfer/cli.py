@@ -376,6 +376,39 @@ def run_cmd(
             f"infographic: {result['infographic']}\nbundle: {result['bundle']}")
 
 
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
+    name: Annotated[str | None, typer.Option(help="Model name in the URLs (default: bundle folder name).")] = None,
+    host: Annotated[str, typer.Option(help="Interface; loopback by default, 0.0.0.0 exposes it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).", min=1)] = 1,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process (default: bundle's).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.", min=1)] = 32,
+    max_delay_ms: Annotated[float, typer.Option(help="How long the first request waits for others.", min=0)] = 2.0,
+    max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.", min=1)] = 256,
+    timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.", min=1)] = 1000.0,
+    api_key_file: Annotated[Path | None, typer.Option(help="File with one API key per line: clients send "
+                                                         "'Authorization: Bearer KEY'.")] = None,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.", min=0)] = 8.0,
+) -> None:
+    """Serve a bundle over HTTP: Open Inference Protocol v2 (KServe/Triton clients work) and POST /predict.
+
+    Endpoints: /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME, /v2/models/NAME/ready,
+    /v2/models/NAME/infer (JSON or binary tensors), /predict, /metrics (Prometheus), /docs.
+    Requests are batched dynamically; no endpoint loads models or changes the server.
+
+    Example: trainfer serve bundles/digits --port 8000
+    """
+    from trainfer.runtime import load
+    from trainfer.serve import serve as serve_fn
+
+    load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
+    serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,
+             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms,
+             max_body_mb=max_body_mb)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; maps TrainferError to exit code 2."""
     try:

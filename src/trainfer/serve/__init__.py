@@ -1,0 +1,50 @@
+"""`trainfer serve`: real-time inference over HTTP (Open Inference Protocol v2), torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from trainfer.runtime import load
+from trainfer.serve.app import ServeConfig, create_app, read_api_keys
+
+_ENV = "TRAINFER_SERVE"  # how `--workers N` hands the settings to each worker process
+
+
+def build_app(bundle: str | Path, config: ServeConfig, threads: int | None = None) -> Any:
+    """A ready FastAPI app for ``bundle`` (hashes verified on load)."""
+    return create_app(load(bundle, threads=threads), config)
+
+
+def _factory() -> Any:  # uvicorn --factory entry point for multi-process serving
+    spec = json.loads(os.environ[_ENV])
+    cfg = ServeConfig(**{**spec["config"], "api_keys": tuple(spec["config"]["api_keys"])})
+    return build_app(spec["bundle"], cfg, spec["threads"])
+
+
+def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          workers: int = 1, threads: int | None = None, api_key_file: str | Path | None = None,
+          access_log: bool = True, **limits: Any) -> None:
+    """Serve ``bundle`` until interrupted; SIGTERM/SIGINT drain requests in flight before exiting.
+
+    Example: ``serve("bundles/digits", port=8000, max_batch_size=32, max_delay_ms=2)``.
+    """
+    import uvicorn
+
+    bundle = Path(bundle)
+    keys = read_api_keys(api_key_file) if api_key_file else ()
+    config = ServeConfig(name=name or bundle.resolve().name, api_keys=keys, **limits)
+    common = {"host": host, "port": port, "access_log": access_log, "timeout_graceful_shutdown": 30,
+              "log_level": "info"}
+    if workers > 1:
+        os.environ[_ENV] = json.dumps({"bundle": str(bundle), "threads": threads,
+                                       "config": dataclasses.asdict(config)})
+        uvicorn.run("trainfer.serve:_factory", factory=True, workers=workers, **common)
+    else:
+        uvicorn.run(build_app(bundle, config, threads), **common)
+
+
+__all__ = ["ServeConfig", "build_app", "create_app", "serve"]

@@ -1,0 +1,264 @@
+"""The HTTP server: a FastAPI app around one bundle, with dynamic batching, API keys, a body limit and
+Prometheus metrics. Imports the runtime only: no torch in the server process."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from trainfer.errors import InputError, TrainferError
+from trainfer.runtime import Predictor
+from trainfer.serve.batching import Batcher, Expired, QueueFull
+from trainfer.serve.protocol import HEADER, Schema, encode_infer, outputs, parse_infer
+
+log = logging.getLogger("trainfer.serve")
+
+
+@dataclass
+class ServeConfig:
+    name: str
+    max_batch_size: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    timeout_ms: float = 1000.0
+    max_body_mb: float = 8.0
+    api_keys: tuple[str, ...] = ()
+
+
+def read_api_keys(path: str | Path) -> tuple[str, ...]:
+    """One key per line; blank lines and # comments ignored."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise TrainferError(f"cannot read --api-key-file {path}: {exc.strerror}") from None
+    keys = tuple(s.strip() for s in lines if s.strip() and not s.strip().startswith("#"))
+    if not keys:
+        raise TrainferError(f"--api-key-file {path} holds no key", hint="put one key per line")
+    return keys
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("trainfer_requests_total", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("trainfer_request_seconds", "request latency", ["endpoint"], registry=self.registry,
+                                 buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
+        self.queue = Gauge("trainfer_queue_depth", "requests waiting for a batch", registry=self.registry)
+        self.batch = Histogram("trainfer_batch_size", "rows per executed batch", registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.inference = Histogram("trainfer_inference_seconds", "model time per batch", registry=self.registry,
+                                   buckets=(.0001, .0002, .0005, .001, .002, .005, .01, .02, .05, .1, .5))
+
+    def observe(self, name: str, value: float) -> None:
+        if name == "queue_depth":
+            self.queue.set(value)
+        elif name == "batch_size":
+            self.batch.observe(value)
+        elif name == "inference_s":
+            self.inference.observe(value)
+
+
+class PredictRequest(BaseModel):
+    rows: list[dict[str, Any]] = Field(..., min_length=1, description="rows of named raw features")
+
+
+class PredictResponse(BaseModel):
+    labels: list[Any] | None = None
+    probabilities: list[list[float]] | None = None
+    predictions: list[float] | None = None
+
+
+class InferTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[InferTensor]
+    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
+    """The app for one loaded bundle. No endpoint loads models or changes the server."""
+    schema = Schema(predictor.features, predictor.labels, predictor.task)
+    metrics = _Metrics()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher = Batcher(predictor.run, config.max_batch_size, config.max_delay_ms, config.max_queue,
+                          config.timeout_ms, observe=metrics.observe)
+        batcher.start()
+        state["batcher"] = batcher
+        yield
+        await batcher.close()  # after uvicorn stopped accepting and in-flight requests were answered
+
+    app = FastAPI(title=f"trainfer: {config.name}", version="1", lifespan=lifespan,
+                  description="Open Inference Protocol v2 (KServe/Triton) and a simple /predict, for one bundle.")
+    max_body = int(config.max_body_mb * 1024 * 1024)
+    keys = [k.encode() for k in config.api_keys]
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        t0 = time.perf_counter()
+        response = await _guarded(request, call_next)
+        route = request.scope.get("route")
+        endpoint = route.path if route is not None else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    async def _guarded(request: Request, call_next: Any) -> Response:
+        if keys and not request.url.path.startswith("/v2/health"):
+            auth = request.headers.get("authorization", "")
+            token = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
+            # compare_digest against every key, without an early exit: the time does not reveal a match
+            ok = False
+            for k in keys:
+                ok |= hmac.compare_digest(token, k)
+            if not ok:
+                return _error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                              {"WWW-Authenticate": "Bearer"})
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            return _error(413, f"request body over the {config.max_body_mb:g} MB limit")
+        return await call_next(request)
+
+    async def _body(request: Request) -> bytes:
+        # A chunked body carries no Content-Length: count while reading.
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _predict_rows(rows: Any) -> np.ndarray:
+        try:
+            x = predictor.prepare(rows)
+        except InputError:
+            raise
+        except TrainferError as exc:
+            raise InputError(exc.message) from None
+        return await state["batcher"].submit(x)
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"])
+    async def ready() -> dict[str, bool]:
+        return {"ready": "batcher" in state}
+
+    @app.get("/v2", tags=["v2"])
+    async def server_metadata() -> dict[str, Any]:
+        from trainfer import __version__
+
+        return {"name": "trainfer", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}", tags=["v2"])
+    async def model_metadata(name: str) -> Response:
+        if name != config.name:
+            return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+        return JSONResponse({"name": config.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                             "inputs": schema.inputs, "outputs": schema.outputs})
+
+    @app.get("/v2/models/{name}/ready", tags=["v2"])
+    async def model_ready(name: str) -> Response:
+        if name != config.name:
+            return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+        return JSONResponse({"name": name, "ready": "batcher" in state})
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def infer(name: str, request: Request) -> Response:
+        if name != config.name:
+            return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+        try:
+            body = await _body(request)
+            header = request.headers.get(HEADER)
+            if header is not None and not header.isdigit():
+                raise InputError(f"{HEADER} must be a number of bytes")
+            rows, req = parse_infer(body, int(header) if header is not None else None, schema)
+            out = await _predict_rows(rows)
+            payload, head_len = encode_infer(outputs(out, schema), req, config.name, schema)
+        except _TooLarge:
+            return _error(413, f"request body over the {config.max_body_mb:g} MB limit")
+        except InputError as exc:
+            return _error(400, exc.message)
+        except QueueFull:
+            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+        except Expired:
+            return _error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+        if head_len is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream", headers={HEADER: str(head_len)})
+
+    @app.post("/predict", tags=["simple"], response_model=PredictResponse)
+    async def predict(body: PredictRequest) -> Response:
+        try:
+            rows: Any = body.rows
+            if predictor.features.kind == "image":
+                rows = np.asarray([r.get("image") for r in body.rows], dtype=np.float64)
+            out = await _predict_rows(rows)
+        except InputError as exc:
+            return _error(400, exc.message)
+        except (ValueError, TypeError):
+            return _error(400, "each row needs an 'image' field holding a height x width x 3 array of 0..255")
+        except QueueFull:
+            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+        except Expired:
+            return _error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+        named = outputs(out, schema)
+        if predictor.task == "classification":
+            res = {"labels": [_plain(v) for v in named["label"]], "probabilities": named["probabilities"].tolist()}
+        else:
+            res = {"predictions": named["prediction"].tolist()}
+        return JSONResponse(res)
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus() -> Response:
+        metrics.queue.set(state["batcher"].depth if "batcher" in state else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def unprocessable(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # 400 with the field named, like every other input error of this server (FastAPI's default is 422)
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "body"
+        msg = errors[0]["msg"] if errors else "invalid request"
+        return _error(400, f"{where}: {msg}")
+
+    return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v

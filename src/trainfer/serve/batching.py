@@ -1,0 +1,147 @@
+"""Dynamic batching: requests wait in a bounded queue and are run together, up to a maximum batch
+size or a maximum delay after the first one arrived, whichever comes first.
+
+``collate`` is the pure part (which queued requests form the next batch); ``Batcher`` is the loop
+around it: one worker task, inference in one background thread so the event loop keeps accepting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` requests already: answer 503 with Retry-After."""
+
+
+class Expired(Exception):
+    """The request waited longer than the timeout before its batch started: answer 504."""
+
+
+@dataclass
+class Pending:
+    x: np.ndarray  # the request's prepared rows (its first axis is the batch axis)
+    enqueued: float  # time.monotonic() when it entered the queue
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+def collate(queue: deque[Pending], max_rows: int, now: float, timeout_s: float) -> tuple[list[Pending], list[Pending]]:
+    """Take the next batch from the front of ``queue`` (mutated): (batch, expired).
+
+    Requests are taken in arrival order and never split; rows are added while the total stays within
+    ``max_rows`` (a single request larger than that forms a batch of its own). Requests that already
+    waited longer than ``timeout_s`` are removed and returned as expired instead.
+    """
+    batch: list[Pending] = []
+    expired: list[Pending] = []
+    rows = 0
+    while queue:
+        head = queue[0]
+        if now - head.enqueued > timeout_s:
+            expired.append(queue.popleft())
+            continue
+        if batch and rows + head.rows > max_rows:
+            break
+        batch.append(queue.popleft())
+        rows += head.rows
+        if rows >= max_rows:
+            break
+    return batch, expired
+
+
+class Batcher:
+    """``await batcher.submit(x)`` returns the model's output rows for ``x``."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 32, max_delay_ms: float = 2.0,
+                 max_queue: int = 256, timeout_ms: float = 1000.0,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1e3
+        self.max_queue = max_queue
+        self.timeout_s = timeout_ms / 1e3
+        self._observe = observe or (lambda _name, _value: None)
+        self._queue: deque[Pending] = deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainfer-infer")
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Drain: everything already queued is still answered, then the worker stops."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        if len(self._queue) >= self.max_queue or self._closing:
+            raise QueueFull
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._queue.append(Pending(x, time.monotonic(), fut))
+        self._observe("queue_depth", len(self._queue))
+        self._wake.set()
+        return await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Wait for more requests until the batch is full or the first one has waited max_delay.
+            deadline = self._queue[0].enqueued + self.max_delay_s
+            while sum(p.rows for p in self._queue) < self.max_batch_size and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            batch, expired = collate(self._queue, self.max_batch_size, time.monotonic(), self.timeout_s)
+            self._observe("queue_depth", len(self._queue))
+            for p in expired:
+                if not p.future.done():
+                    p.future.set_exception(Expired())
+            if not batch:
+                continue
+            x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+            self._observe("batch_size", x.shape[0])
+            t0 = time.perf_counter()
+            try:
+                out = await loop.run_in_executor(self._executor, self._run, x)
+            except Exception as exc:  # a model failure fails this batch's requests, not the server
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            self._observe("inference_s", time.perf_counter() - t0)
+            start = 0
+            for p in batch:
+                if not p.future.done():  # the client may have gone away
+                    p.future.set_result(out[start:start + p.rows])
+                start += p.rows
