@@ -5,10 +5,11 @@
     L3  exporting
     L2  training, models, data, runtime
     L1  features
-    L0  errors, config, _imports, _atomic, _timing (private helpers count as L0)
+    L0  errors, config, _imports, _atomic, _timing, _energy, _env (private helpers count as L0)
 
 Lower layers never import higher ones. Packages on one layer do not import each other, except
-training -> data and training -> models (training wires them together) and anything -> errors (the root error).
+training -> data and training -> models (training wires them together), cli -> pipeline, and
+anything -> errors (the root error).
 Every import counts: module level, inside functions, under TYPE_CHECKING, and import_module("...")
 or require("...") with a literal name.
 """
@@ -29,19 +30,21 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "trainfer"
 ROOT = "<trainfer>"  # src/trainfer/__init__.py
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "config": 0, "_imports": 0, "_atomic": 0, "_timing": 0,
+    "errors": 0, "config": 0, "_imports": 0, "_atomic": 0, "_timing": 0, "_energy": 0, "_env": 0,
     "features": 1,
     "training": 2, "models": 2, "data": 2, "runtime": 2,
     "exporting": 3,
     "serve": 4, "bench": 4, "report": 4,
     "cli": 5, "pipeline": 5,
 }
-SAME_LAYER_ALLOWED = {("training", "data"), ("training", "models")}
+# The CLI is the entry point of the pipeline too: `trainfer run` calls it.
+SAME_LAYER_ALLOWED = {("training", "data"), ("training", "models"), ("cli", "pipeline")}
 ANYONE_MAY_IMPORT = {"errors"}
 # Beyond the layer order: serve talks to bundles through the runtime only.
 ONLY_FROM = {"serve": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
 # Shipped in inference bundles or imported by everything: torch must never load because of them.
-NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "features", "runtime", ROOT}
+NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "features", "runtime", "serve",
+            ROOT}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from trainfer._atomic import write_json
-from trainfer.bench.env import environment
+from trainfer._env import environment
 from trainfer.bench.inference import (
     FULL,
     QUICK,

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainfer._env import git_revision
 from trainfer.errors import ExportError
 from trainfer.exporting.fold import InferenceHead, fold_batchnorm, fold_input_affine
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
-from trainfer.exporting.writer import git_revision, write_bundle
+from trainfer.exporting.writer import write_bundle
 from trainfer.features import Features, Target
 from trainfer.runtime.bundle import MODEL
 from trainfer.training import Run

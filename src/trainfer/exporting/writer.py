@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,12 +39,3 @@ def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def git_revision() -> str | None:
-    """The git commit of the working directory, when there is one (provenance, best effort)."""
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None

@@ -1,4 +1,4 @@
-"""The environment record every measurement carries: machine, threads, library versions, git revision."""
+"""Provenance of measurements and bundles: machine, threads, library versions, git revision."""
 
 from __future__ import annotations
 
