@@ -67,11 +67,11 @@ class EnergyMeter:
             return pynvml.nvmlDeviceGetTotalEnergyConsumption(_nvml_handle()) / 1e3
         return 0.0
 
-    def __enter__(self) -> EnergyMeter:
+    def start(self) -> EnergyMeter:
         self._cpu0, self._wall0, self._e0 = _cpu_time(), time.perf_counter(), self._read()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> EnergyMeter:
         self.cpu_s = _cpu_time() - self._cpu0
         self.wall_s = time.perf_counter() - self._wall0
         if self.method == "estimated":
@@ -79,6 +79,13 @@ class EnergyMeter:
         else:
             delta = self._read() - self._e0
             self.joules = delta if delta >= 0 else 0.0  # a counter wrap within one window: report nothing
+        return self
+
+    def __enter__(self) -> EnergyMeter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def record(self) -> dict[str, Any]:
         return {"joules": self.joules, "method": self.method, "cpu_s": self.cpu_s, "wall_s": self.wall_s,

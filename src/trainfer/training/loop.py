@@ -134,7 +134,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                     break
                 t0 = time.perf_counter()
-                meter = EnergyMeter(device.type).__enter__()
+                meter = EnergyMeter(device.type).start()
                 model.train()
                 # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state.
                 perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(recipe.seed * 100003 + epoch))
@@ -181,7 +181,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     state["bad_epochs"] += 1
                 state["history"].append(record)
                 state["elapsed_s"] += time.perf_counter() - t0
-                meter.__exit__(None, None, None)
+                meter.stop()
                 state["cpu_s"] += meter.cpu_s
                 state["energy_j"] += meter.joules
                 state["energy_method"] = meter.method
