@@ -31,7 +31,7 @@ def _console() -> Any:
     """stdout console; wide when not a terminal, so tables in logs are not squeezed to 80 columns."""
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:

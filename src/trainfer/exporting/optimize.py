@@ -17,7 +17,7 @@ from trainfer.errors import MissingDependencyError, TrainferError
 from trainfer.exporting import compare, export_model, graph_inputs, manifest_fields, reference_outputs
 from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
-from trainfer.exporting.select import BASELINE, choose, quality_drop
+from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
 from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
 from trainfer.exporting.writer import write_bundle
 from trainfer.models import count_parameters
@@ -130,6 +130,8 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
             if r["status"] == "ok":
                 r["val_drop"] = quality_drop(ref[f"val_{metric}"], r[f"val_{metric}"], run.task)
                 r["test_drop"] = quality_drop(ref[f"test_{metric}"], r[f"test_{metric}"], run.task)
+                if run.task == "classification":
+                    r["val_drop_bound"] = drop_upper_bound(ref["_val_correct"], r["_val_correct"])
 
         log("measuring latency and throughput (interleaved)")
         timing = QUICK if quick else FULL
@@ -147,7 +149,7 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
         chosen, why = choose(rows, {k: v for k, v in deploy.items() if k != "torch-eager"}, max_accuracy_drop)
         for r in rows:
             if r["status"] == "ok":
-                r["status"] = "kept" if r["val_drop"] <= max_accuracy_drop + 1e-9 else "over_budget"
+                r["status"] = "kept" if qualifies(r, max_accuracy_drop) else "over_budget"
             r["chosen"] = r["name"] == chosen
         log(f"chose {chosen}; sweeping thread counts")
         sweep = _thread_sweep(next(r for r in rows if r["chosen"])["path"], X["test"][:batch_size], timing)
@@ -157,7 +159,7 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
             "metric": metric, "batch_size": batch_size, "threads": threads,
             "torch_eager": summarize(lat["torch-eager"]),
             "thread_sweep": sweep, "recommended_threads": min(sweep, key=lambda k: sweep[k]["latency_ms_p50"]),
-            "variants": [{k: v for k, v in r.items() if k != "path"} for r in rows],
+            "variants": [{k: v for k, v in r.items() if k != "path" and not k.startswith("_")} for r in rows],
         }
         _write(run, out, rows, chosen, record, force)
         return record
@@ -183,6 +185,7 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
             "path": path, "size_mb": path.stat().st_size / 1e6, "params": base["params"], "flops": base["flops"],
             "flops_note": "fp32 reference count (int8 ops are not counted)" if v.quant else None,
             f"val_{metric}": _score(outs["val"], y["val"], run), f"test_{metric}": _score(outs["test"], y["test"], run),
+            "_val_correct": outs["val"].argmax(1) == y["val"] if run.task == "classification" else None,
             "lossless": v.lossless, "onnx": {k: x for k, x in base["info"].items() if k != "parity"},
             "parity": {**parity, "reference": "torch fp32" if v.prune is None else f"torch pruned-{int(v.prune*100)}"},
         })

@@ -48,7 +48,10 @@ def quantize_static_int8(src: Path, dst: Path, work: Path, calibration: np.ndarr
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter([{INPUT_NAME: calibration[i:i + 32]} for i in range(0, len(calibration), 32)])
+            # Equal-size batches: the percentile calibrator stacks them into one array.
+            size = min(32, len(calibration))
+            usable = len(calibration) // size * size
+            self._batches = iter([{INPUT_NAME: calibration[i:i + size]} for i in range(0, usable, size)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)

@@ -13,9 +13,14 @@ def optimize_table(record: dict[str, Any]) -> Any:
 
     m, unit = record["metric"], record["drop_unit"]
     table = Table(title=f"optimize: budget {record['max_accuracy_drop']} {unit}, {record['threads']} threads")
-    for col in ("variant", "status", "size MB", f"val {m}", f"test {m}", f"drop ({unit})", "p50 ms", "p90 ms",
+    for col in ("variant", "status", "size MB", f"val {m}", f"test {m}", f"val drop ({unit})", "95% bound", "p50 ms",
+                "p90 ms",
                 "speedup vs torch", "params", "MFLOPs"):
-        table.add_column(col, justify="left" if col in ("variant", "status") else "right")
+        if col == "variant":  # names are what people search the table for: never cut them
+            width = max(len(r["name"]) for r in record["variants"])
+            table.add_column(col, no_wrap=True, min_width=width)
+        else:
+            table.add_column(col, justify="left" if col == "status" else "right")
 
     def f(v: Any, fmt: str) -> str:
         return "—" if v is None else format(v, fmt)
@@ -23,7 +28,8 @@ def optimize_table(record: dict[str, Any]) -> Any:
     for r in record["variants"]:
         status = STATUS.get(r["status"], r["status"]) + (" ★ chosen" if r.get("chosen") else "")
         table.add_row(r["name"], status, f(r.get("size_mb"), ".3f"), f(r.get(f"val_{m}"), ".4f"),
-                      f(r.get(f"test_{m}"), ".4f"), f(r.get("val_drop"), "+.2f"), f(r.get("latency_ms_p50"), ".4f"),
+                      f(r.get(f"test_{m}"), ".4f"), f(r.get("val_drop"), "+.2f"), f(r.get("val_drop_bound"), "+.2f"),
+                      f(r.get("latency_ms_p50"), ".4f"),
                       f(r.get("latency_ms_p90"), ".4f"), f(r.get("speedup_vs_torch"), ".2f"),
                       f(r.get("params"), ","), f(None if r.get("flops") is None else r["flops"] / 1e6, ".3f"))
     return table
