@@ -51,8 +51,13 @@ def bench(target: str | Path, *, bundle: str | Path | None = None, quick: bool =
         pred = load(bundle_path, threads=threads)
         threads = pred.threads
         raw = indexable_raw(pred.features, run.load_split("test")[0]) if run else synthetic_raw(pred.features)
+        temporary = bundle_path.is_relative_to(Path(tmp))
         record: dict[str, Any] = {
-            "kind": "run" if run else "bundle", "run": str(run.path) if run else None, "bundle": str(bundle_path),
+            "kind": "run" if run else "bundle", "run": str(run.path) if run else None,
+            "bundle": None if temporary else str(bundle_path),
+            # the facts a report shows about the measured bundle, kept even when it was a temporary export
+            "bundle_manifest": {k: pred.manifest.get(k) for k in ("format_version", "variant", "files",
+                                                                   "manifest_sha256")} | {"temporary": temporary},
             "mode": "quick" if quick else "full",
             "inputs": "test split" if run else "synthetic, from the bundle schema",
             "env": environment(threads),

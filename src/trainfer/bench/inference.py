@@ -22,7 +22,7 @@ FULL = {"min_duration_s": 10.0, "min_queries": 1000, "offline_batches": [1, 8, 3
 def _estimate(fn: Callable[[np.ndarray], Any], n: int, batch: int, calls: int = 30) -> float:
     """Seconds per call at ``batch``, a rough median: LoadGen's sizing hint, not a result."""
     idx = np.arange(batch) % n
-    for _ in range(3):
+    for _ in range(10):
         fn(idx)
     times = []
     for _ in range(calls):
@@ -30,6 +30,15 @@ def _estimate(fn: Callable[[np.ndarray], Any], n: int, batch: int, calls: int = 
         fn(idx)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def _offline_rate(predict: Callable[[np.ndarray], Any], n: int, batch: int, min_duration_s: float) -> float:
+    """Samples/s through the same LoadGen path as the real run (its per-sample overhead included), from
+    a short pilot run: Offline issues expected_qps x duration samples at once, so the hint must be close."""
+    guess = batch / _estimate(predict, n, batch, calls=10)
+    pilot = run_scenario(predict, n, "Offline", min_duration_s=min(0.3, min_duration_s), min_queries=1,
+                         expected_qps=guess, batch_size=batch)
+    return pilot["throughput_per_s"] or guess
 
 
 def measure_target(name: str, predict: Callable[[np.ndarray], Any], n: int, cfg: dict[str, Any],
@@ -40,10 +49,15 @@ def measure_target(name: str, predict: Callable[[np.ndarray], Any], n: int, cfg:
                           min_queries=cfg["min_queries"], expected_latency_s=lat1)
     offline, energy = [], None
     for b in cfg["offline_batches"]:
-        qps = b / _estimate(predict, n, b, calls=10)
+        qps = _offline_rate(predict, n, b, cfg["min_duration_s"])
         with EnergyMeter() as meter:
             res = run_scenario(predict, n, "Offline", min_duration_s=cfg["min_duration_s"],
-                               min_queries=1, expected_qps=qps * 1.5, batch_size=b)
+                               min_queries=1, expected_qps=qps * 1.1, batch_size=b)
+        if res["validity"] != "VALID":  # the machine slowed down or sped up mid-run: size again, once
+            qps = res["throughput_per_s"] or qps
+            with EnergyMeter() as meter:
+                res = run_scenario(predict, n, "Offline", min_duration_s=cfg["min_duration_s"],
+                                   min_queries=1, expected_qps=qps * 1.1, batch_size=b)
         res["batch_size"] = b
         offline.append(res)
         if b == max(cfg["offline_batches"]):  # the most efficient regime: energy per prediction

@@ -81,8 +81,7 @@ def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
 
 
 def _manifest(bench: dict[str, Any]) -> dict[str, Any] | None:
-    path = Path(bench["bundle"]) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return bench.get("bundle_manifest")
 
 
 def _scenarios(bench: dict[str, Any]) -> str:
@@ -103,6 +102,8 @@ def _provenance(bench: dict[str, Any], summary: dict[str, Any], manifest: dict[s
     if manifest:
         items += [f"{html.escape(n)} sha256: <code>{h}</code>" for n, h in manifest["files"].items()]
         items.append(f"manifest self-hash: <code>{manifest['manifest_sha256']}</code>")
+        note = " (a temporary onnx-fp32 export made for the measurement)" if manifest.get("temporary") else ""
+        items.append(f"bundle variant: {html.escape(str(manifest['variant']))}{note}")
     items.append(f"git revision: <code>{bench['env'].get('git_revision') or 'n/a'}</code>")
     items.append("signatures: not signed (signed bundles come later); privacy budget: not trained with DP")
     return "".join(f"<li>{i}</li>" for i in items)
