@@ -32,8 +32,13 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
 
     Example: ``serve("bundles/digits", port=8000, max_batch_size=32, max_delay_ms=2)``.
     """
+    import signal
+    import sys
+
     import uvicorn
 
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; exit 0 for a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     bundle = Path(bundle)
     keys = read_api_keys(api_key_file) if api_key_file else ()
     config = ServeConfig(name=name or bundle.resolve().name, api_keys=keys, **limits)

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainfer.errors import InputError, TrainferError
 from trainfer.runtime import Predictor
@@ -119,6 +120,8 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
                   description="Open Inference Protocol v2 (KServe/Triton) and a simple /predict, for one bundle.")
     max_body = int(config.max_body_mb * 1024 * 1024)
     keys = [k.encode() for k in config.api_keys]
+    app.add_middleware(BodyLimit, max_bytes=max_body, mb=config.max_body_mb)
+    _document_infer_request(app)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
@@ -141,20 +144,11 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
             if not ok:
                 return _error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
                               {"WWW-Authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return _error(413, f"request body over the {config.max_body_mb:g} MB limit")
+        batcher = state.get("batcher")
+        if request.method == "POST" and batcher is not None and batcher.depth >= config.max_queue:
+            # Shed load before reading and parsing the body: under overload a rejection must be cheap.
+            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
         return await call_next(request)
-
-    async def _body(request: Request) -> bytes:
-        # A chunked body carries no Content-Length: count while reading.
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise _TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _predict_rows(rows: Any) -> np.ndarray:
         try:
@@ -193,21 +187,19 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         return JSONResponse({"name": name, "ready": "batcher" in state})
 
     @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def infer(name: str, request: Request) -> Response:
         if name != config.name:
             return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
         try:
-            body = await _body(request)
+            body = await request.body()
             header = request.headers.get(HEADER)
             if header is not None and not header.isdigit():
                 raise InputError(f"{HEADER} must be a number of bytes")
             rows, req = parse_infer(body, int(header) if header is not None else None, schema)
             out = await _predict_rows(rows)
             payload, head_len = encode_infer(outputs(out, schema), req, config.name, schema)
-        except _TooLarge:
-            return _error(413, f"request body over the {config.max_body_mb:g} MB limit")
         except InputError as exc:
             return _error(400, exc.message)
         except QueueFull:
@@ -253,11 +245,56 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         msg = errors[0]["msg"] if errors else "invalid request"
         return _error(400, f"{where}: {msg}")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
     return app
 
 
-class _TooLarge(Exception):
-    pass
+class BodyLimit:
+    """Refuse bodies over the limit with 413: by Content-Length up front, and by counting the bytes of
+    a chunked body as the endpoint reads it (pure ASGI, so it sees every body, whatever the endpoint)."""
+
+    def __init__(self, app: Any, max_bytes: int, mb: float) -> None:
+        self.app, self.max_bytes, self.message = app, max_bytes, f"request body over the {mb:g} MB limit"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _error(413, self.message)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, self.message)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def _document_infer_request(app: FastAPI) -> None:
+    """Put the v2 request schema (and the models it refers to) into the OpenAPI components, since the
+    infer endpoint reads its body itself (JSON or binary) and FastAPI cannot derive it."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = default()
+            request = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(request.pop("$defs", {}))
+            schemas["InferRequest"] = request
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _plain(v: Any) -> Any:

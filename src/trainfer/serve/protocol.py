@@ -60,11 +60,17 @@ def parse_infer(body: bytes, header_length: int | None, schema: Schema) -> tuple
         raise InputError("the request body is not valid JSON") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise InputError("the request needs a non-empty 'inputs' list", column="inputs")
+    _object_or_none(req.get("parameters"), "parameters")
+    known = {i["name"] for i in schema.inputs}
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for i, t in enumerate(req["inputs"]):
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
             raise InputError(f"inputs[{i}] needs a 'name'", column=f"inputs[{i}].name")
+        if t["name"] not in known:
+            raise InputError(f"unknown input; the model takes {sorted(known)}", column=t["name"])
+        if t["name"] in tensors:
+            raise InputError("given twice", column=t["name"])
         tensors[t["name"]], offset = _tensor(t, binary, offset)
     if offset != len(binary):
         raise InputError(f"the binary section has {len(binary) - offset} bytes that no input claims")
@@ -79,7 +85,7 @@ def _tensor(t: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, 
                                               for d in shape):
         raise InputError("'shape' must be a list of non-negative integers", column=f"{name}.shape")
     count = math.prod(shape)
-    size = (t.get("parameters") or {}).get("binary_data_size")
+    size = (_object_or_none(t.get("parameters"), f"{name}.parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise InputError("binary_data_size runs past the end of the body", column=f"{name}.parameters")
@@ -97,6 +103,12 @@ def _tensor(t: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, 
         bad = int(np.flatnonzero(~np.isfinite(arr.reshape(-1)))[0])
         raise InputError(f"value {arr.reshape(-1)[bad]} at flat index {bad} is not a finite number", column=name)
     return arr.reshape(shape), offset
+
+
+def _object_or_none(value: Any, where: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise InputError("must be an object of named parameters", column=where)
+    return value
 
 
 def _numbers(data: Any, name: str) -> np.ndarray:
@@ -167,6 +179,8 @@ def encode_infer(named: dict[str, np.ndarray], req: dict[str, Any], model: str,
                  schema: Schema) -> tuple[bytes, int | None]:
     """(body, header length for the binary extension, or None for plain JSON)."""
     wanted = req.get("outputs") or [{"name": o["name"]} for o in schema.outputs]
+    if not isinstance(wanted, list):
+        raise InputError("must be a list of {'name': ...} objects", column="outputs")
     all_binary = bool((req.get("parameters") or {}).get("binary_data_output"))
     dtypes = {o["name"]: o["datatype"] for o in schema.outputs}
     outs, chunks = [], []
@@ -176,7 +190,7 @@ def encode_infer(named: dict[str, np.ndarray], req: dict[str, Any], model: str,
             raise InputError(f"unknown output {name!r}; the model returns {list(named)}", column="outputs")
         arr = named[name]
         entry: dict[str, Any] = {"name": name, "datatype": dtypes[name], "shape": list(arr.shape)}
-        if all_binary or (o.get("parameters") or {}).get("binary_data"):
+        if all_binary or (_object_or_none(o.get("parameters"), f"outputs.{name}.parameters") or {}).get("binary_data"):
             blob = _encode_bytes(arr) if dtypes[name] == "BYTES" else np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             chunks.append(blob)

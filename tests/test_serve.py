@@ -1,0 +1,901 @@
+"""`trainfer serve` end to end (issue 6): a real uvicorn process on loopback, Triton's own client in JSON
+and binary mode, schemathesis on the OpenAPI document, overload (503 fast, bounded latency and memory),
+API keys, the body limit, input errors, metrics, no torch in the server, and a graceful SIGTERM.
+
+Every server is a subprocess on 127.0.0.1 and a free port (see _serve_fixtures.py), stopped by the
+fixture that started it. Load tests are bounded in requests and seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import signal
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from _inference_fixtures import get_bundle, get_run, make_animals
+from _serve_fixtures import Server, heavy_cnn_bundle, raw_post, running_server
+
+import trainfer
+
+HEADER = "Inference-Header-Content-Length"
+FEATURES = ["x1", "colour", "x2"]  # the animals table's feature columns, in the bundle's order
+
+
+# ---- bundles, reference predictors, inputs ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return get_bundle(tmp_path_factory, "digits")
+
+
+@pytest.fixture(scope="module")
+def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return get_bundle(tmp_path_factory, "csv")
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return get_bundle(tmp_path_factory, "cnn")
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits_bundle: Path):
+    return trainfer.load(digits_bundle)
+
+
+@pytest.fixture(scope="module")
+def animals_model(csv_bundle: Path):
+    return trainfer.load(csv_bundle)
+
+
+@pytest.fixture(scope="module")
+def shapes_model(cnn_bundle: Path):
+    return trainfer.load(cnn_bundle)
+
+
+@pytest.fixture(scope="module")
+def digits_X(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """Twelve test rows, already float32: the server sees exactly the values the reference sees."""
+    X, _ = get_run(tmp_path_factory, "digits").load_split("test")
+    return X.to_numpy(dtype=np.float32)[:12]
+
+
+@pytest.fixture(scope="module")
+def animals_rows():
+    """Complete rows of the animals table (numbers rounded to float32, as FP32 tensors carry them)."""
+    frame = make_animals(seed=1)[FEATURES].dropna().head(12).reset_index(drop=True)
+    for col in ("x1", "x2"):
+        frame[col] = frame[col].astype(np.float32).astype(np.float64)
+    assert set(frame["colour"]) == {"red", "green", "blue"}
+    return frame
+
+
+@pytest.fixture(scope="module")
+def shapes_X(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    X, _ = get_run(tmp_path_factory, "cnn").load_split("test")
+    assert X.dtype == np.uint8 and X.shape[1:] == (16, 16, 3)
+    return X[:8]
+
+
+# ---- servers ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_server(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(digits_bundle, ["--name", "digits"], tmp_path_factory.mktemp("serve-digits")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def csv_server(csv_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(csv_bundle, ["--name", "animals"], tmp_path_factory.mktemp("serve-csv")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def cnn_server(cnn_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(cnn_bundle, ["--name", "shapes"], tmp_path_factory.mktemp("serve-cnn")) as s:
+        yield s
+
+
+KEYS = ("k-3f9a1c-first", "k-77b2e0-second")
+
+
+@pytest.fixture(scope="module")
+def guarded_server(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """API keys and a 0.001 MB (1048 byte) body limit."""
+    workdir = tmp_path_factory.mktemp("serve-guarded")
+    keyfile = workdir / "keys.txt"
+    keyfile.write_text(f"# serving keys\n{KEYS[0]}\n\n  {KEYS[1]}  \n")
+    args = ["--name", "digits", "--api-key-file", str(keyfile), "--max-body-mb", "0.001"]
+    with running_server(digits_bundle, args, workdir) as s:
+        yield s
+
+
+@pytest.fixture
+def triton_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A tritonclient.http client for the server fixture named by the test's ``server`` parameter."""
+    server: Server = request.getfixturevalue(request.param)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=30)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# ---- request helpers ----------------------------------------------------------------------------
+
+def _bytes_blob(arr: np.ndarray) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode() for v in arr.reshape(-1)))
+
+
+def binary_request(tensors: list[tuple[str, str, np.ndarray]], binary_outputs: bool = True,
+                   outputs: list[dict] | None = None) -> tuple[bytes, dict[str, str]]:
+    """A v2 request with every input in the binary section: (body, headers)."""
+    inputs, blobs = [], []
+    for name, dtype, arr in tensors:
+        blob = _bytes_blob(arr) if dtype == "BYTES" else np.ascontiguousarray(arr).tobytes()
+        inputs.append({"name": name, "datatype": dtype, "shape": list(arr.shape),
+                       "parameters": {"binary_data_size": len(blob)}})
+        blobs.append(blob)
+    req: dict[str, Any] = {"inputs": inputs, "parameters": {"binary_data_output": binary_outputs}}
+    if outputs is not None:
+        req["outputs"] = outputs
+    head = json.dumps(req).encode()
+    return head + b"".join(blobs), {HEADER: str(len(head)), "Content-Type": "application/octet-stream"}
+
+
+def json_request(name: str, dtype: str, shape: list[int], data: Any) -> bytes:
+    # json.dumps writes NaN/Infinity literals, as a careless client would
+    return json.dumps({"inputs": [{"name": name, "datatype": dtype, "shape": shape, "data": data}]}).encode()
+
+
+def parse_binary_response(r: httpx.Response) -> dict[str, np.ndarray]:
+    head_len = int(r.headers[HEADER])
+    head = json.loads(r.content[:head_len])
+    out, pos = {}, head_len
+    for o in head["outputs"]:
+        size = o["parameters"]["binary_data_size"]
+        raw = r.content[pos:pos + size]
+        pos += size
+        if o["datatype"] == "BYTES":
+            vals, i = [], 0
+            while i < len(raw):
+                (n,) = struct.unpack_from("<I", raw, i)
+                vals.append(raw[i + 4:i + 4 + n].decode())
+                i += 4 + n
+            out[o["name"]] = np.asarray(vals, dtype=object).reshape(o["shape"])
+        else:
+            dt = {"FP32": "<f4", "INT64": "<i8", "FP64": "<f8"}[o["datatype"]]
+            out[o["name"]] = np.frombuffer(raw, dtype=dt).reshape(o["shape"])
+    assert pos == len(r.content)
+    return out
+
+
+def parse_json_response(r: httpx.Response) -> dict[str, np.ndarray]:
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in r.json()["outputs"]}
+
+
+def _text(values: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1)]
+
+
+def assert_error(r: httpx.Response, status: int, *mentions: str) -> str:
+    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+    for word in mentions:
+        assert word.lower() in body["error"].lower(), f"the error should mention {word!r}: {body['error']}"
+    return body["error"]
+
+
+# ---- 1. metadata, docs, OpenAPI -----------------------------------------------------------------
+
+def test_health_and_metadata_endpoints(digits_server: Server, digits_model) -> None:
+    with httpx.Client(base_url=digits_server.url, timeout=10) as c:
+        assert c.get("/v2/health/live").json() == {"live": True}
+        assert c.get("/v2/health/ready").json() == {"ready": True}
+        meta = c.get("/v2").json()
+        assert meta["name"] == "trainfer" and meta["version"] == trainfer.__version__
+        assert "binary_tensor_data" in meta["extensions"]
+        model = c.get("/v2/models/digits")
+        assert model.status_code == 200
+        m = model.json()
+        assert m["name"] == "digits" and m["versions"] == ["1"] and m["platform"] == "onnxruntime_onnx"
+        assert m["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+        assert m["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(digits_model.labels)]},
+                                {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        assert c.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
+        for path in ("/v2/models/nope", "/v2/models/nope/ready"):
+            assert_error(c.get(path), 404, "nope", "digits")
+        assert_error(c.post("/v2/models/nope/infer", content=json_request("input", "FP32", [1, 64], [0] * 64)),
+                     404, "nope")
+
+
+@pytest.mark.parametrize("triton_client", ["digits_server"], indirect=True)
+def test_tritonclient_metadata_calls(triton_client) -> None:
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert triton_client.is_model_ready("digits")
+    assert triton_client.get_server_metadata()["name"] == "trainfer"
+    meta = triton_client.get_model_metadata("digits")
+    assert [i["name"] for i in meta["inputs"]] == ["input"]
+    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label"]
+
+
+def test_docs_and_openapi(digits_server: Server) -> None:
+    with httpx.Client(base_url=digits_server.url, timeout=10) as c:
+        docs = c.get("/docs")
+        assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+        assert "swagger" in docs.text.lower() and "/openapi.json" in docs.text
+        spec = c.get("/openapi.json")
+        assert spec.status_code == 200
+        doc = spec.json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}", "/v2/models/{name}/ready",
+            "/v2/models/{name}/infer", "/predict", "/metrics"} <= set(doc["paths"])
+    body = doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert {"application/json", "application/octet-stream"} <= set(body["content"])
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for v in node.values():
+            yield from _refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _refs(v)
+
+
+def _resolve(doc: dict, ref: str) -> bool:
+    node: Any = doc
+    for part in ref.removeprefix("#/").split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_openapi_ref_resolves(digits_server: Server) -> None:
+    """A dangling $ref makes the JSON body of /infer unusable to OpenAPI tools (schemathesis drops it)."""
+    doc = httpx.get(f"{digits_server.url}/openapi.json", timeout=10).json()
+    dangling = sorted({r for r in _refs(doc) if r.startswith("#/") and not _resolve(doc, r)})
+    assert not dangling, f"/openapi.json refers to schemas it does not define: {dangling}"
+
+
+# ---- 1. Triton's client and /predict agree with trainfer.load(bundle) ----------------------------
+
+def _triton_infer(client: Any, model: str, tensors: list[tuple[str, str, np.ndarray]], binary: bool,
+                  outputs: tuple[str, ...] = ("probabilities", "label")) -> Any:
+    inputs = []
+    for name, dtype, arr in tensors:
+        i = triton.InferInput(name, list(arr.shape), dtype)
+        i.set_data_from_numpy(arr, binary_data=binary)
+        inputs.append(i)
+    wanted = [triton.InferRequestedOutput(o, binary_data=binary) for o in outputs]
+    return client.infer(model, inputs, outputs=wanted)
+
+
+@pytest.mark.parametrize("triton_client", ["digits_server"], indirect=True)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_digits_matches_the_bundle(triton_client, binary: bool, digits_model, digits_X) -> None:
+    res = _triton_infer(triton_client, "digits", [("input", "FP32", digits_X)], binary)
+    proba = res.as_numpy("probabilities")
+    assert proba.shape == (len(digits_X), len(digits_model.labels)) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba, digits_model.predict_proba(digits_X), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(res.as_numpy("label"), digits_model.predict(digits_X).astype(np.int64))
+    assert len(set(res.as_numpy("label").tolist())) > 1, "pick rows with different predictions"
+
+
+def _column_tensors(meta: dict, frame) -> list[tuple[str, str, np.ndarray]]:
+    tensors = []
+    for spec in meta["inputs"]:
+        col = frame[spec["name"]]
+        if spec["datatype"] == "BYTES":
+            arr = np.asarray([str(v) for v in col], dtype=object).reshape(-1, 1)
+        else:
+            assert spec["datatype"] == "FP32"
+            arr = col.to_numpy(dtype=np.float32).reshape(-1, 1)
+        tensors.append((spec["name"], spec["datatype"], arr))
+    return tensors
+
+
+@pytest.mark.parametrize("triton_client", ["csv_server"], indirect=True)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_table_with_strings_one_input_per_column(triton_client, binary: bool, animals_model,
+                                                             animals_rows) -> None:
+    meta = triton_client.get_model_metadata("animals")
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("x1", "FP32"), ("colour", "BYTES"),
+                                                                     ("x2", "FP32")]
+    assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"probabilities": "FP32", "label": "BYTES"}
+    res = _triton_infer(triton_client, "animals", _column_tensors(meta, animals_rows), binary)
+    np.testing.assert_allclose(res.as_numpy("probabilities"), animals_model.predict_proba(animals_rows),
+                               rtol=1e-5, atol=1e-6)
+    assert _text(res.as_numpy("label")) == list(animals_model.predict(animals_rows))
+
+
+@pytest.mark.parametrize("triton_client", ["cnn_server"], indirect=True)
+def test_tritonclient_images_binary(triton_client, shapes_model, shapes_X) -> None:
+    meta = triton_client.get_model_metadata("shapes")
+    assert meta["inputs"] == [{"name": "input", "datatype": "UINT8", "shape": [-1, 16, 16, 3]}]
+    res = _triton_infer(triton_client, "shapes", [("input", "UINT8", shapes_X)], binary=True)
+    np.testing.assert_allclose(res.as_numpy("probabilities"), shapes_model.predict_proba(shapes_X),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(res.as_numpy("label"), shapes_model.predict(shapes_X).astype(np.int64))
+
+
+@pytest.mark.parametrize("triton_client", ["digits_server"], indirect=True)
+def test_tritonclient_can_ask_for_one_output(triton_client, digits_model, digits_X) -> None:
+    res = _triton_infer(triton_client, "digits", [("input", "FP32", digits_X[:3])], True, outputs=("label",))
+    assert res.as_numpy("probabilities") is None
+    np.testing.assert_array_equal(res.as_numpy("label"), digits_model.predict(digits_X[:3]).astype(np.int64))
+
+
+def test_binary_request_with_json_outputs(digits_server: Server, digits_model, digits_X) -> None:
+    body, headers = binary_request([("input", "FP32", digits_X)], binary_outputs=False)
+    r = httpx.post(f"{digits_server.url}/v2/models/digits/infer", content=body, headers=headers, timeout=10)
+    assert r.status_code == 200 and HEADER not in r.headers
+    out = parse_json_response(r)
+    np.testing.assert_allclose(out["probabilities"], digits_model.predict_proba(digits_X), rtol=1e-6, atol=1e-7)
+
+
+def test_predict_rows_of_named_features(digits_server: Server, csv_server: Server, digits_model, digits_X,
+                                        animals_model, animals_rows) -> None:
+    names = digits_model.features.inputs.column_names
+    rows = [dict(zip(names, map(float, x), strict=True)) for x in digits_X]
+    r = httpx.post(f"{digits_server.url}/predict", json={"rows": rows}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["labels"] == digits_model.predict(digits_X).tolist()
+    np.testing.assert_allclose(body["probabilities"], digits_model.predict_proba(digits_X), rtol=1e-6, atol=1e-7)
+
+    rows = animals_rows.to_dict(orient="records")
+    r = httpx.post(f"{csv_server.url}/predict", json={"rows": rows}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["labels"] == list(animals_model.predict(animals_rows))
+    np.testing.assert_allclose(body["probabilities"], animals_model.predict_proba(animals_rows), rtol=1e-5, atol=1e-6)
+    # rows may leave a value out (missing is imputed) like the Python API
+    r = httpx.post(f"{csv_server.url}/predict", json={"rows": [{"x1": 0.3, "colour": None, "x2": 1.0}]}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == list(animals_model.predict([{"x1": 0.3, "colour": None, "x2": 1.0}]))
+
+
+def test_predict_images(cnn_server: Server, shapes_model, shapes_X) -> None:
+    rows = [{"image": img.tolist()} for img in shapes_X[:3]]
+    r = httpx.post(f"{cnn_server.url}/predict", json={"rows": rows}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == shapes_model.predict(shapes_X[:3]).tolist()
+    np.testing.assert_allclose(r.json()["probabilities"], shapes_model.predict_proba(shapes_X[:3]),
+                               rtol=1e-5, atol=1e-6)
+    assert_error(httpx.post(f"{cnn_server.url}/predict", json={"rows": [{"image": [[1, 2], [3]]}]}, timeout=10),
+                 400, "image")
+
+
+# ---- 2. schemathesis: no 5xx for anything the OpenAPI document allows (or nearly allows) ---------
+
+def _hoist_defs(doc: dict) -> dict:
+    """Copy inline $defs into components/schemas so the infer JSON body is generated even while
+    /openapi.json has dangling refs (test_every_openapi_ref_resolves reports those)."""
+    comps = doc.setdefault("components", {}).setdefault("schemas", {})
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in (node.get("$defs") or {}).items():
+                comps.setdefault(k, v)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    return doc
+
+
+def test_schemathesis_finds_no_server_error(digits_server: Server) -> None:
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+
+    base = digits_server.url
+    doc = _hoist_defs(httpx.get(f"{base}/openapi.json", timeout=10).json())
+    schema = schemathesis.openapi.from_dict(doc)
+    failures: list[str] = []
+    statuses: dict[str, set[int]] = {}
+    started = time.monotonic()
+    session = requests.Session()
+
+    def explore(op: Any, label: str, mode: GenerationMode, **fixed: Any) -> None:
+        seen = statuses.setdefault(label, set())
+
+        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @given(case=op.as_strategy(generation_mode=mode, **fixed))
+        def check(case: Any) -> None:
+            response = case.call(base_url=base, session=session, timeout=15)
+            seen.add(response.status_code)
+            if response.status_code >= 500:
+                failures.append(f"{label}: {response.status_code} for {case.as_curl_command()[:600]}\n"
+                                f"  {response.text[:300]}")
+                return
+            case.validate_response(response, checks=[not_a_server_error])
+
+        try:
+            check()
+        except Exception as exc:  # Unsatisfiable: nothing to make negative (no parameters, no body)
+            if type(exc).__name__ != "Unsatisfiable":
+                failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:600]}")
+
+    try:
+        for result in schema.get_all_operations():
+            op = result.ok()
+            explore(op, f"{op.label} positive", GenerationMode.POSITIVE)
+            if "{name}" in op.path:  # the real model too, not only 404s for random names
+                explore(op, f"{op.label} positive (name=digits)", GenerationMode.POSITIVE,
+                        path_parameters={"name": "digits"})
+            if op.method.upper() == "POST":
+                fixed = {"path_parameters": {"name": "digits"}} if "{name}" in op.path else {}
+                explore(op, f"{op.label} negative", GenerationMode.NEGATIVE, **fixed)
+    finally:
+        session.close()
+    elapsed = time.monotonic() - started
+    assert not failures, "\n".join(failures)
+    assert statuses["POST /v2/models/{name}/infer positive (name=digits)"] & {200, 400}, statuses
+    assert elapsed < 60, f"schemathesis took {elapsed:.0f} s"
+    assert digits_server.proc is not None and digits_server.proc.poll() is None, "the server crashed"
+    assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 200
+
+
+# ---- 4. input errors: 400 with {"error": ...} naming the field ------------------------------------
+
+ROW = [0.0] * 64
+
+
+def _bad_requests() -> list[Any]:
+    nan_row = [*ROW[:5], float("nan"), *ROW[6:]]
+    nan_bin = np.zeros((1, 64), dtype=np.float32)
+    nan_bin[0, 7] = np.nan
+    inf_bin = np.zeros((2, 64), dtype=np.float32)
+    inf_bin[1, 3] = np.inf
+    j = "application/json"
+    cases = [
+        ("not-json", b"{'inputs': [", j, ["json"]),
+        ("json-array", b"[1, 2]", j, ["inputs"]),
+        ("no-inputs", b'{"inputs": []}', j, ["inputs"]),
+        ("wrong-shape", json_request("input", "FP32", [1, 63], ROW[:63]), j, ["shape", "64"]),
+        ("shape-3d", json_request("input", "FP32", [1, 8, 8], ROW), j, ["shape"]),
+        ("shape-data-mismatch", json_request("input", "FP32", [2, 64], ROW), j, ["shape", "128"]),
+        ("negative-shape", json_request("input", "FP32", [-1, 64], ROW), j, ["shape"]),
+        ("nan-json", json_request("input", "FP32", [1, 64], nan_row), j, ["input", "finite"]),
+        ("infinity-json", json_request("input", "FP32", [1, 64], [float("inf"), *ROW[1:]]), j, ["input", "finite"]),
+        ("overflow-fp32", json_request("input", "FP32", [1, 64], [1e300, *ROW[1:]]), j, ["input", "finite"]),
+        ("null-in-data", json_request("input", "FP32", [1, 64], [None, *ROW[1:]]), j, ["input"]),
+        ("text-in-data", json_request("input", "FP32", [1, 64], ["abc", *ROW[1:]]), j, ["input"]),
+        ("ragged-data", json_request("input", "FP32", [2, 2], [[1, 2], [3]]), j, ["input"]),
+        ("unknown-input-name", json_request("pixels", "FP32", [1, 64], ROW), j, ["input"]),
+        ("unsupported-datatype", json_request("input", "FP99", [1, 64], ROW), j, ["datatype", "FP99"]),
+        ("bytes-for-fp32", json_request("input", "BYTES", [1, 64], ["x"] * 64), j, ["pixel_0_0"]),
+        ("no-data", json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64]}]}).encode(),
+         j, ["input", "data"]),
+        ("no-name", json.dumps({"inputs": [{"datatype": "FP32", "shape": [1, 64], "data": ROW}]}).encode(),
+         j, ["name"]),
+        ("unknown-output", json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                   "data": ROW}], "outputs": [{"name": "logits"}]}).encode(),
+         j, ["logits"]),
+    ]
+    body, headers = binary_request([("input", "FP32", nan_bin)])
+    cases.append(("nan-binary", body, headers, ["input", "nan"]))
+    body, headers = binary_request([("input", "FP32", inf_bin)])
+    cases.append(("inf-binary", body, headers, ["input", "finite"]))
+    body, headers = binary_request([("input", "FP64", np.zeros((1, 64)))])
+    headers = dict(headers)
+    body = body.replace(b'"FP64"', b'"FP32"')  # 512 bytes declared FP32: twice what the shape needs
+    cases.append(("wrong-datatype-binary", body, headers, ["input", "bytes"]))
+    body, headers = binary_request([("input", "FP32", np.zeros((1, 64), np.float32))])
+    cases.append(("binary-section-too-short", body[:-4], headers, ["binary_data_size"]))
+    cases.append(("binary-section-too-long", body + b"\0\0\0\0", headers, ["binary"]))
+    cases.append(("header-past-the-body", body, {**headers, HEADER: str(len(body) + 1)}, [HEADER]))
+    cases.append(("header-not-a-number", body, {**headers, HEADER: "ten"}, [HEADER]))
+    return [pytest.param(b, h, m, id=i) for i, b, h, m in cases]
+
+
+@pytest.mark.parametrize(("body", "headers", "mentions"), _bad_requests())
+def test_bad_infer_requests_are_400_naming_the_problem(digits_server: Server, body: bytes, headers: Any,
+                                                       mentions: list[str]) -> None:
+    if isinstance(headers, str):
+        headers = {"Content-Type": headers}
+    r = httpx.post(f"{digits_server.url}/v2/models/digits/infer", content=body, headers=headers, timeout=10)
+    assert_error(r, 400, *mentions)
+
+
+def _valid(**extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ROW}], **extra}
+
+
+@pytest.mark.parametrize("req", [
+    pytest.param({"inputs": [{**_valid()["inputs"][0], "parameters": "binary"}]}, id="tensor-parameters-string"),
+    pytest.param({"inputs": [{**_valid()["inputs"][0], "parameters": [1]}]}, id="tensor-parameters-list"),
+    pytest.param(_valid(parameters=[1]), id="request-parameters-list"),
+    pytest.param(_valid(parameters="binary_data_output"), id="request-parameters-string"),
+    pytest.param(_valid(outputs=[{"name": "label", "parameters": "binary_data"}]), id="output-parameters-string"),
+    pytest.param(_valid(outputs="label"), id="outputs-string"),
+    pytest.param(_valid(outputs=[["label"]]), id="output-not-an-object"),
+    pytest.param({"inputs": [{**_valid()["inputs"][0], "parameters": {"binary_data_size": True}}]},
+                 id="binary-size-boolean"),
+    pytest.param({"inputs": [{**_valid()["inputs"][0], "shape": [True, 64]}]}, id="shape-boolean"),
+    pytest.param({"inputs": [{**_valid()["inputs"][0], "datatype": None}]}, id="datatype-null"),
+    pytest.param({"inputs": [{**_valid()["inputs"][0], "name": 7}]}, id="name-number"),
+    pytest.param({"inputs": ["input"]}, id="input-not-an-object"),
+])
+def test_malformed_v2_fields_are_400_not_500(digits_server: Server, req: dict) -> None:
+    """Anything a client can put in the JSON header is a 400 with the field named, never a 500."""
+    r = httpx.post(f"{digits_server.url}/v2/models/digits/infer", json=req, timeout=10)
+    assert_error(r, 400)
+
+
+def test_an_unknown_input_next_to_the_right_one_is_rejected(digits_server: Server) -> None:
+    """A misspelt or extra input is an error (as in Triton), not silently ignored."""
+    req = _valid()
+    req["inputs"].append({"name": "inputt", "datatype": "FP32", "shape": [1, 64], "data": ROW})
+    r = httpx.post(f"{digits_server.url}/v2/models/digits/infer", json=req, timeout=10)
+    assert_error(r, 400, "inputt")
+
+
+def test_empty_batch_is_answered(digits_server: Server) -> None:
+    r = httpx.post(f"{digits_server.url}/v2/models/digits/infer", content=json_request("input", "FP32", [0, 64], []),
+                   timeout=10)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 200:
+        assert parse_json_response(r)["probabilities"].shape == (0, 10)
+
+
+def test_bad_per_column_requests(csv_server: Server) -> None:
+    url = f"{csv_server.url}/v2/models/animals/infer"
+
+    def col(name: str, dtype: str, data: list, shape: list[int] | None = None) -> dict:
+        return {"name": name, "datatype": dtype, "shape": shape or [len(data), 1], "data": data}
+
+    good = [col("x1", "FP32", [0.5]), col("colour", "BYTES", ["red"]), col("x2", "FP32", [0.1])]
+    assert httpx.post(url, json={"inputs": good}, timeout=10).status_code == 200
+    assert_error(httpx.post(url, json={"inputs": [good[0], good[2]]}, timeout=10), 400, "colour")
+    assert_error(httpx.post(url, json={"inputs": [col("x1", "FP32", [0.5, 1.0]), *good[1:]]}, timeout=10),
+                 400, "colour", "rows")
+    assert_error(httpx.post(url, json={"inputs": [col("x1", "BYTES", ["abc"]), *good[1:]]}, timeout=10),
+                 400, "x1", "abc")
+    nan = json.dumps({"inputs": [col("x1", "FP32", [float("nan")]), *good[1:]]}).encode()
+    assert_error(httpx.post(url, content=nan, timeout=10), 400, "x1")
+    assert_error(httpx.post(url, json={"inputs": [col("x1", "FP32", [0.5], [1, 1, 1]), *good[1:]]}, timeout=10),
+                 400, "x1", "shape")
+    # and binary: a BYTES column with a truncated element
+    body, headers = binary_request([("x1", "FP32", np.array([[0.5]], np.float32)),
+                                    ("colour", "BYTES", np.array([["red"]], dtype=object)),
+                                    ("x2", "FP32", np.array([[0.1]], np.float32))])
+    ok = httpx.post(url, content=body, headers=headers, timeout=10)
+    assert ok.status_code == 200, ok.text
+    assert list(parse_binary_response(ok)["label"]) == list(parse_json_response(
+        httpx.post(url, json={"inputs": good}, timeout=10))["label"])
+    broken = body.replace(struct.pack("<I", 3) + b"red", struct.pack("<I", 9) + b"red")
+    assert_error(httpx.post(url, content=broken, headers=headers, timeout=10), 400, "colour")
+
+
+def test_bad_predict_requests(digits_server: Server, csv_server: Server) -> None:
+    assert_error(httpx.post(f"{digits_server.url}/predict", json={"rows": []}, timeout=10), 400, "rows")
+    assert_error(httpx.post(f"{digits_server.url}/predict", json={"nope": 1}, timeout=10), 400, "rows")
+    assert_error(httpx.post(f"{digits_server.url}/predict", content=b"{not json", timeout=10,
+                            headers={"Content-Type": "application/json"}), 400)
+    assert_error(httpx.post(f"{csv_server.url}/predict", json={"rows": [{"x1": 0.5, "colour": "red"}]}, timeout=10),
+                 400, "x2")
+    assert_error(httpx.post(f"{csv_server.url}/predict", json={"rows": [{"x1": "zz", "colour": "red", "x2": 1}]},
+                            timeout=10), 400, "x1", "zz")
+
+
+# ---- 4. API keys and the body limit -------------------------------------------------------------
+
+def _small_infer() -> bytes:
+    return json_request("input", "FP32", [1, 64], [0] * 64)
+
+
+def test_api_keys(guarded_server: Server, digits_model) -> None:
+    url = guarded_server.url
+    with httpx.Client(base_url=url, timeout=10) as c:
+        # health stays open: load balancers and orchestrators probe without a key
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Bearer {KEYS[0]}x"},
+                        {"Authorization": KEYS[0]}, {"Authorization": f"Basic {KEYS[0]}"},
+                        {"Authorization": "Bearer"}, {"X-API-Key": KEYS[0]}):
+            for method, path, body in (("POST", "/v2/models/digits/infer", _small_infer()),
+                                       ("POST", "/predict", b'{"rows": [{}]}'), ("GET", "/v2/models/digits", None),
+                                       ("GET", "/v2", None), ("GET", "/metrics", None)):
+                r = c.request(method, path, content=body, headers=headers)
+                assert_error(r, 401, "key")
+                assert r.headers.get("www-authenticate", "").lower().startswith("bearer"), (headers, path)
+        for key in KEYS:
+            ok = c.post("/v2/models/digits/infer", content=_small_infer(), headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200, ok.text
+            np.testing.assert_allclose(parse_json_response(ok)["probabilities"],
+                                       digits_model.predict_proba(np.zeros((1, 64), np.float32)), rtol=1e-6, atol=1e-7)
+        assert c.get("/v2/models/digits", headers={"Authorization": f"bearer {KEYS[1]}"}).status_code == 200
+        assert c.get("/metrics", headers={"Authorization": f"Bearer {KEYS[1]}"}).status_code == 200
+
+
+def _chunks(data: bytes, size: int = 256) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+def test_body_limit(guarded_server: Server) -> None:
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    big = json_request("input", "FP32", [8, 64], [0.125] * 512)  # ~4 KB > 1048 bytes
+    assert len(big) > 1048 >= len(_small_infer())
+    with httpx.Client(base_url=guarded_server.url, timeout=10) as c:
+        assert c.post("/v2/models/digits/infer", content=_small_infer(), headers=auth).status_code == 200
+        assert_error(c.post("/v2/models/digits/infer", content=big, headers=auth), 413, "MB")
+        rows = {"rows": [{f"pixel_{i // 8}_{i % 8}": 0.125 for i in range(64)}] * 3}
+        assert_error(c.post("/predict", json=rows, headers=auth), 413, "MB")
+        # without a key, the limit is not the first thing a client learns
+        assert_error(c.post("/v2/models/digits/infer", content=big), 401)
+        # a chunked body carries no Content-Length: the server counts while reading
+        r = c.post("/v2/models/digits/infer", content=_chunks(big), headers=auth)
+        assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+        assert_error(r, 413, "MB")
+        # a small chunked body is fine
+        r = c.post("/v2/models/digits/infer", content=_chunks(_small_infer()), headers=auth)
+        assert r.status_code == 200, r.text
+        assert c.get("/v2/health/ready").status_code == 200
+
+
+def test_body_limit_applies_to_chunked_predict(guarded_server: Server) -> None:
+    auth = {"Authorization": f"Bearer {KEYS[0]}", "Content-Type": "application/json"}
+    rows = json.dumps({"rows": [{f"pixel_{i // 8}_{i % 8}": 0.125 for i in range(64)}] * 3}).encode()
+    assert len(rows) > 1048
+    r = httpx.post(f"{guarded_server.url}/predict", content=_chunks(rows), headers=auth, timeout=10)
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    assert_error(r, 413, "MB")
+
+
+# ---- metrics, no torch ----------------------------------------------------------------------------
+
+def test_prometheus_metrics(digits_server: Server, digits_X) -> None:
+    with httpx.Client(base_url=digits_server.url, timeout=10) as c:
+        body, headers = binary_request([("input", "FP32", digits_X)])
+        assert c.post("/v2/models/digits/infer", content=body, headers=headers).status_code == 200
+        assert c.post("/v2/models/digits/infer", content=b"nope").status_code == 400
+        r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for name in ("trainfer_requests_total", "trainfer_request_seconds", "trainfer_queue_depth", "trainfer_batch_size",
+                 "trainfer_inference_seconds"):
+        assert re.search(rf"^# TYPE {name} ", text, re.M), f"{name} missing from /metrics"
+    assert re.search(r'^trainfer_requests_total\{endpoint="/v2/models/\{name\}/infer",status="200"\} [1-9]', text, re.M)
+    assert re.search(r'^trainfer_requests_total\{endpoint="/v2/models/\{name\}/infer",status="400"\} [1-9]', text, re.M)
+    assert re.search(r'^trainfer_request_seconds_count\{endpoint="/v2/models/\{name\}/infer"\} [1-9]', text, re.M)
+    assert re.search(r"^trainfer_batch_size_count [1-9]", text, re.M)
+    assert re.search(r"^trainfer_inference_seconds_count [1-9]", text, re.M)
+    assert re.search(r"^trainfer_queue_depth 0\.0$", text, re.M)
+
+
+@pytest.mark.parametrize("server", ["digits_server", "csv_server", "cnn_server", "guarded_server"])
+def test_server_process_never_imports_torch(server: str, request: pytest.FixtureRequest) -> None:
+    s: Server = request.getfixturevalue(server)
+    # the server was started with torch blocked and has answered requests: nothing tried to import it
+    assert httpx.get(f"{s.url}/v2/health/ready", timeout=10).status_code == 200
+    assert s.torch_import_attempts() == [], f"the server tried to import torch: {s.torch_import_attempts()}"
+    assert s.mapped_torch_libraries() == []
+    assert "torch" not in s.log().lower(), s.log()[-2000:]
+
+
+# ---- 3. overload ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def heavy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return heavy_cnn_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def heavy_model(heavy_bundle: Path):
+    return trainfer.load(heavy_bundle)
+
+
+OVERLOAD_ROWS = 32  # images per request: ~15-30 ms of model time on one thread
+INFER = "/v2/models/shapes/infer"
+
+
+async def _closed_loop(port: int, body: bytes, headers: dict, seconds: float, concurrency: int) -> float:
+    """Requests per second with ``concurrency`` clients that each send the next request when answered."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            status, _, payload = await raw_post(port, INFER, body, headers)
+            assert status == 200, payload[:300]
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+async def _raw_get(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return int((await reader.read()).split()[1])
+    finally:
+        writer.close()
+
+
+async def _open_loop(port: int, body: bytes, headers: dict, rate: float,
+                     n: int) -> tuple[list[tuple], list[float], float]:
+    """Send ``n`` requests at ``rate`` per second whatever the answers, and probe /v2/health/live every
+    20 ms meanwhile: ([(status, seconds, retry-after)], [probe seconds], achieved send rate)."""
+    results: list[tuple] = []
+    probes: list[float] = []
+
+    async def one() -> None:
+        t = time.perf_counter()
+        try:
+            status, head, _ = await asyncio.wait_for(raw_post(port, INFER, body, headers), 30)
+            results.append((status, time.perf_counter() - t, head.get("retry-after")))
+        except (OSError, asyncio.TimeoutError) as exc:
+            results.append((type(exc).__name__, time.perf_counter() - t, None))
+
+    async def probe(until: float) -> None:
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            assert await asyncio.wait_for(_raw_get(port, "/v2/health/live"), 30) == 200
+            probes.append(time.perf_counter() - t)
+            await asyncio.sleep(0.02)
+
+    tasks = []
+    t0 = time.perf_counter()
+    prober = asyncio.create_task(probe(t0 + n / rate))
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    sent_s = time.perf_counter() - t0
+    await asyncio.gather(*tasks, prober)
+    return results, probes, n / max(sent_s, 1e-9)
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+def test_overload_sheds_excess_fast_and_recovers(heavy_bundle: Path, heavy_model, shapes_X, tmp_path: Path) -> None:
+    timeout_ms = 500
+    args = ["--name", "shapes", "--threads", "1", "--max-batch-size", str(OVERLOAD_ROWS), "--max-delay-ms", "1",
+            "--max-queue", "8", "--timeout-ms", str(timeout_ms), "--max-body-mb", "1"]
+    x = np.resize(shapes_X, (OVERLOAD_ROWS, 16, 16, 3))
+    body, headers = binary_request([("input", "UINT8", x)], binary_outputs=True)
+    with running_server(heavy_bundle, args, tmp_path) as server:
+        asyncio.run(_closed_loop(server.port, body, headers, seconds=0.3, concurrency=2))  # warm-up
+        # 4 clients keep the model busy without filling the queue (8): the server's capacity
+        capacity = asyncio.run(_closed_loop(server.port, body, headers, seconds=1.0, concurrency=4))
+        rate = min(3 * capacity, 600.0)
+        n = int(min(rate * 2.5, 1500))  # ~2.5 s at 3x capacity
+        rss_before = server.rss_mb()
+        peak = [rss_before]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.05):
+                peak[0] = max(peak[0], server.rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            results, probes, sent_rate = asyncio.run(_open_loop(server.port, body, headers, rate, n))
+        finally:
+            sampling.set()
+            sampler.join(5)
+        peak[0] = max(peak[0], server.rss_mb())
+
+        codes: dict[Any, int] = {}
+        for status, _, _ in results:
+            codes[status] = codes.get(status, 0) + 1
+        ok = [t for s, t, _ in results if s == 200]
+        busy = [(t, ra) for s, t, ra in results if s == 503]
+        p90_busy, p50_ok, p99_ok, p90_probe = (_p([t for t, _ in busy], 90), _p(ok, 50), _p(ok, 99),
+                                               _p(probes, 90))
+        summary = (f"capacity {capacity:.0f}/s, offered {rate:.0f}/s (sent at {sent_rate:.0f}/s), {n} requests: "
+                   f"{codes}; RSS {rss_before:.0f} -> peak {peak[0]:.0f} MB; 503 p90 {p90_busy * 1e3:.0f} ms; "
+                   f"200 p50/p99 {p50_ok * 1e3:.0f}/{p99_ok * 1e3:.0f} ms; "
+                   f"/v2/health/live p90 meanwhile {p90_probe * 1e3:.0f} ms")
+        print(summary)
+        assert set(codes) <= {200, 503, 504}, summary  # no connection errors, no 500s
+        assert len(ok) >= 0.5 * capacity, summary  # the model kept working
+        assert len(busy) >= 0.25 * n, summary  # offered 3x capacity: the excess is shed...
+        assert all(ra is not None and ra.isdigit() for _, ra in busy), "every 503 carries Retry-After"
+        # ...quickly: within 50 ms. On a machine so busy that even a health check takes over 20 ms (other
+        # processes on the 2 shared cores), the scheduler dominates and the bound becomes relative:
+        # a 503 still takes at most half the median time of an accepted request.
+        bound = 0.05 if p90_probe < 0.02 else max(0.05, 0.5 * p50_ok)
+        assert p90_busy < bound, f"503 p90 over {bound * 1e3:.0f} ms: {summary}"
+        assert p99_ok < timeout_ms / 1e3 + 0.5, summary  # accepted requests wait at most the timeout
+        assert peak[0] - rss_before < 100, summary  # a bounded queue: bounded memory
+
+        # once the load stops the server answers normally
+        time.sleep(0.3)
+        r = httpx.post(f"{server.url}{INFER}", content=body, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(parse_binary_response(r)["probabilities"], heavy_model.predict_proba(x),
+                                   rtol=1e-5, atol=1e-6)
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert re.search(r'trainfer_requests_total\{endpoint="/v2/models/\{name\}/infer",status="503"\} [1-9]',
+                         metrics), summary
+        assert re.search(r"^trainfer_queue_depth 0\.0$", metrics, re.M)
+
+
+# ---- graceful shutdown ---------------------------------------------------------------------------
+
+def _batches_started(server: Server, client: httpx.Client) -> float:
+    m = re.search(r"^trainfer_batch_size_count (\S+)$", client.get(f"{server.url}/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits_0(heavy_bundle: Path, heavy_model, shapes_X,
+                                                           tmp_path: Path) -> None:
+    x = np.resize(shapes_X, (512, 16, 16, 3))  # ~0.25-1 s of model time on one thread
+    body, headers = binary_request([("input", "UINT8", x)])
+    server = Server(heavy_bundle, ["--name", "shapes", "--threads", "1", "--max-batch-size", "512",
+                                   "--timeout-ms", "60000"], tmp_path).start()
+    try:
+        got: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                got["response"] = httpx.post(f"{server.url}{INFER}", content=body, headers=headers, timeout=60)
+            except Exception as exc:
+                got["error"] = exc
+
+        sender = threading.Thread(target=send)
+        with httpx.Client(timeout=10) as poll:
+            assert _batches_started(server, poll) == 0
+            sender.start()
+            deadline = time.monotonic() + 30
+            while _batches_started(server, poll) < 1:  # the big batch is in the model now
+                assert time.monotonic() < deadline and sender.is_alive(), f"the request never started: {got}"
+                time.sleep(0.005)
+        t_term = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        sender.join(60)
+        assert not sender.is_alive()
+        assert "error" not in got, f"the request in flight failed on SIGTERM: {got['error']!r}\n{server.log()[-2000:]}"
+        r = got["response"]
+        assert r.status_code == 200, r.text[:500]
+        np.testing.assert_allclose(parse_binary_response(r)["probabilities"], heavy_model.predict_proba(x),
+                                   rtol=1e-5, atol=1e-6)
+        code = server.proc.wait(60)  # type: ignore[union-attr]
+        assert time.monotonic() - t_term < 30
+        log = server.log()
+        assert "Application shutdown complete" in log, log[-2000:]
+        assert "Traceback" not in log, log[-4000:]
+        with pytest.raises(httpx.TransportError):  # the port is closed
+            httpx.get(f"{server.url}/v2/health/live", timeout=2)
+        assert code == 0, f"`trainfer serve` exited {code} after a graceful SIGTERM\n{log[-1500:]}"
+    finally:
+        server.stop()
