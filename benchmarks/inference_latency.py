@@ -6,7 +6,7 @@ For the digits MLP and the image CNN, the same run is timed three ways, interlea
   torch_eager       run.model(x) + softmax under torch.inference_mode(), fp32, eval mode
   onnxruntime_bare  onnxruntime.InferenceSession(bundle/model.onnx).run(None, {"input": x})
 
-plus a diagnostic, bundle_preprocess: predictor.features.transform(raw) alone. ``raw`` is one test
+plus a diagnostic, bundle_preprocess: predictor.prepare(raw) alone. ``raw`` is one test
 sample as the user passes it ((1, 64) float64 for digits, (1, 32, 32, 3) uint8 for the CNN); ``x`` is
 it preprocessed. Every variant runs at the same thread count. Rounds of blocks (one block of each
 variant per round, the order rotating) repeat until every variant has the minimum count and the
@@ -59,8 +59,8 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
     t3 = time.perf_counter()
 
     raw = first_raw_row(run)
-    x = predictor.features.transform(raw)
-    xt = torch.from_numpy(x)
+    x = predictor.prepare(raw)  # what the graph takes (tables may standardize inside the graph)
+    xt = torch.from_numpy(run.features.transform(raw))  # what the torch model takes
     model = run.model.eval()
     name = session.get_inputs()[0].name
 
@@ -72,7 +72,7 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
         "bundle": lambda: predictor.predict_proba(raw),
         "torch_eager": torch_eager,
         "onnxruntime_bare": lambda: session.run(None, {name: x}),
-        "bundle_preprocess": lambda: predictor.features.transform(raw),
+        "bundle_preprocess": lambda: predictor.prepare(raw),
     }
     first_ms: dict[str, float] = {}
     outs: dict[str, Any] = {}

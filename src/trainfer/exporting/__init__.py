@@ -99,7 +99,9 @@ def export_model(model: torch.nn.Module, features: Features, X_std: np.ndarray, 
                  onnx_path: Path) -> dict[str, Any]:
     """Fold, export and parity-check one torch model; returns the onnx info with the parity figures."""
     module, fold_info = inference_module(model, features)
-    info = export_onnx(module, torch.from_numpy(X_graph[:2]), onnx_path, output_name(features.task))
+    # A contiguous example: a strided one makes the exporter trace extra shape ops into the graph.
+    example = torch.from_numpy(np.ascontiguousarray(X_graph[:2]))
+    info = export_onnx(module, example, onnx_path, output_name(features.task))
     return {**info, **fold_info, "parity": check_parity(model, features.target, onnx_path, X_std, X_graph)}
 
 

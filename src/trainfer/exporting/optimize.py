@@ -238,6 +238,10 @@ def _write(run: Run, out: Path, rows: list[dict[str, Any]], chosen: str, record:
         shutil.copyfile(row["path"], tmp / MODEL)
         fields = manifest_fields(run, chosen, row["onnx"], row["parity"])
         fields["variant_metrics"] = {k: row.get(k) for k in row if k.startswith(("val_", "test_", "latency_"))}
+        # The bundle is the variant, not the run: its own size, parameters and FLOPs.
+        fields["provenance"]["params"] = row["params"]
+        fields["variant_facts"] = {"params": row["params"], "flops": row["flops"], "flops_note": row["flops_note"],
+                                   "size_mb": row["size_mb"], "run_params": run.summary.get("params")}
         fields["runtime"] = {"threads": record["recommended_threads"]}
         fields["optimization"] = record
         return fields

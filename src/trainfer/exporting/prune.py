@@ -29,6 +29,7 @@ def prune_structured(model: nn.Module, input_shape: tuple[int, ...], ratio: floa
         pruner = tp.pruner.BasePruner(
             model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
             pruning_ratio=ratio, ignored_layers=heads,
+            round_to=8,  # CPU kernels work in blocks of 8/16 channels: a width off the grid saves nothing
         )
         pruner.step()
     except Exception as exc:  # torch-pruning traces the graph; exotic custom models can defeat it

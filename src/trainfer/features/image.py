@@ -87,7 +87,8 @@ class ImageFeatures:
     def transform(self, X: Any) -> np.ndarray:
         """Raw images -> float32 (n, 3, size, size), normalized like the training data."""
         arr = self.to_uint8(X).astype(np.float32) / np.float32(255.0)
-        return ((arr.transpose(0, 3, 1, 2) - self.mean) / self.std).astype(np.float32)
+        # contiguous NCHW: onnxruntime would copy a strided input on every call
+        return np.ascontiguousarray((arr.transpose(0, 3, 1, 2) - self.mean) / self.std, dtype=np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {
