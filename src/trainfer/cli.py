@@ -330,12 +330,15 @@ def serve(
     workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).", min=1)] = 1,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process (default: bundle's).")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.", min=1)] = 32,
-    max_delay_ms: Annotated[float, typer.Option(help="How long the first request waits for others.", min=0)] = 2.0,
+    max_delay_ms: Annotated[float, typer.Option(
+        help="Extra wait for more requests before a batch runs; 0 runs as soon as the model is free, "
+             "batching the requests that arrived meanwhile.", min=0)] = 0.0,
     max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.", min=1)] = 256,
     timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.", min=1)] = 1000.0,
     api_key_file: Annotated[Path | None, typer.Option(help="File with one API key per line: clients send "
                                                          "'Authorization: Bearer KEY'.")] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.", min=0)] = 8.0,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
     """Serve a bundle over HTTP: Open Inference Protocol v2 (KServe/Triton clients work) and POST /predict.
 
@@ -351,7 +354,7 @@ def serve(
     load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
     serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,
              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms,
-             max_body_mb=max_body_mb)
+             max_body_mb=max_body_mb, access_log=access_log)
 
 
 def main(argv: list[str] | None = None) -> None:

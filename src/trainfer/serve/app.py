@@ -31,7 +31,7 @@ log = logging.getLogger("trainfer.serve")
 class ServeConfig:
     name: str
     max_batch_size: int = 32
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_queue: int = 256
     timeout_ms: float = 1000.0
     max_body_mb: float = 8.0
@@ -121,34 +121,10 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
     max_body = int(config.max_body_mb * 1024 * 1024)
     keys = [k.encode() for k in config.api_keys]
     app.add_middleware(BodyLimit, max_bytes=max_body, mb=config.max_body_mb)
+    # Added last, so it runs first: a refused request costs no body reading and no routing.
+    app.add_middleware(Guard, keys=keys, metrics=metrics, state=state, max_queue=config.max_queue)
     _document_infer_request(app)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        response = await _guarded(request, call_next)
-        route = request.scope.get("route")
-        endpoint = route.path if route is not None else "other"
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
-
-    async def _guarded(request: Request, call_next: Any) -> Response:
-        if keys and not request.url.path.startswith("/v2/health"):
-            auth = request.headers.get("authorization", "")
-            token = auth[7:].encode() if auth[:7].lower() == "bearer " else b""
-            # compare_digest against every key, without an early exit: the time does not reveal a match
-            ok = False
-            for k in keys:
-                ok |= hmac.compare_digest(token, k)
-            if not ok:
-                return _error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
-                              {"WWW-Authenticate": "Bearer"})
-        batcher = state.get("batcher")
-        if request.method == "POST" and batcher is not None and batcher.depth >= config.max_queue:
-            # Shed load before reading and parsing the body: under overload a rejection must be cheap.
-            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
-        return await call_next(request)
 
     async def _predict_rows(rows: Any) -> np.ndarray:
         try:
@@ -250,6 +226,60 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     return app
+
+
+def _endpoint(path: str) -> str:
+    """The route template for metrics labels (bounded cardinality: model names are not labels)."""
+    if path.startswith("/v2/models/"):
+        tail = path[len("/v2/models/"):].partition("/")[2]
+        return "/v2/models/{name}" + (f"/{tail}" if tail in ("infer", "ready") else "")
+    return path if path in ("/v2", "/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/docs",
+                            "/openapi.json") else "other"
+
+
+class Guard:
+    """API keys, load shedding and request metrics as pure ASGI middleware: no per-request Request or
+    Response objects (Starlette's @app.middleware("http") costs more CPU than a whole MLP inference)."""
+
+    def __init__(self, app: Any, keys: list[bytes], metrics: _Metrics, state: dict[str, Any], max_queue: int) -> None:
+        self.app, self.keys, self.metrics, self.state, self.max_queue = app, keys, metrics, state, max_queue
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send_status)
+        else:
+            await self.app(scope, receive, send_status)
+        endpoint = _endpoint(scope["path"])
+        self.metrics.requests.labels(endpoint, str(status[0])).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+    def _refusal(self, scope: dict[str, Any]) -> Response | None:
+        if self.keys and not scope["path"].startswith("/v2/health"):
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            token = auth[7:] if auth[:7].lower() == b"bearer " else b""
+            # compare_digest against every key, without an early exit: the time does not reveal a match
+            ok = False
+            for k in self.keys:
+                ok |= hmac.compare_digest(token, k)
+            if not ok:
+                return _error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                              {"WWW-Authenticate": "Bearer"})
+        batcher = self.state.get("batcher")
+        if scope["method"] == "POST" and batcher is not None and batcher.depth >= self.max_queue:
+            # Shed load before reading and parsing the body: under overload a rejection must be cheap.
+            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+        return None
 
 
 class BodyLimit:
