@@ -1,0 +1,427 @@
+"""HTTP load on `trainfer serve` against a naive FastAPI + onnxruntime server (_naive_server.py), loopback.
+
+Per model (digits MLP, 3x32x32 CNN) both servers run at once with 1 onnxruntime thread, pinned to core 0;
+this process drives them from core 1 with a minimal asyncio HTTP/1.1 keep-alive client (one connection
+per request in flight) whose CPU is reported. Same v2 JSON request for both; the CNN also runs trainfer's
+binary tensor extension. Closed loop at concurrency 1, 8, 32, 64, then open loop: Poisson arrivals at
+0.5x and 1x of the best closed-loop throughput for that request format, each latency timed from its
+scheduled send (no coordinated omission; at most 256 connections, waiting for one counts). Each level
+runs the variants in turn (A B A B), --reps times, --duration s or --max-requests each. Batch sizes come
+from trainfer's /metrics deltas; the batch-1 limit is 1 / p50 of predictor.predict_proba(x1) timed here
+on core 0 with 1 thread. Goals: trainfer >= 1.2x the baseline's req/s at concurrency >= 8, p99 <= 3x p50
+at concurrency 64, CNN binary req/s >= 70% of the batch-1 limit. Last line: one JSON record.
+
+    .venv/bin/python benchmarks/serve_load.py [--quick] [--duration S] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import ROOT, _version, ensure_bundle, environment, first_raw_row, summarize_ns, train_and_export
+
+HOST, SERVER_CORE, CLIENT_CORE = "127.0.0.1", 0, 1
+PIN = {SERVER_CORE, CLIENT_CORE} <= os.sched_getaffinity(0)  # 2 cores at least: pin server and client apart
+CONCURRENCY, OPEN_FRACTIONS, OPEN_CONNS, WARMUP_CALLS = (1, 8, 32, 64), (0.5, 1.0), 256, 50
+GOAL_SPEEDUP, GOAL_TAIL, GOAL_BINARY = 1.2, 3.0, 0.7
+METRICS = ("trainfer_batch_size_sum", "trainfer_batch_size_count", "trainfer_inference_seconds_sum")
+clock = time.perf_counter_ns
+
+
+class Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection with one request in flight; responses carry a Content-Length."""
+
+    def __init__(self) -> None:
+        self.buf, self.fut, self.transport = bytearray(), None, None  # type: ignore[var-annotated]
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0 or self.fut is None:
+            return
+        head = bytes(self.buf[:end]).lower() + b"\r\n"
+        i = head.find(b"\r\ncontent-length:")  # not inference-header-content-length
+        n = int(head[i + 17:head.find(b"\r\n", i + 2)]) if i > 0 else 0
+        if len(self.buf) >= end + 4 + n:
+            body = bytes(self.buf[end + 4:end + 4 + n])
+            del self.buf[:end + 4 + n]
+            fut, self.fut = self.fut, None
+            fut.set_result((int(head[9:12]), head, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_exception(ConnectionError("connection lost"))
+
+    def request(self, payload: bytes) -> asyncio.Future:
+        self.fut = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)  # type: ignore[union-attr]
+        return self.fut
+
+
+async def connect(port: int) -> Conn:
+    return (await asyncio.get_running_loop().create_connection(Conn, HOST, port))[1]
+
+
+async def fetch(port: int, payload: bytes) -> tuple[int, bytes, bytes]:
+    conn = await connect(port)
+    try:
+        return await asyncio.wait_for(conn.request(payload), 30)
+    finally:
+        conn.transport.close()  # type: ignore[union-attr]
+
+
+def http(method: str, path: str, body: bytes = b"", headers: str = "") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
+
+
+def payloads(name: str, raw: np.ndarray) -> dict[str, bytes]:
+    """The v2 request as bytes: JSON for both servers, binary in and out (as Triton clients send) for images."""
+    path, dtype = f"/v2/models/{name}/infer", "UINT8" if raw.dtype == np.uint8 else "FP32"
+    tensor = {"name": "input", "shape": list(raw.shape), "datatype": dtype}
+    body = json.dumps({"inputs": [{**tensor, "data": raw.reshape(-1).tolist()}]}).encode()
+    out = {"json": http("POST", path, body, "Content-Type: application/json\r\n")}
+    if dtype == "UINT8":
+        blob = raw.tobytes()
+        head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}],
+                           "parameters": {"binary_data_output": True}}).encode()
+        out["binary"] = http("POST", path, head + blob, "Content-Type: application/octet-stream\r\n"
+                             f"Inference-Header-Content-Length: {len(head)}\r\n")
+    return out
+
+
+def probabilities(head: bytes, body: bytes) -> np.ndarray:
+    i = head.find(b"\r\ninference-header-content-length:")
+    if i < 0:
+        return np.asarray(json.loads(body)["outputs"][0]["data"], dtype=np.float32)
+    n = int(head[i + 34:head.find(b"\r\n", i + 2)])
+    return np.frombuffer(body[n:n + json.loads(body[:n])["outputs"][0]["parameters"]["binary_data_size"]], "<f4")
+
+
+class Record:
+    def __init__(self) -> None:
+        self.lat: list[int] = []  # ns, 200s only
+        self.lag: list[int] = []  # open loop: actual send - scheduled send, ns
+        self.codes: Counter[str] = Counter()
+
+    async def send(self, conn: Conn, payload: bytes, t0: int) -> bool:
+        try:
+            status, _, _ = await conn.request(payload)
+        except ConnectionError:
+            self.codes["other"] += 1
+            return False
+        if status == 200:
+            self.lat.append(clock() - t0)
+        self.codes[str(status) if status in (200, 503, 504) else "other"] += 1
+        return True
+
+
+async def closed_loop(port: int, payload: bytes, conc: int, seconds: float, max_requests: int) -> Record:
+    rec, budget = Record(), [max_requests]
+    conns = [await connect(port) for _ in range(conc)]
+    deadline = clock() + int(seconds * 1e9)
+
+    async def worker(conn: Conn) -> None:
+        while budget[0] > 0 and clock() < deadline:
+            budget[0] -= 1
+            if not await rec.send(conn, payload, clock()):
+                conn = await connect(port)
+        conn.transport.close()  # type: ignore[union-attr]
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    return rec
+
+
+async def open_loop(port: int, payload: bytes, rate: float, seconds: float, max_requests: int, seed: int) -> Record:
+    rec, loop, idle = Record(), asyncio.get_running_loop(), asyncio.Queue()  # type: ignore[var-annotated]
+    due = np.cumsum(np.random.default_rng(seed).exponential(1e9 / rate, int(rate * seconds * 1.5) + 20)).astype(int)
+    due = due[due < seconds * 1e9][:max_requests].tolist()
+    conns = [await connect(port) for _ in range(OPEN_CONNS)]
+    for c in conns:
+        idle.put_nowait(c)
+
+    async def one(t_due: int) -> None:
+        conn = await idle.get()
+        rec.lag.append(clock() - t_due)
+        if await rec.send(conn, payload, t_due):  # timed from the scheduled send
+            idle.put_nowait(conn)
+        else:
+            idle.put_nowait(await connect(port))
+
+    start, tasks, i = clock(), [], 0
+    while i < len(due):
+        while i < len(due) and start + due[i] <= clock():
+            tasks.append(loop.create_task(one(start + due[i])))
+            i += 1
+        if i < len(due):
+            await asyncio.sleep((start + due[i] - clock()) / 1e9)
+    _, pending = await asyncio.wait(tasks, timeout=max(10.0, seconds)) if tasks else (set(), set())
+    rec.codes["other"] += len(pending)  # unanswered after the drain window
+    for t in pending:
+        t.cancel()
+    for c in conns:
+        c.transport.abort()  # type: ignore[union-attr]
+    return rec
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+
+
+async def scrape(srv: dict[str, Any]) -> dict[str, float]:
+    if not srv["metrics"]:
+        return {}
+    _, _, body = await fetch(srv["port"], http("GET", "/metrics"))
+    return {k: float(v) for k, v in (ln.split(" ", 1) for ln in body.decode().splitlines()) if k in METRICS}
+
+
+async def level(srv: dict[str, Any], payload: bytes, mode: str, load: float, args: Any, seed: int) -> dict[str, Any]:
+    m0, c0, s0, t0 = await scrape(srv), time.process_time(), cpu_s(srv["proc"].pid), clock()
+    if mode == "closed":
+        rec = await closed_loop(srv["port"], payload, int(load), args.duration, args.max_requests)
+    else:
+        rec = await open_loop(srv["port"], payload, load, args.duration, args.max_requests, seed)
+    out = {"rec": rec, "wall_s": (clock() - t0) / 1e9, "client_cpu_s": time.process_time() - c0,
+           "server_cpu_s": cpu_s(srv["proc"].pid) - s0}
+    m1 = await scrape(srv)
+    out.update({k: m1[k] - m0.get(k, 0.0) for k in m1})
+    fast, end = 0, time.monotonic() + 30  # settle: health answered fast twice in a row (backlog drained)
+    while fast < 2 and time.monotonic() < end:
+        t = clock()
+        await fetch(srv["port"], http("GET", "/v2/health/ready"))
+        fast = fast + 1 if clock() - t < 20e6 else 0
+        await asyncio.sleep(0.05)
+    return out
+
+
+def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reps of one variant at one level: raw samples joined, counts and seconds summed."""
+    lat, lag = [x for p in parts for x in p["rec"].lat], [x for p in parts for x in p["rec"].lag]
+    codes: Counter[str] = sum((p["rec"].codes for p in parts), Counter())
+    tot = {k: sum(p.get(k, 0.0) for p in parts) for k in ("wall_s", "client_cpu_s", "server_cpu_s", *METRICS)}
+    wall = tot["wall_s"]
+    res = {"throughput_per_s": len(lat) / wall, **summarize_ns(lat),
+           "throughput_per_s_reps": [len(p["rec"].lat) / p["wall_s"] for p in parts], "ok": len(lat),
+           "errors_503": codes["503"], "errors_504": codes["504"], "errors_other": codes["other"], "window_s": wall,
+           "client_cpu_frac": tot["client_cpu_s"] / wall, "server_cpu_frac": tot["server_cpu_s"] / wall,
+           "server_cpu_us_per_req": 1e6 * tot["server_cpu_s"] / max(1, sum(codes.values()))}
+    if tot["trainfer_batch_size_count"]:
+        res["avg_batch_size"] = tot["trainfer_batch_size_sum"] / tot["trainfer_batch_size_count"]
+        # trainfer's inference histogram times the executor round trip, hand-off back to the event loop included
+        res["inference_ms_per_batch"] = 1e3 * tot["trainfer_inference_seconds_sum"] / tot["trainfer_batch_size_count"]
+    if lag:
+        res["send_lag_ms_p99"] = float(np.percentile(lag, 99)) / 1e6
+    return res
+
+
+def start(cmd: list[str], log: Path, metrics: bool) -> dict[str, Any]:
+    """A server process pinned to SERVER_CORE, once /v2/health/ready answers (60 s at most)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = int(s.getsockname()[1])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, {SERVER_CORE})) if PIN else None)
+    while time.perf_counter() - t0 < 60 and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if asyncio.run(fetch(port, http("GET", "/v2/health/ready")))[0] == 200:
+                return {"proc": proc, "port": port, "metrics": metrics, "startup_s": time.perf_counter() - t0}
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{cmd[:3]} did not start:\n{log.read_text()[-2000:]}")
+
+
+def inprocess(bundle: Path, raw: np.ndarray, min_count: int, min_s: float, batch: int) -> dict[str, Any]:
+    """predict_proba(x1) latency on the server's core with 1 thread; run() rows/s at ``batch`` rows."""
+    import trainfer
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {SERVER_CORE} if PIN else before)
+    try:
+        p, res = trainfer.load(bundle, threads=1), {}
+        xb = p.prepare(np.repeat(raw, batch, axis=0))
+        for key, fn, count, secs in (("b1", lambda: p.predict_proba(raw), min_count, min_s),
+                                     ("bn", lambda: p.run(xb), min_count // 10, min_s / 4)):
+            ns: list[int] = []
+            for _ in range(WARMUP_CALLS):
+                fn()
+            end = time.perf_counter() + secs
+            while len(ns) < count or time.perf_counter() < end:
+                t = clock()
+                fn()
+                ns.append(clock() - t)
+            res[key] = summarize_ns(ns)
+    finally:
+        os.sched_setaffinity(0, before)
+    b1, rows = 1e3 / res["b1"]["latency_ms_p50"], batch * 1e3 / res["bn"]["latency_ms_p50"]
+    return {"predict_proba_b1": res["b1"], "batch1_limit_per_s": b1, f"run_b{batch}": res["bn"],
+            "batched_rows_per_s": rows, "batching_gain": rows / b1, "regime": "overhead-bound: batching multiplies "
+            "throughput" if rows / b1 >= 2 else "compute-bound: batching barely gains"}
+
+
+async def bench_model(name: str, servers: dict[str, dict[str, Any]], raw: np.ndarray, want: np.ndarray,
+                      args: Any) -> dict[str, Any]:
+    bodies, first = payloads(name, raw), {}
+    variants = [("trainfer", "json"), ("naive", "json")] + [("trainfer", "binary")] * ("binary" in bodies)
+    for srv, fmt in variants:  # first call (cold), same answer as in-process, then warm up
+        t = clock()
+        status, head, body = await fetch(servers[srv]["port"], bodies[fmt])
+        first[f"{srv}_{fmt}"] = (clock() - t) / 1e6
+        assert status == 200, body[:300]
+        np.testing.assert_allclose(probabilities(head, body), want.reshape(-1), atol=1e-4)
+        await closed_loop(servers[srv]["port"], bodies[fmt], 8, 0.3 if args.quick else 1.0, 10**6)
+    parts: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
+    cap: dict[str, float] = {}
+    for mode, levels in (("closed", CONCURRENCY), ("open", OPEN_FRACTIONS)):
+        for lv in levels:
+            for rep in range(args.reps):
+                for srv, fmt in variants:  # A B A B: every variant in each rep, back to back
+                    load = lv if mode == "closed" else lv * cap[fmt]
+                    parts.setdefault((srv, fmt, mode, lv), []).append(
+                        await level(servers[srv], bodies[fmt], mode, load, args, seed=rep))
+        rows = {k: pooled(v) for k, v in parts.items()}
+        cap = cap or {fmt: max(r["throughput_per_s"] for k, r in rows.items() if k[1] == fmt) for _, fmt in variants}
+    for (srv, fmt, mode, lv), r in rows.items():
+        r.update(server=srv, format=fmt, mode=mode, **({"concurrency": lv} if mode == "closed" else
+                                                        {"rate_fraction": lv, "rate_per_s": lv * cap[fmt]}))
+    return {"capacity_per_s": cap, "first_request_ms": first, "levels": list(rows.values()),
+            "startup_s": {k: s["startup_s"] for k, s in servers.items()}}
+
+
+def goals(res: dict[str, Any]) -> dict[str, Any]:
+    lv = {(r["server"], r["format"], r.get("concurrency")): r for r in res["levels"] if r["mode"] == "closed"}
+    out: dict[str, Any] = {"speedup_vs_naive": {}, "p99_over_p50_c64": {}}
+    for c in CONCURRENCY:
+        t, n = lv[("trainfer", "json", c)], lv[("naive", "json", c)]
+        pairs = [a / b for a, b in zip(t["throughput_per_s_reps"], n["throughput_per_s_reps"], strict=True) if b]
+        out["speedup_vs_naive"][c] = {"pooled": t["throughput_per_s"] / n["throughput_per_s"],
+                                      "paired_median": float(np.median(pairs)) if pairs else None}
+    out["pass_speedup"] = all(v["pooled"] >= GOAL_SPEEDUP for c, v in out["speedup_vs_naive"].items() if c >= 8)
+    for fmt in res["capacity_per_s"]:
+        r = lv[("trainfer", fmt, 64)]
+        out["p99_over_p50_c64"][fmt] = r["latency_ms_p99"] / r["latency_ms_p50"] if "latency_ms_p99" in r else None
+    tails = list(out["p99_over_p50_c64"].values())
+    out["pass_tail"] = None if None in tails else all(x <= GOAL_TAIL for x in tails)  # None: under 662 samples
+    if "binary" in res["capacity_per_s"]:
+        out["binary_over_batch1_limit"] = res["capacity_per_s"]["binary"] / res["inprocess"]["batch1_limit_per_s"]
+        out["pass_binary"] = out["binary_over_batch1_limit"] >= GOAL_BINARY
+    return out
+
+
+def print_table(name: str, res: dict[str, Any]) -> None:
+    ip, g = res["inprocess"], res["goals"]
+    print(f"\n{name}: predict_proba(x1) p50 {1e3 * ip['predict_proba_b1']['latency_ms_p50']:.0f} us in-process -> "
+          f"batch-1 limit {ip['batch1_limit_per_s']:.0f}/s; batched run {ip['batched_rows_per_s']:.0f} rows/s "
+          f"({ip['batching_gain']:.1f}x): {ip['regime']}")
+    print(f"  {'server':<9}{'fmt':<7}{'load':>8}{'req/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'503':>6}{'504':>6}"
+          f"{'oth':>5}{'batch':>6}{'cli cpu':>8}{'srv cpu':>8}{'srv us/req':>11}")
+    for r in res["levels"]:
+        load = f"c={r['concurrency']}" if r["mode"] == "closed" else f"{r['rate_per_s']:.0f}/s"
+        q = "".join(f"{r[k]:8.1f}" if k in r else f"{'-':>8}" for k in ("latency_ms_p50", "latency_ms_p90",
+                                                                         "latency_ms_p99"))
+        print(f"  {r['server']:<9}{r['format']:<7}{load:>8}{r['throughput_per_s']:7.0f}{q}{r['errors_503']:6d}"
+              f"{r['errors_504']:6d}{r['errors_other']:5d}{r.get('avg_batch_size', 1.0):6.1f}"
+              f"{r['client_cpu_frac']:8.2f}{r['server_cpu_frac']:8.2f}{r['server_cpu_us_per_req']:11.0f}")
+    print("  trainfer/naive req/s: " + ", ".join(f"c={c} {v['pooled']:.2f}x" for c, v in g["speedup_vs_naive"].items())
+          + f" (goal >= {GOAL_SPEEDUP}x at c >= 8): {'PASS' if g['pass_speedup'] else 'FAIL'}")
+    print("  trainfer p99/p50 at c=64: " + ", ".join(f"{k} {v:.2f}" if v else f"{k} -" for k, v in
+                                                     g["p99_over_p50_c64"].items()) + f" (goal <= {GOAL_TAIL}): "
+          f"{ {True: 'PASS', False: 'FAIL', None: 'n/a (under 662 samples)'}[g['pass_tail']]}")
+    if "pass_binary" in g:
+        print(f"  binary req/s / batch-1 limit: {g['binary_over_batch1_limit']:.2f} (goal >= {GOAL_BINARY}): "
+              f"{'PASS' if g['pass_binary'] else 'FAIL'}")
+
+
+def run_model(name: str, run_dir: Path, bundle: Path, work: Path, args: Any) -> dict[str, Any]:
+    from trainfer.runtime import load
+    from trainfer.training import Run
+
+    raw = first_raw_row(Run.load(run_dir))
+    ip = inprocess(bundle, raw, *((100, 2.0) if args.quick else (1000, 10.0)), args.max_batch_size)
+    want = load(bundle, threads=1).predict_proba(raw)
+    limits = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("max_batch_size", "max_delay_ms", "max_queue",
+                                                                        "timeout_ms")]
+    cmds = {"trainfer": [str(Path(sys.executable).parent / "trainfer"), "serve", *limits],
+            "naive": [sys.executable, str(ROOT / "benchmarks" / "_naive_server.py")]}
+    servers: dict[str, dict[str, Any]] = {}
+    try:
+        for key, cmd in cmds.items():
+            servers[key] = start([*cmd, str(bundle), "--name", name, "--threads", "1"], work / f"{name}-{key}.log",
+                                 metrics=key == "trainfer")
+        res = asyncio.run(bench_model(name, servers, raw, want, args))
+    finally:
+        for s in servers.values():
+            s["proc"].terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s["proc"].wait(10)
+            s["proc"].kill()
+    res["inprocess"] = ip
+    res["goals"] = goals(res)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 s levels, 1 rep, shorter training")
+    ap.add_argument("--duration", type=float, help="seconds per level, variant and rep (default 5; --quick 2)")
+    ap.add_argument("--reps", type=int, help="interleaved repetitions per level (default 2; --quick 1)")
+    ap.add_argument("--max-requests", type=int, default=200_000, help="per level, variant and rep, at most")
+    ap.add_argument("--max-batch-size", type=int, default=32, help="trainfer serve's own defaults")
+    ap.add_argument("--max-delay-ms", type=float, default=0.0)
+    ap.add_argument("--max-queue", type=int, default=256)
+    ap.add_argument("--timeout-ms", type=float, default=1000.0)
+    for model in ("digits", "cnn"):
+        ap.add_argument(f"--{model}-run", type=Path, help=f"existing {model} run (default: train one)")
+        ap.add_argument(f"--{model}-bundle", type=Path, help=f"existing {model} bundle (default: export the run)")
+    args = ap.parse_args()
+    args.duration, args.reps = args.duration or (2.0 if args.quick else 5.0), args.reps or (1 if args.quick else 2)
+    t_start, load_start, results = time.perf_counter(), os.getloadavg(), {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        for name, run_dir, bundle in (("digits_mlp", args.digits_run, args.digits_bundle),
+                                      ("cnn", args.cnn_run, args.cnn_bundle)):
+            if run_dir is None:
+                print(f"training {name} into {tmp} ...", flush=True)
+                run_dir, bundle = train_and_export(name, Path(tmp), epochs=5 if args.quick and name != "cnn" else None)
+            bundle = ensure_bundle(run_dir, bundle, Path(tmp) / f"{name}-bundle")
+            if PIN:
+                os.sched_setaffinity(0, {CLIENT_CORE})  # this thread, and the client's event loop on it
+            results[name] = run_model(name, run_dir, bundle, Path(tmp), args)
+            print_table(name, results[name])
+    flags = [r["goals"][k] for r in results.values() for k in ("pass_speedup", "pass_tail", "pass_binary")
+             if k in r["goals"]]
+    peak_client = max(r["client_cpu_frac"] for m in results.values() for r in m["levels"])
+    print(f"\nclient CPU at most {peak_client:.2f} of its core; load average {load_start} at start, "
+          f"{os.getloadavg()} at end; {time.perf_counter() - t_start:.0f} s")
+    print(json.dumps({
+        "benchmark": "serve_load", "pass": all(f is True for f in flags), "models": results,
+        "client_cpu_frac_max": peak_client, "runtime_s": time.perf_counter() - t_start,
+        "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+        "config": {"quick": args.quick, "duration_s": args.duration, "reps": args.reps, "loopback": HOST,
+                   "max_requests": args.max_requests, "concurrency": CONCURRENCY, "open_rate_fractions": OPEN_FRACTIONS,
+                   "open_loop_max_connections": OPEN_CONNS, "server_threads": 1, "access_log": "on (uvicorn default)",
+                   "pinned": {"server_core": SERVER_CORE, "client_core": CLIENT_CORE} if PIN else None,
+                   **{k: getattr(args, k) for k in ("max_batch_size", "max_delay_ms", "max_queue", "timeout_ms")},
+                   "goals": {"speedup": GOAL_SPEEDUP, "p99_over_p50": GOAL_TAIL, "binary_over_batch1": GOAL_BINARY}},
+        "env": {**environment(1), "server_stack": {d: _version(d) for d in ("fastapi", "starlette", "uvicorn", "h11",
+                                                                             "httptools", "uvloop")}},
+    }, default=str))
+
+
+if __name__ == "__main__":
+    main()
