@@ -200,3 +200,26 @@ def csv_run(tmp_path_factory: pytest.TempPathFactory, mixed_csv: Path):
     out = tmp_path_factory.mktemp("runs") / "csv-run"
     return train(data=str(mixed_csv), target="label", model="mlp", epochs=4, seed=0, out=out,
                           overrides=["model.hidden=[32]"])
+
+
+# ---- bundles shared by the inference, predict and serve tests (trained and exported once per session) ----
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from _inference_fixtures import get_bundle
+
+    return get_bundle(tmp_path_factory, "digits")
+
+
+@pytest.fixture(scope="session")
+def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from _inference_fixtures import get_bundle
+
+    return get_bundle(tmp_path_factory, "csv")
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from _inference_fixtures import get_bundle
+
+    return get_bundle(tmp_path_factory, "cnn")

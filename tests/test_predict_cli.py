@@ -17,7 +17,6 @@ from _inference_fixtures import (
     assert_ran_without_torch,
     copy_bundle,
     flip_byte,
-    get_bundle,
     get_run,
     make_animals,
     run_without_torch,
@@ -28,21 +27,6 @@ import trainfer
 from trainfer.cli import main
 
 PROB_COLUMNS = [f"prob_{label}" for label in CSV_LABELS]
-
-
-@pytest.fixture(scope="module")
-def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "csv")
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "digits")
-
-
-@pytest.fixture(scope="module")
-def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "cnn")
 
 
 @pytest.fixture(scope="module")

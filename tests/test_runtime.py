@@ -13,7 +13,6 @@ from _inference_fixtures import (
     assert_ran_without_torch,
     copy_bundle,
     flip_byte,
-    get_bundle,
     get_run,
     make_animals,
     run_without_torch,
@@ -21,21 +20,6 @@ from _inference_fixtures import (
 
 import trainfer
 from trainfer.errors import BundleError, InputError
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "digits")
-
-
-@pytest.fixture(scope="module")
-def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "csv")
-
-
-@pytest.fixture(scope="module")
-def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "cnn")
 
 
 @pytest.fixture(scope="module")

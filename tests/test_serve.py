@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from _inference_fixtures import get_bundle, get_run, make_animals
+from _inference_fixtures import get_run, make_animals
 from _serve_fixtures import Server, heavy_cnn_bundle, raw_post, running_server
 
 import trainfer
@@ -34,21 +34,6 @@ FEATURES = ["x1", "colour", "x2"]  # the animals table's feature columns, in the
 
 
 # ---- bundles, reference predictors, inputs ------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "digits")
-
-
-@pytest.fixture(scope="module")
-def csv_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "csv")
-
-
-@pytest.fixture(scope="module")
-def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return get_bundle(tmp_path_factory, "cnn")
-
 
 @pytest.fixture(scope="module")
 def digits_model(digits_bundle: Path):
