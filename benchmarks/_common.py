@@ -6,9 +6,12 @@ Imports neither torch nor onnxruntime at module level, so a benchmark can fix th
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -102,3 +105,30 @@ def first_raw_row(run: Any) -> np.ndarray:
     if hasattr(rows, "to_numpy"):  # a DataFrame of numeric columns
         return np.ascontiguousarray(rows.to_numpy(dtype=np.float64)[:1])
     return np.ascontiguousarray(np.asarray(rows)[:1])
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], block: int, min_count: int, min_s: float,
+                        min_rounds: int = 1, warmup: int = 50) -> tuple[dict[str, list[int]], int, float]:
+    """Rounds of ``block`` timed calls per callable (A B C, B C A, ...: who goes first rotates, so drift
+    favours none) until each has ``min_count`` samples, the window lasted ``min_s`` and ``min_rounds``
+    rounds ran. Returns raw per-call ns, rounds and window seconds. Warm-up: ``warmup`` calls each."""
+    names = list(fns)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[int]] = {k: [] for k in names}
+    clock, rounds = time.perf_counter_ns, 0
+    gc.collect()
+    start = time.perf_counter()
+    while True:
+        k = rounds % len(names)
+        for key in names[k:] + names[:k]:
+            fn, out = fns[key], samples[key]
+            for _ in range(block):
+                t = clock()
+                fn()
+                out.append(clock() - t)
+        rounds += 1
+        window = time.perf_counter() - start
+        if rounds >= min_rounds and window >= min_s and all(len(s) >= min_count for s in samples.values()):
+            return samples, rounds, window

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ensure_bundle, environment, first_raw_row, summarize_ns, train_and_export
+from _common import ensure_bundle, environment, first_raw_row, measure_interleaved, summarize_ns, train_and_export
 
 GOAL_SPEEDUP = {"digits_mlp": 3.0, "cnn": 2.0}
 GOAL_OVERHEAD_PCT = 25.0
@@ -88,32 +87,6 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
             "first_call_ms": first_ms,
             "input": {"raw_shape": list(raw.shape), "raw_dtype": str(raw.dtype), "tensor_shape": list(x.shape)}}
     return fns, info
-
-
-def measure(fns: dict[str, Callable[[], Any]], block: int, min_count: int, min_s: float,
-            min_rounds: int) -> tuple[dict[str, list[int]], int, float]:
-    """Interleaved rounds of ``block`` timed calls per variant; raw per-call ns, rounds, window seconds."""
-    names = list(fns)
-    for fn in fns.values():
-        for _ in range(WARMUP_CALLS):
-            fn()
-    samples: dict[str, list[int]] = {k: [] for k in names}
-    clock = time.perf_counter_ns
-    gc.collect()
-    start = time.perf_counter()
-    rounds = 0
-    while True:
-        k = rounds % len(names)
-        for key in names[k:] + names[:k]:  # rotate who goes first, so drift favours no variant
-            fn, out = fns[key], samples[key]
-            for _ in range(block):
-                t = clock()
-                fn()
-                out.append(clock() - t)
-        rounds += 1
-        window = time.perf_counter() - start
-        if rounds >= min_rounds and window >= min_s and all(len(s) >= min_count for s in samples.values()):
-            return samples, rounds, window
 
 
 def paired_ratio(a: list[int], b: list[int], block: int) -> float:
@@ -194,7 +167,8 @@ def main() -> None:
             torch.set_num_interop_threads(1)
         for name, (run_dir, bundle_dir) in paths.items():
             fns, info = build_variants(run_dir, bundle_dir, args.threads)
-            samples, rounds, window = measure(fns, args.block, min_count, min_s, args.min_rounds)
+            samples, rounds, window = measure_interleaved(fns, args.block, min_count, min_s, args.min_rounds,
+                                                          warmup=WARMUP_CALLS)
             results[name] = {**report(name, samples, info, args.block), "rounds": rounds, "window_s": window}
             raw[name] = samples
             print_table(name, results[name], rounds, window)

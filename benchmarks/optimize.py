@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, first_raw_row, summarize_ns
+from _common import environment, first_raw_row, measure_interleaved, summarize_ns
 
 GOAL_SPEEDUP = 3.0
 WARMUP_CALLS = 50  # per callable, before measuring (MEASURE.md: at least 10)
@@ -72,32 +71,6 @@ def build_fns(run: Any, chosen_dir: Path, fp32_dir: Path, threads: int) -> tuple
     info = {"load_s": {"chosen": t1 - t0, "fp32": t2 - t1}, "first_call_ms": first_ms, "chosen_parity": parity,
             "input": {"raw_shape": list(raw.shape), "raw_dtype": str(raw.dtype), "tensor_shape": list(xt.shape)}}
     return fns, info
-
-
-def measure(fns: dict[str, Callable[[], Any]], block: int, min_count: int, min_s: float) -> tuple[
-        dict[str, list[int]], int, float]:
-    """Rounds of ``block`` timed calls per callable (A B C, B C A, ...) until each has ``min_count``
-    samples and the interleaved window lasted ``min_s``. Raw per-call ns, rounds, window seconds."""
-    names = list(fns)
-    for fn in fns.values():
-        for _ in range(WARMUP_CALLS):
-            fn()
-    samples: dict[str, list[int]] = {k: [] for k in names}
-    clock, rounds = time.perf_counter_ns, 0
-    gc.collect()
-    start = time.perf_counter()
-    while True:
-        k = rounds % len(names)
-        for key in names[k:] + names[:k]:
-            fn, out = fns[key], samples[key]
-            for _ in range(block):
-                t = clock()
-                fn()
-                out.append(clock() - t)
-        rounds += 1
-        window = time.perf_counter() - start
-        if window >= min_s and all(len(s) >= min_count for s in samples.values()):
-            return samples, rounds, window
 
 
 def speedup(samples: dict[str, list[int]], stats: dict[str, dict[str, Any]], fast: str, slow: str,
@@ -149,7 +122,7 @@ def main() -> None:
         with contextlib.suppress(RuntimeError):  # only settable before inter-op work starts
             torch.set_num_interop_threads(1)
         fns, info = build_fns(run, Path(record["bundle"]), fp32_dir, T)
-        samples, rounds, window = measure(fns, args.block, min_count, min_s)
+        samples, rounds, window = measure_interleaved(fns, args.block, min_count, min_s, warmup=WARMUP_CALLS)
     t_end = time.perf_counter()
 
     stats = {k: {**summarize_ns(v), "first_call_ms": info["first_call_ms"][k],
