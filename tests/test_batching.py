@@ -116,7 +116,9 @@ def _rows(value: float, n: int = 1) -> np.ndarray:
     return np.full((n, 3), value, dtype=np.float32)
 
 
-async def _started(batcher: Batcher) -> Batcher:
+async def _started(model: FakeModel, offload: str = "thread", **limits: float) -> Batcher:
+    # the thread by default: these tests hold the model at a gate while the loop goes on
+    batcher = Batcher(model, offload=offload, **limits)  # type: ignore[arg-type]
     batcher.start()
     return batcher
 
@@ -134,8 +136,8 @@ def test_concurrent_submits_are_collated_into_fewer_batches() -> None:
     observed: list[tuple[str, float]] = []
 
     async def main() -> list[np.ndarray]:
-        b = await _started(Batcher(model, max_batch_size=4, max_delay_ms=50, max_queue=64, timeout_ms=5000,
-                                   observe=lambda k, v: observed.append((k, v))))
+        b = await _started(model, max_batch_size=4, max_delay_ms=50, max_queue=64, timeout_ms=5000,
+                               observe=lambda k, v: observed.append((k, v)))
         try:
             return await asyncio.gather(*(b.submit(_rows(i)) for i in range(10)))
         finally:
@@ -161,7 +163,7 @@ def test_multi_row_requests_are_collated_up_to_max_batch_size() -> None:
     model = FakeModel()
 
     async def main() -> list[np.ndarray]:
-        b = await _started(Batcher(model, max_batch_size=8, max_delay_ms=50, max_queue=64, timeout_ms=5000))
+        b = await _started(model, max_batch_size=8, max_delay_ms=50, max_queue=64, timeout_ms=5000)
         try:
             return await asyncio.gather(*(b.submit(_rows(i, 3)) for i in range(6)))
         finally:
@@ -177,7 +179,7 @@ def test_a_lone_request_waits_about_max_delay_and_a_full_batch_does_not_wait() -
     model = FakeModel()
 
     async def main() -> tuple[float, float]:
-        b = await _started(Batcher(model, max_batch_size=4, max_delay_ms=300, max_queue=64, timeout_ms=5000))
+        b = await _started(model, max_batch_size=4, max_delay_ms=300, max_queue=64, timeout_ms=5000)
         try:
             t0 = time.perf_counter()
             await b.submit(_rows(1))
@@ -199,7 +201,7 @@ def test_max_delay_zero_runs_at_once() -> None:
     model = FakeModel()
 
     async def main() -> float:
-        b = await _started(Batcher(model, max_batch_size=32, max_delay_ms=0, max_queue=64, timeout_ms=5000))
+        b = await _started(model, max_batch_size=32, max_delay_ms=0, max_queue=64, timeout_ms=5000)
         try:
             t0 = time.perf_counter()
             await b.submit(_rows(1))
@@ -215,7 +217,7 @@ def test_a_full_queue_raises_queue_full() -> None:
     model.gate.clear()  # the first batch blocks inside the model: later requests stay queued
 
     async def main() -> None:
-        b = await _started(Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=2, timeout_ms=10_000))
+        b = await _started(model, max_batch_size=1, max_delay_ms=0, max_queue=2, timeout_ms=10_000)
         first = asyncio.ensure_future(b.submit(_rows(0)))
         await _wait_for(model.started)  # the first request left the queue and is running
         queued = [asyncio.ensure_future(b.submit(_rows(i))) for i in (1, 2)]
@@ -241,7 +243,7 @@ def test_close_drains_pending_requests() -> None:
 
     async def main() -> tuple[list[np.ndarray], float]:
         # a long max_delay: without close() these requests would wait a whole second for company
-        b = await _started(Batcher(model, max_batch_size=100, max_delay_ms=1000, max_queue=64, timeout_ms=10_000))
+        b = await _started(model, max_batch_size=100, max_delay_ms=1000, max_queue=64, timeout_ms=10_000)
         futures = [asyncio.ensure_future(b.submit(_rows(i))) for i in range(5)]
         await asyncio.sleep(0.01)
         assert b.depth == 5
@@ -266,7 +268,7 @@ def test_close_waits_for_the_running_batch_and_the_queue_behind_it() -> None:
     model.gate.clear()
 
     async def main() -> list[np.ndarray]:
-        b = await _started(Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=10_000))
+        b = await _started(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=10_000)
         futures = [asyncio.ensure_future(b.submit(_rows(i))) for i in range(3)]
         await _wait_for(model.started)
         closing = asyncio.ensure_future(b.close())
@@ -286,7 +288,7 @@ def test_a_request_that_waits_past_the_timeout_expires() -> None:
     model = FakeModel(delay_s=0.2)
 
     async def main() -> None:
-        b = await _started(Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=50))
+        b = await _started(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=50)
         first = asyncio.ensure_future(b.submit(_rows(0)))
         await _wait_for(model.started)
         late = asyncio.ensure_future(b.submit(_rows(1)))  # queued behind a 200 ms batch, timeout 50 ms
@@ -302,11 +304,12 @@ def test_a_request_that_waits_past_the_timeout_expires() -> None:
     assert model.batches == [1, 1]  # the expired request never reached the model
 
 
-def test_a_failing_run_fails_only_that_batch() -> None:
+@pytest.mark.parametrize("offload", ["thread", "inline"])
+def test_a_failing_run_fails_only_that_batch(offload: str) -> None:
     model = FakeModel(fail_on=-1.0)
 
     async def main() -> list[object]:
-        b = await _started(Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=5000))
+        b = await _started(model, offload=offload, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=5000)
         try:
             return await asyncio.gather(b.submit(_rows(1)), b.submit(_rows(-1)), b.submit(_rows(3)),
                                         return_exceptions=True)
@@ -325,7 +328,7 @@ def test_a_failing_batch_fails_all_of_its_requests_and_the_next_batch_succeeds()
     model.gate.clear()
 
     async def main() -> tuple[list[object], np.ndarray]:
-        b = await _started(Batcher(model, max_batch_size=8, max_delay_ms=0, max_queue=64, timeout_ms=5000))
+        b = await _started(model, max_batch_size=8, max_delay_ms=0, max_queue=64, timeout_ms=5000)
         blocker = asyncio.ensure_future(b.submit(_rows(0)))
         await _wait_for(model.started)
         # these two queue up behind the blocked batch and then run together
@@ -349,7 +352,7 @@ def test_a_caller_that_goes_away_does_not_break_the_batcher() -> None:
     model.gate.clear()
 
     async def main() -> np.ndarray:
-        b = await _started(Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=5000))
+        b = await _started(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=5000)
         running = asyncio.ensure_future(b.submit(_rows(0)))
         await _wait_for(model.started)
         queued = asyncio.ensure_future(b.submit(_rows(1)))
@@ -362,3 +365,48 @@ def test_a_caller_that_goes_away_does_not_break_the_batcher() -> None:
         return out
 
     np.testing.assert_array_equal(asyncio.run(main()), _rows(2) * 2)
+
+
+def _ten_concurrent(b: Batcher) -> list[np.ndarray]:
+    async def main() -> list[np.ndarray]:
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(_rows(i)) for i in range(10)))
+        finally:
+            await b.close()
+
+    return asyncio.run(main())
+
+
+def test_inline_runs_batches_on_the_event_loop_and_answers_everyone() -> None:
+    model = FakeModel()
+    results = _ten_concurrent(Batcher(model, max_batch_size=4, max_delay_ms=0, max_queue=64, timeout_ms=5000,
+                                      offload="inline"))
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, _rows(i) * 2)
+    assert model.threads == {threading.current_thread().name}, model.threads
+    assert model.batches == [4, 4, 2]  # all ten were queued before the worker ran: collated, in order
+
+
+@pytest.mark.parametrize("cpus, delay_s, inline_after_first", [(2.0, 0.0, True), (2.0, 0.01, False),
+                                                                (1.0, 0.01, True)])
+def test_auto_offload_keeps_the_thread_only_where_it_pays(monkeypatch: pytest.MonkeyPatch, cpus: float,
+                                                          delay_s: float, inline_after_first: bool) -> None:
+    # Auto runs inline when the process has one CPU (loop and model take turns anyway) or when batches
+    # take less than the hand-off costs; a slow model on several CPUs keeps the loop free.
+    monkeypatch.setattr("trainfer.serve.batching.usable_cpus", lambda: cpus)
+    model = FakeModel(delay_s=delay_s)
+    b = Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=5000)
+    assert b.inline == (cpus < 2)  # before any batch: the thread unless there is a single CPU
+    results = _ten_concurrent(b)
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, _rows(i) * 2)
+    assert b.inline == inline_after_first
+    loop_thread = threading.current_thread().name
+    assert (loop_thread in model.threads) == inline_after_first
+    assert any(t.startswith("trainfer-infer") for t in model.threads) == (cpus >= 2)
+
+
+def test_offload_must_be_known() -> None:
+    with pytest.raises(ValueError, match="offload"):
+        Batcher(FakeModel(), offload="gpu")

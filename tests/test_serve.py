@@ -678,6 +678,25 @@ def test_prometheus_metrics(digits_server: Server, digits_X) -> None:
     assert re.search(r"^trainfer_queue_depth 0\.0$", text, re.M)
 
 
+def test_access_log_has_one_line_per_request_and_cannot_be_forged(digits_server: Server, digits_X) -> None:
+    tag = f"t{time.monotonic_ns()}"  # the session-scoped server's log holds other tests' lines too
+    with httpx.Client(base_url=digits_server.url, timeout=10) as c:
+        body, headers = binary_request([("input", "FP32", digits_X)])
+        assert c.post(f"/v2/models/digits/infer?{tag}", content=body, headers=headers).status_code == 200
+        assert c.get(f"/v2/models/{tag}%0A1.2.3.4 forged/ready").status_code == 404
+    for _ in range(50):  # lines are written in bulk, at least every 0.2 s
+        lines = [ln for ln in digits_server.log().splitlines() if tag in ln]
+        if len(lines) == 2:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 2, lines
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.fullmatch(stamp + rf' 127\.0\.0\.1:\d+ "POST /v2/models/digits/infer\?{tag} HTTP/1\.1" 200 \d+\.\d\dms',
+                        lines[0]), lines[0]
+    assert lines[1].endswith(" 404 " + lines[1].rsplit(" ", 1)[1]) and "\\n1.2.3.4 forged" in lines[1], lines[1]
+    assert not any(ln.startswith("1.2.3.4") for ln in digits_server.log().splitlines())
+
+
 @pytest.mark.parametrize("server", ["digits_server", "csv_server", "cnn_server", "guarded_server"])
 def test_server_process_never_imports_torch(server: str, request: pytest.FixtureRequest) -> None:
     s: Server = request.getfixturevalue(server)

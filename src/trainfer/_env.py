@@ -35,6 +35,22 @@ def git_revision() -> str | None:
         return None
 
 
+def usable_cpus() -> float:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        n: float = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            n = min(n, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
 def environment(threads: int | None = None) -> dict[str, Any]:
     try:
         usable = len(os.sched_getaffinity(0))

@@ -3,9 +3,7 @@ Prometheus metrics. Imports the runtime only: no torch in the server process."""
 
 from __future__ import annotations
 
-import hmac
 import logging
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware import Middleware
 
 from trainfer.errors import InputError, TrainferError
 from trainfer.runtime import Predictor
+from trainfer.serve.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, error
 from trainfer.serve.batching import Batcher, Expired, QueueFull
 from trainfer.serve.protocol import HEADER, Schema, encode_infer, outputs, parse_infer
 
@@ -37,6 +35,8 @@ class ServeConfig:
     timeout_ms: float = 1000.0
     max_body_mb: float = 8.0
     api_keys: tuple[str, ...] = ()
+    access_log: bool = True
+    offload: str = "auto"  # the batcher's: run batches in a thread, inline on the event loop, or choose
 
 
 def read_api_keys(path: str | Path) -> tuple[str, ...]:
@@ -63,6 +63,16 @@ class _Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.inference = Histogram("trainfer_inference_seconds", "model time per batch", registry=self.registry,
                                    buckets=(.0001, .0002, .0005, .001, .002, .005, .01, .02, .05, .1, .5))
+
+        self._children: dict[Any, Any] = {}  # labels() per request costs a lock and a tuple; look them up once
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (self.requests.labels(endpoint, str(status)), self.latency.labels(endpoint))
+        child[0].inc()
+        child[1].observe(seconds)
 
     def observe(self, name: str, value: float) -> None:
         if name == "queue_depth":
@@ -98,34 +108,33 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+_error = error
 
 
-def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
-    """The app for one loaded bundle. No endpoint loads models or changes the server."""
+def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
+    """The ASGI app for one loaded bundle. No endpoint loads models or changes the server.
+
+    Requests pass Guard (keys, load shedding, metrics, access log) and BodyLimit; POSTs to the served
+    model's infer endpoint are then answered by FastInfer, everything else by the FastAPI app."""
     schema = Schema(predictor.features, predictor.labels, predictor.task)
     metrics = _Metrics()
     state: dict[str, Any] = {}
+    access = AccessLog() if config.access_log else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         batcher = Batcher(predictor.run, config.max_batch_size, config.max_delay_ms, config.max_queue,
-                          config.timeout_ms, observe=metrics.observe)
+                          config.timeout_ms, observe=metrics.observe, offload=config.offload)
         batcher.start()
         state["batcher"] = batcher
         yield
         await batcher.close()  # after uvicorn stopped accepting and in-flight requests were answered
+        if access is not None:
+            access.flush()
 
     app = FastAPI(title=f"trainfer: {config.name}", version="1", lifespan=lifespan,
                   description="Open Inference Protocol v2 (KServe/Triton) and a simple /predict, for one bundle.")
-    max_body = int(config.max_body_mb * 1024 * 1024)
-    keys = [k.encode() for k in config.api_keys]
-    app.add_middleware(BodyLimit, max_bytes=max_body, mb=config.max_body_mb)
-    # Added last, so it runs first: a refused request costs no body reading and no routing.
-    app.add_middleware(Guard, keys=keys, metrics=metrics, state=state, max_queue=config.max_queue)
     _document_infer_request(app)
-
 
     async def _predict_rows(rows: Any) -> np.ndarray:
         try:
@@ -170,9 +179,13 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
         # Documents the endpoint; requests for the served model are answered by FastInfer before routing.
         if name != config.name:
             return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
-        return await infer_response(await request.body(), request.headers.get(HEADER))
+        answer = await infer_response(await request.body(), request.headers.get(HEADER))
+        if isinstance(answer, Answer):
+            return Response(answer.body, headers={k.decode(): v.decode() for k, v in answer.headers},
+                            media_type=answer.content_type.decode())
+        return answer
 
-    async def infer_response(body: bytes, header: str | None) -> Response:
+    async def infer_response(body: bytes, header: str | None) -> Answer | JSONResponse:
         try:
             if header is not None and not header.isdigit():
                 raise InputError(f"{HEADER} must be a number of bytes")
@@ -185,13 +198,12 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
             return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
         except Expired:
             return _error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+        except Exception:  # the hot path is outside FastAPI's error handling: answer 500 and keep serving
+            log.exception("inference failed")
+            return _error(500, "inference failed; the server log has the details")
         if head_len is None:
-            return Response(payload, media_type="application/json")
-        return Response(payload, media_type="application/octet-stream", headers={HEADER: str(head_len)})
-
-    # Added first, so it sits innermost of the middleware: behind Guard and BodyLimit, ahead of routing.
-    app.user_middleware.insert(len(app.user_middleware), Middleware(
-        FastInfer, path=f"/v2/models/{config.name}/infer", handler=infer_response))
+            return Answer(payload, b"application/json")
+        return Answer(payload, b"application/octet-stream", ((_HEADER_KEY, str(head_len).encode()),))
 
     @app.post("/predict", tags=["simple"], response_model=PredictResponse)
     async def predict(body: PredictRequest) -> Response:
@@ -232,120 +244,16 @@ def create_app(predictor: Predictor, config: ServeConfig) -> FastAPI:
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    return app
+    def depth() -> int | None:
+        return state["batcher"].depth if "batcher" in state else None
 
-
-def _endpoint(path: str) -> str:
-    """The route template for metrics labels (bounded cardinality: model names are not labels)."""
-    if path.startswith("/v2/models/"):
-        tail = path[len("/v2/models/"):].partition("/")[2]
-        return "/v2/models/{name}" + (f"/{tail}" if tail in ("infer", "ready") else "")
-    return path if path in ("/v2", "/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/docs",
-                            "/openapi.json") else "other"
-
-
-class Guard:
-    """API keys, load shedding and request metrics as pure ASGI middleware: no per-request Request or
-    Response objects (Starlette's @app.middleware("http") costs more CPU than a whole MLP inference)."""
-
-    def __init__(self, app: Any, keys: list[bytes], metrics: _Metrics, state: dict[str, Any], max_queue: int) -> None:
-        self.app, self.keys, self.metrics, self.state, self.max_queue = app, keys, metrics, state, max_queue
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        status = [500]
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        refusal = self._refusal(scope)
-        if refusal is not None:
-            await refusal(scope, receive, send_status)
-        else:
-            await self.app(scope, receive, send_status)
-        endpoint = _endpoint(scope["path"])
-        self.metrics.requests.labels(endpoint, str(status[0])).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-
-    def _refusal(self, scope: dict[str, Any]) -> Response | None:
-        if self.keys and not scope["path"].startswith("/v2/health"):
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            token = auth[7:] if auth[:7].lower() == b"bearer " else b""
-            # compare_digest against every key, without an early exit: the time does not reveal a match
-            ok = False
-            for k in self.keys:
-                ok |= hmac.compare_digest(token, k)
-            if not ok:
-                return _error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
-                              {"WWW-Authenticate": "Bearer"})
-        batcher = self.state.get("batcher")
-        if scope["method"] == "POST" and batcher is not None and batcher.depth >= self.max_queue:
-            # Shed load before reading and parsing the body: under overload a rejection must be cheap.
-            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
-        return None
-
-
-class FastInfer:
-    """The hot path: POST /v2/models/NAME/infer as plain ASGI. FastAPI's routing, Request object and
-    exception layers cost more CPU per request than a batched MLP inference; this path skips them."""
-
-    def __init__(self, app: Any, path: str, handler: Any) -> None:
-        self.app, self.path, self.handler = app, path, handler
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        chunks = []
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-        except StarletteHTTPException as exc:  # BodyLimit counted past the limit
-            return await _error(exc.status_code, str(exc.detail))(scope, receive, send)
-        header = None
-        for key, value in scope["headers"]:
-            if key == _HEADER_KEY:
-                header = value.decode("latin-1")
-        response = await self.handler(b"".join(chunks), header)
-        return await response(scope, receive, send)
+    inner = FastInfer(app, f"/v2/models/{config.name}/infer", infer_response, HEADER)
+    body_limit = BodyLimit(inner, int(config.max_body_mb * 1024 * 1024), config.max_body_mb)
+    # Outermost: a refused request costs no body reading and no routing.
+    return Guard(body_limit, [k.encode() for k in config.api_keys], metrics.request, depth, config.max_queue, access)
 
 
 _HEADER_KEY = HEADER.lower().encode()
-
-
-class BodyLimit:
-    """Refuse bodies over the limit with 413: by Content-Length up front, and by counting the bytes of
-    a chunked body as the endpoint reads it (pure ASGI, so it sees every body, whatever the endpoint)."""
-
-    def __init__(self, app: Any, max_bytes: int, mb: float) -> None:
-        self.app, self.max_bytes, self.message = app, max_bytes, f"request body over the {mb:g} MB limit"
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _error(413, self.message)(scope, receive, send)
-        seen = 0
-
-        async def counted() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise StarletteHTTPException(413, self.message)
-            return message
-
-        return await self.app(scope, counted, send)
 
 
 def _document_infer_request(app: FastAPI) -> None:

@@ -5,7 +5,11 @@ that arrive while the previous batch runs (no added latency at low load, big bat
 A positive ``max_delay_ms`` makes the first request of a batch also wait up to that long for others.
 
 ``collate`` is the pure part (which queued requests form the next batch); ``Batcher`` is the loop
-around it: one worker task, inference in one background thread so the event loop keeps accepting.
+around it: one worker task that runs each batch either in a background thread, so the event loop keeps
+accepting requests meanwhile, or inline on the event loop. The thread only pays off when the loop can
+run at the same time as the model: with one usable CPU the two take turns anyway, and a batch that
+takes less than the hand-off (a thread wake-up, the GIL and a wake-up of the loop, ~100 us of CPU)
+costs more to hand off than to run. ``offload="auto"`` runs inline in those two cases.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trainfer._env import usable_cpus
+
+INLINE_BELOW_S = 2e-4  # auto: batches faster than this (recent average) run inline on the event loop
 
 class QueueFull(Exception):
     """The queue holds ``max_queue`` requests already: answer 503 with Retry-After."""
@@ -68,8 +75,13 @@ class Batcher:
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 32, max_delay_ms: float = 0.0,
                  max_queue: int = 256, timeout_ms: float = 1000.0,
-                 observe: Callable[[str, float], None] | None = None) -> None:
+                 observe: Callable[[str, float], None] | None = None, offload: str = "auto") -> None:
+        if offload not in ("auto", "thread", "inline"):
+            raise ValueError(f"offload must be auto, thread or inline, not {offload!r}")
         self._run = run
+        self.offload = offload
+        self._single_cpu = usable_cpus() < 2
+        self._recent_s: float | None = None  # moving average of batch time: decides auto's offloading
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1e3
         self.max_queue = max_queue
@@ -104,6 +116,13 @@ class Batcher:
         self._observe("queue_depth", len(self._queue))
         self._wake.set()
         return await fut
+
+    @property
+    def inline(self) -> bool:
+        """Whether the next batch runs on the event loop rather than in the inference thread."""
+        if self.offload != "auto":
+            return self.offload == "inline"
+        return self._single_cpu or (self._recent_s is not None and self._recent_s < INLINE_BELOW_S)
 
     def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         # Timed in the worker thread: the model's own time, not the wait for the event loop afterwards.
@@ -140,16 +159,20 @@ class Batcher:
                 continue
             x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
             self._observe("batch_size", x.shape[0])
+            inline = self.inline
             try:
-                out, seconds = await loop.run_in_executor(self._executor, self._timed, x)
+                out, seconds = self._timed(x) if inline else await loop.run_in_executor(self._executor, self._timed, x)
             except Exception as exc:  # a model failure fails this batch's requests, not the server
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
+            self._recent_s = seconds if self._recent_s is None else 0.8 * self._recent_s + 0.2 * seconds
             self._observe("inference_s", seconds)
             start = 0
             for p in batch:
                 if not p.future.done():  # the client may have gone away
                     p.future.set_result(out[start:start + p.rows])
                 start += p.rows
+            if inline:
+                await asyncio.sleep(0)  # the loop sends these answers and reads new requests before the next batch

@@ -1,0 +1,208 @@
+"""The server's request path as plain ASGI, ahead of FastAPI: API keys, load shedding, request metrics,
+an access log, the body limit and the inference endpoint.
+
+FastAPI's routing, Request and Response objects, exception layers and Python's logging together cost
+more CPU per request than a batched MLP inference (measured in benchmarks/serve_load.py), so the hot
+path (POST /v2/models/NAME/infer) never enters FastAPI; every other endpoint does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TextIO
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error this server answers: a JSON object with one "error" string."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Answer(NamedTuple):
+    """A 200 answer of the hot path, sent without a Response object."""
+
+    body: bytes
+    content_type: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", self.content_type), (b"content-length", str(len(self.body)).encode()), *self.headers]})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def endpoint(path: str) -> str:
+    """The route template for metrics labels (bounded cardinality: model names are not labels)."""
+    if path.startswith("/v2/models/"):
+        tail = path[len("/v2/models/"):].partition("/")[2]
+        return "/v2/models/{name}" + (f"/{tail}" if tail in ("infer", "ready") else "")
+    return path if path in ("/v2", "/v2/health/live", "/v2/health/ready", "/predict", "/metrics", "/docs",
+                            "/openapi.json") else "other"
+
+
+class AccessLog:
+    """One line per request, written in bulk: every ``interval_s``, every ``max_lines`` lines and at
+    shutdown (``flush``). Python's logging module (uvicorn's access log) costs about 50 us of CPU per
+    line on a small machine, a sixth of a whole MLP request; a hard kill loses at most ``interval_s``
+    of lines. Line: time, client, request line, status, milliseconds in the server."""
+
+    def __init__(self, stream: TextIO | None = None, interval_s: float = 0.2, max_lines: int = 512) -> None:
+        self.stream, self.interval_s, self.max_lines = stream, interval_s, max_lines
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._second, self._stamp = -1, ""
+
+    def add(self, scope: Scope, status: int, seconds: float) -> None:
+        now = time.time()
+        if int(now) != self._second:  # strftime once a second, the milliseconds per line
+            self._second = int(now)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        client = scope.get("client")
+        path = scope["path"]
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+        if not path.isprintable():  # no forged lines from a decoded %0A in the path
+            path = path.encode("unicode_escape").decode("ascii")
+        self._lines.append(f"{self._stamp}.{int(now * 1000) % 1000:03d}Z {client[0] if client else '-'}:"
+                           f"{client[1] if client else '-'} \"{scope['method']} {path} HTTP/{scope['http_version']}\" "
+                           f"{status} {seconds * 1e3:.2f}ms\n")
+        if len(self._lines) >= self.max_lines:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            stream = self.stream or sys.stdout
+            stream.write("".join(self._lines))
+            stream.flush()
+            self._lines.clear()
+
+
+class Guard:
+    """API keys, load shedding, request metrics and the access log for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, keys: list[bytes], observe: Callable[[str, int, float], None],
+                 depth: Callable[[], int | None], max_queue: int, access: AccessLog | None) -> None:
+        self.app, self.keys, self.observe, self.depth, self.max_queue = app, keys, observe, depth, max_queue
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        refusal = self._refusal(scope)
+        try:
+            await (self.app if refusal is None else refusal)(scope, receive, send_status)
+        finally:  # also for a request whose client went away
+            seconds = time.perf_counter() - t0
+            self.observe(endpoint(scope["path"]), status, seconds)
+            if self.access is not None:
+                self.access.add(scope, status, seconds)
+
+    def _refusal(self, scope: Scope) -> JSONResponse | None:
+        if self.keys and not scope["path"].startswith("/v2/health"):
+            auth = b""
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    auth = value
+            token = auth[7:] if auth[:7].lower() == b"bearer " else b""
+            # compare_digest against every key, without an early exit: the time does not reveal a match
+            ok = False
+            for k in self.keys:
+                ok |= hmac.compare_digest(token, k)
+            if not ok:
+                return error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                             {"WWW-Authenticate": "Bearer"})
+        depth = self.depth()
+        if scope["method"] == "POST" and depth is not None and depth >= self.max_queue:
+            # Shed load before reading and parsing the body: under overload a rejection must be cheap.
+            return error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+        return None
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413: by Content-Length up front, and by counting the bytes of
+    a chunked body as the endpoint reads it (so it sees every body, whatever the endpoint)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, mb: float) -> None:
+        self.app, self.max_bytes, self.message = app, max_bytes, f"request body over the {mb:g} MB limit"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await error(413, self.message)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, self.message)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+Handler = Callable[[bytes, "str | None"], Awaitable["Answer | JSONResponse"]]
+
+
+class FastInfer:
+    """POST to ``path`` as plain ASGI: ``handler(body, header)`` answers it (``header`` is the binary
+    extension's Inference-Header-Content-Length, or None); everything else goes on to ``app``."""
+
+    def __init__(self, app: ASGIApp, path: str, handler: Handler, header: str) -> None:
+        self.app, self.path, self.handler, self.header = app, path, handler, header.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        chunks = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except StarletteHTTPException as exc:  # BodyLimit counted past the limit
+            return await error(exc.status_code, str(exc.detail))(scope, receive, send)
+        header = None
+        for key, value in scope["headers"]:
+            if key == self.header:
+                header = value.decode("latin-1")
+        answer = await self.handler(b"".join(chunks), header)
+        if isinstance(answer, Answer):
+            return await answer.send(send)
+        return await answer(scope, receive, send)
