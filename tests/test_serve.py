@@ -529,6 +529,8 @@ def _valid(**extra: Any) -> dict[str, Any]:
     pytest.param({"inputs": [{**_valid()["inputs"][0], "datatype": None}]}, id="datatype-null"),
     pytest.param({"inputs": [{**_valid()["inputs"][0], "name": 7}]}, id="name-number"),
     pytest.param({"inputs": ["input"]}, id="input-not-an-object"),
+    pytest.param(_valid(id=10**30), id="id-a-huge-number"),
+    pytest.param(_valid(id={"a": 1}), id="id-an-object"),
 ])
 def test_malformed_v2_fields_are_400_not_500(digits_server: Server, req: dict) -> None:
     """Anything a client can put in the JSON header is a 400 with the field named, never a 500."""
