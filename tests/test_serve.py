@@ -324,6 +324,22 @@ def test_tritonclient_images_binary(triton_client, shapes_model, shapes_X) -> No
     np.testing.assert_array_equal(res.as_numpy("label"), shapes_model.predict(shapes_X).astype(np.int64))
 
 
+def test_json_images_flat_or_nested_match_the_bundle_and_out_of_range_pixels_are_400(cnn_server: Server,
+                                                                                    shapes_model, shapes_X) -> None:
+    url = f"{cnn_server.url}/v2/models/shapes/infer"
+    x = shapes_X[:2]
+    want = shapes_model.predict_proba(x)
+    for data in (x.reshape(-1).tolist(), x.tolist()):  # flat, as tritonclient sends it, and nested
+        r = httpx.post(url, content=json_request("input", "UINT8", list(x.shape), data), timeout=10)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(parse_json_response(r)["probabilities"], want, rtol=1e-5, atol=1e-6)
+    flat = x.reshape(-1).tolist()
+    for i, bad in ((5, 256), (7, -1), (9, 1.5)):  # would wrap or truncate silently as uint8
+        data = [*flat[:i], bad, *flat[i + 1:]]
+        r = httpx.post(url, content=json_request("input", "UINT8", list(x.shape), data), timeout=10)
+        assert_error(r, 400, "input", f"index {i}", "UINT8")
+
+
 @pytest.mark.parametrize("triton_client", ["digits_server"], indirect=True)
 def test_tritonclient_can_ask_for_one_output(triton_client, digits_model, digits_X) -> None:
     res = _triton_infer(triton_client, "digits", [("input", "FP32", digits_X[:3])], True, outputs=("label",))

@@ -104,7 +104,7 @@ def _tensor(t: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, 
         flat = np.asarray(t["data"], dtype=object).reshape(-1) if dtype == "BYTES" else _numbers(t["data"], name)
         if flat.size != count:
             raise InputError(f"shape {shape} holds {count} values but 'data' has {flat.size}", column=f"{name}.shape")
-        arr = flat if dtype == "BYTES" else flat.astype(_NUMPY[dtype], copy=False)
+        arr = flat if dtype == "BYTES" else _typed(flat, dtype, name)
     if dtype != "BYTES" and arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.isfinite(arr.reshape(-1)))[0])
         raise InputError(f"value {arr.reshape(-1)[bad]} at flat index {bad} is not a finite number", column=name)
@@ -118,11 +118,27 @@ def _object_or_none(value: Any, where: str) -> dict[str, Any] | None:
 
 
 def _numbers(data: Any, name: str) -> np.ndarray:
+    """JSON numbers as float64 (exact for every integer up to 2**53, so integer types can be checked)."""
     try:
-        flat = np.asarray(data, dtype=np.float64).reshape(-1)
+        if isinstance(data, list) and not (data and isinstance(data[0], list)):
+            return np.fromiter(data, np.float64, len(data))  # flat, as clients send it: ~2x faster than asarray
+        return np.asarray(data, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise InputError("'data' must be numbers (a flat or nested list)", column=f"{name}.data") from None
-    return flat
+
+
+def _typed(flat: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """``flat`` as the tensor's datatype; an integer type takes integers in its range only."""
+    arr = flat.astype(_NUMPY[dtype])
+    if arr.dtype.kind in "iub":
+        exact = arr == flat
+        if dtype in ("INT64", "UINT64"):
+            exact &= np.abs(flat) <= 2.0**53  # beyond, JSON numbers pass through float64 inexactly
+        if not exact.all():
+            bad = int(np.flatnonzero(~exact)[0])
+            raise InputError(f"value {flat[bad]:g} at flat index {bad} is not a {dtype} value (an integer in range; "
+                             "send larger 64-bit integers as binary data)", column=name)
+    return arr
 
 
 def _frombuffer(raw: bytes, dtype: str, count: int, name: str) -> np.ndarray:
