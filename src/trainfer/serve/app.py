@@ -75,9 +75,7 @@ class _Metrics:
         child[1].observe(seconds)
 
     def observe(self, name: str, value: float) -> None:
-        if name == "queue_depth":
-            self.queue.set(value)
-        elif name == "batch_size":
+        if name == "batch_size":
             self.batch.observe(value)
         elif name == "inference_s":
             self.inference.observe(value)
@@ -229,7 +227,6 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus() -> Response:
-        metrics.queue.set(state["batcher"].depth if "batcher" in state else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
@@ -247,6 +244,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
     def depth() -> int | None:
         return state["batcher"].depth if "batcher" in state else None
 
+    metrics.queue.set_function(lambda: depth() or 0)  # read at each scrape, not kept up to date per request
     inner = FastInfer(app, f"/v2/models/{config.name}/infer", infer_response, HEADER)
     body_limit = BodyLimit(inner, int(config.max_body_mb * 1024 * 1024), config.max_body_mb)
     # Outermost: a refused request costs no body reading and no routing.

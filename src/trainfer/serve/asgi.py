@@ -101,6 +101,7 @@ class Guard:
                  depth: Callable[[], int | None], max_queue: int, access: AccessLog | None) -> None:
         self.app, self.keys, self.observe, self.depth, self.max_queue = app, keys, observe, depth, max_queue
         self.access = access
+        self._endpoints: dict[str, str] = {}  # path -> label, for the first paths seen (bounded: paths are not)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,7 +120,12 @@ class Guard:
             await (self.app if refusal is None else refusal)(scope, receive, send_status)
         finally:  # also for a request whose client went away
             seconds = time.perf_counter() - t0
-            self.observe(endpoint(scope["path"]), status, seconds)
+            label = self._endpoints.get(scope["path"])
+            if label is None:
+                label = endpoint(scope["path"])
+                if len(self._endpoints) < 64:
+                    self._endpoints[scope["path"]] = label
+            self.observe(label, status, seconds)
             if self.access is not None:
                 self.access.add(scope, status, seconds)
 
@@ -158,8 +164,10 @@ class BodyLimit:
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await error(413, self.message)(scope, receive, send)
+        if length is not None:  # the HTTP parser reads no more than Content-Length bytes
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await error(413, self.message)(scope, receive, send)
+            return await self.app(scope, receive, send)
         seen = 0
 
         async def counted() -> Message:

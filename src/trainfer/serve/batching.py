@@ -35,15 +35,15 @@ class Expired(Exception):
     """The request waited longer than the timeout before its batch started: answer 504."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     x: np.ndarray  # the request's prepared rows (its first axis is the batch axis)
     enqueued: float  # time.monotonic() when it entered the queue
     future: asyncio.Future = field(repr=False)
+    rows: int = field(init=False)
 
-    @property
-    def rows(self) -> int:
-        return int(self.x.shape[0])
+    def __post_init__(self) -> None:
+        self.rows = int(self.x.shape[0])
 
 
 def collate(queue: deque[Pending], max_rows: int, now: float, timeout_s: float) -> tuple[list[Pending], list[Pending]]:
@@ -113,7 +113,6 @@ class Batcher:
             raise QueueFull
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(x, time.monotonic(), fut))
-        self._observe("queue_depth", len(self._queue))
         self._wake.set()
         return await fut
 
@@ -151,7 +150,6 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             batch, expired = collate(self._queue, self.max_batch_size, time.monotonic(), self.timeout_s)
-            self._observe("queue_depth", len(self._queue))
             for p in expired:
                 if not p.future.done():
                     p.future.set_exception(Expired())
