@@ -197,6 +197,7 @@ def test_health_and_metadata_endpoints(digits_server: Server, digits_model) -> N
         assert "binary_tensor_data" in meta["extensions"]
         model = c.get("/v2/models/digits")
         assert model.status_code == 200
+        assert "server" not in model.headers, "the server should not advertise its software"
         m = model.json()
         assert m["name"] == "digits" and m["versions"] == ["1"] and m["platform"] == "onnxruntime_onnx"
         assert m["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]

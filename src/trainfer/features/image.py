@@ -47,6 +47,9 @@ class ImageFeatures:
         self.size = size
         self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+        # (pixel / 255 - mean) / std as one multiply-add on the uint8 layout, before the transpose
+        self._scale = (1.0 / (255.0 * self.std.reshape(3).astype(np.float64))).astype(np.float32)
+        self._shift = (-self.mean.reshape(3).astype(np.float64) / self.std.reshape(3)).astype(np.float32)
 
     @classmethod
     def fit(cls, images: np.ndarray) -> ImageFeatures:
@@ -86,9 +89,11 @@ class ImageFeatures:
 
     def transform(self, X: Any) -> np.ndarray:
         """Raw images -> float32 (n, 3, size, size), normalized like the training data."""
-        arr = self.to_uint8(X).astype(np.float32) / np.float32(255.0)
+        arr = self.to_uint8(X).astype(np.float32)
+        arr *= self._scale
+        arr += self._shift
         # contiguous NCHW: onnxruntime would copy a strided input on every call
-        return np.ascontiguousarray((arr.transpose(0, 3, 1, 2) - self.mean) / self.std, dtype=np.float32)
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -58,7 +58,7 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
     config = ServeConfig(name=name or bundle.resolve().name, api_keys=keys, access_log=access_log, **limits)
     # The app writes its own access log (uvicorn's costs ~50 us of CPU per request: see asgi.AccessLog).
     common = {"host": host, "port": port, "access_log": False, "timeout_graceful_shutdown": 30,
-              "log_level": "info"}
+              "log_level": "info", "server_header": False}  # no "server: uvicorn" advertised
     if workers > 1:
         os.environ[_ENV] = json.dumps({"bundle": str(bundle), "threads": threads,
                                        "config": dataclasses.asdict(config)})

@@ -40,7 +40,8 @@ class Schema:
         else:
             self.inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, len(cols)]}]
         string_labels = any(isinstance(v, str) for v in labels)
-        if task == "classification":
+        if task == "classification":  # the label output per class index, built once
+            self.label_values = np.asarray(labels, dtype=object if string_labels else np.int64)
             self.outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
                             {"name": "label", "datatype": "BYTES" if string_labels else "INT64", "shape": [-1]}]
         else:
@@ -192,9 +193,7 @@ def outputs(out: np.ndarray, schema: Schema) -> dict[str, np.ndarray]:
     """The model's raw output rows -> the named v2 outputs."""
     if schema.task != "classification":
         return {"prediction": out.reshape(-1).astype(np.float64)}
-    labels = np.asarray(schema.labels, dtype=object)[out.argmax(axis=1)]
-    label = labels.astype(object) if schema.outputs[1]["datatype"] == "BYTES" else labels.astype(np.int64)
-    return {"probabilities": out.astype(np.float32, copy=False), "label": label}
+    return {"probabilities": out.astype(np.float32, copy=False), "label": schema.label_values[out.argmax(axis=1)]}
 
 
 def encode_infer(named: dict[str, np.ndarray], req: dict[str, Any], model: str,
