@@ -7,8 +7,8 @@ binary tensor extension. Closed loop at concurrency 1, 8, 32, 64, then open loop
 0.5x and 1x of the best closed-loop throughput for that request format, each latency timed from its
 scheduled send (no coordinated omission; at most 256 connections, waiting for one counts). Each level
 runs the variants in turn (A B A B), --reps times, --duration s or --max-requests each. Batch sizes come
-from trainfer's /metrics deltas; the batch-1 limit is 1 / p50 of predictor.predict_proba(x1) timed
-here on core 0 with 1 thread, in bursts between the closed-loop levels. Goals: trainfer >= 1.2x the
+from trainfer's /metrics deltas; the batch-1 limit is predictor.predict_proba(x1) calls per second
+(1 / mean) here on core 0 with 1 thread, in bursts between the closed-loop levels. Goals: trainfer >= 1.2x the
 baseline's req/s at concurrency >= 8, p99 <= 3x p50 at concurrency 64, CNN binary req/s >= 70% of the
 batch-1 limit. Last line: one JSON record.
 
@@ -170,8 +170,12 @@ class InProcess:
         xb = self.p.prepare(np.repeat(self.raw, self.batch, axis=0))
         bn = summarize_ns(self._time(lambda: self.p.run(xb), 20, 0.5))
         b1 = summarize_ns(self.b1)
-        limit, rows = 1e3 / b1["latency_ms_p50"], self.batch * 1e3 / bn["latency_ms_p50"]
-        return {"predict_proba_b1": b1, "batch1_limit_per_s": limit, "b1_burst_p50_ms": self.burst_p50_ms,
+        # Calls per second back to back (1 / mean), like the servers' req/s (count / time); 1 / p50 is
+        # reported beside it and is ~2-5% higher, since the mean carries the machine's hiccups.
+        limit = 1e9 * len(self.b1) / sum(self.b1)
+        rows = self.batch * 1e3 / bn["latency_ms_p50"]
+        return {"predict_proba_b1": b1, "batch1_limit_per_s": limit, "batch1_p50_limit_per_s":
+                1e3 / b1["latency_ms_p50"], "b1_burst_p50_ms": self.burst_p50_ms,
                 f"run_b{self.batch}": bn, "batched_rows_per_s": rows, "batching_gain": rows / limit,
                 "regime": "overhead-bound: batching multiplies throughput" if rows / limit >= 2
                 else "compute-bound: batching barely gains"}
@@ -223,7 +227,9 @@ def goals(res: dict[str, Any]) -> dict[str, Any]:
     tails = list(out["p99_over_p50_c64"].values())
     out["pass_tail"] = None if None in tails else all(x <= GOAL_TAIL for x in tails)  # None: under 662 samples
     if "binary" in res["capacity_per_s"]:
-        out["binary_over_batch1_limit"] = res["capacity_per_s"]["binary"] / res["inprocess"]["batch1_limit_per_s"]
+        cap, ip = res["capacity_per_s"]["binary"], res["inprocess"]
+        out["binary_over_batch1_limit"] = cap / ip["batch1_limit_per_s"]
+        out["binary_over_batch1_p50_limit"] = cap / ip["batch1_p50_limit_per_s"]
         out["pass_binary"] = out["binary_over_batch1_limit"] >= GOAL_BINARY
     return out
 
@@ -231,7 +237,8 @@ def goals(res: dict[str, Any]) -> dict[str, Any]:
 def print_table(name: str, res: dict[str, Any]) -> None:
     ip, g = res["inprocess"], res["goals"]
     print(f"\n{name}: predict_proba(x1) p50 {1e3 * ip['predict_proba_b1']['latency_ms_p50']:.0f} us in-process -> "
-          f"batch-1 limit {ip['batch1_limit_per_s']:.0f}/s; batched run {ip['batched_rows_per_s']:.0f} rows/s "
+          f"batch-1 limit {ip['batch1_limit_per_s']:.0f}/s (1/p50: {ip['batch1_p50_limit_per_s']:.0f}/s); "
+          f"batched run {ip['batched_rows_per_s']:.0f} rows/s "
           f"({ip['batching_gain']:.1f}x): {ip['regime']}")
     print(f"  {'server':<9}{'fmt':<7}{'load':>8}{'req/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'503':>6}{'504':>6}"
           f"{'oth':>5}{'batch':>6}{'cli cpu':>8}{'srv cpu':>8}{'srv us/req':>11}")
@@ -248,7 +255,8 @@ def print_table(name: str, res: dict[str, Any]) -> None:
                                                      g["p99_over_p50_c64"].items()) + f" (goal <= {GOAL_TAIL}): "
           f"{ {True: 'PASS', False: 'FAIL', None: 'n/a (under 662 samples)'}[g['pass_tail']]}")
     if "pass_binary" in g:
-        print(f"  binary req/s / batch-1 limit: {g['binary_over_batch1_limit']:.2f} (goal >= {GOAL_BINARY}): "
+        print(f"  binary req/s / batch-1 limit: {g['binary_over_batch1_limit']:.2f} (/ 1/p50 limit: "
+              f"{g['binary_over_batch1_p50_limit']:.2f}) (goal >= {GOAL_BINARY}): "
               f"{'PASS' if g['pass_binary'] else 'FAIL'}")
 
 
