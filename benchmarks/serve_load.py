@@ -1,8 +1,9 @@
 """HTTP load on `trainfer serve` against a naive FastAPI + onnxruntime server (_naive_server.py), loopback.
 
-Per model (digits MLP, 3x32x32 CNN) both servers run at once with 1 onnxruntime thread, pinned to core 0;
+Per model (digits MLP; 3x32x32 CNNs: trainfer's default width, ~25 MFLOPs, and `cnn_wide`, ~130 MFLOPs
+like the issue's reference CNN) both servers run at once with 1 onnxruntime thread, pinned to core 0;
 this process drives them from core 1 with a minimal asyncio HTTP/1.1 keep-alive client (one connection
-per request in flight) whose CPU is reported. Same v2 JSON request for both; the CNN also runs trainfer's
+per request in flight) whose CPU is reported. Same v2 JSON request for both; the CNNs also run trainfer's
 binary tensor extension. Closed loop at concurrency 1, 8, 32, 64, then open loop: Poisson arrivals at
 0.5x and 1x of the best closed-loop throughput for that request format, each latency timed from its
 scheduled send (no coordinated omission; at most 256 connections, waiting for one counts). Each level
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ROOT, _version, ensure_bundle, environment, first_raw_row, summarize_ns, train_and_export
+from _common import MODELS, ROOT, _version, ensure_bundle, environment, first_raw_row, summarize_ns, train_and_export
 from _http_load import HOST, OPEN_CONNS, clock, closed_loop, fetch, http, open_loop
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -298,18 +299,22 @@ def main() -> None:
     ap.add_argument("--max-delay-ms", type=float, default=0.0)
     ap.add_argument("--max-queue", type=int, default=256)
     ap.add_argument("--timeout-ms", type=float, default=1000.0)
-    for model in ("digits", "cnn"):
-        ap.add_argument(f"--{model}-run", type=Path, help=f"existing {model} run (default: train one)")
-        ap.add_argument(f"--{model}-bundle", type=Path, help=f"existing {model} bundle (default: export the run)")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    for model in MODELS:
+        flag = model.removesuffix("_mlp").replace("_", "-")
+        ap.add_argument(f"--{flag}-run", type=Path, help=f"existing {model} run (default: train one)")
+        ap.add_argument(f"--{flag}-bundle", type=Path, help=f"existing {model} bundle (default: export the run)")
     args = ap.parse_args()
     args.duration, args.reps = args.duration or (2.0 if args.quick else 5.0), args.reps or (1 if args.quick else 2)
     t_start, load_start, results = time.perf_counter(), os.getloadavg(), {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        for name, run_dir, bundle in (("digits_mlp", args.digits_run, args.digits_bundle),
-                                      ("cnn", args.cnn_run, args.cnn_bundle)):
+        for name in args.models.split(","):
+            key = name.removesuffix("_mlp")
+            run_dir, bundle = getattr(args, f"{key}_run"), getattr(args, f"{key}_bundle")
             if run_dir is None:
                 print(f"training {name} into {tmp} ...", flush=True)
-                run_dir, bundle = train_and_export(name, Path(tmp), epochs=5 if args.quick and name != "cnn" else None)
+                quick_epochs = 5 if args.quick and name == "digits_mlp" else None
+                run_dir, bundle = train_and_export(name, Path(tmp), epochs=quick_epochs)
             bundle = ensure_bundle(run_dir, bundle, Path(tmp) / f"{name}-bundle")
             if PIN:
                 os.sched_setaffinity(0, {CLIENT_CORE})  # this thread, and the client's event loop on it
