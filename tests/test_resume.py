@@ -132,3 +132,30 @@ def test_training_into_a_nonempty_dir_needs_resume(tmp_path: Path, capsys: pytes
     # Nothing of the existing content was touched or added to.
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "summary.json"]
     assert (run / "notes.txt").read_text() == "keep me\n" and (run / "summary.json").read_text() == "{}\n"
+
+
+def test_the_best_epochs_checkpoint_is_kept_until_a_better_one_and_holds_its_weights(tmp_path: Path) -> None:
+    import torch
+
+    from trainfer.training.checkpoint import best_weights, save_checkpoint, save_tensors
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    state: dict = {"history": []}
+    weights = {}
+    for epoch, improved in ((1, True), (2, False), (3, False)):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        weights[epoch] = model.weight.clone()
+        save_checkpoint(tmp_path, epoch, model, opt, state, improved)
+    # one file per epoch written; the best epoch's stays (it is the best weights), older ones go
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["epoch-0001.safetensors",
+                                                                    "epoch-0003.safetensors"]
+    assert state["best_file"] == "epoch-0001.safetensors" and state["last_file"] == "epoch-0003.safetensors"
+    assert torch.equal(best_weights(tmp_path, state)["weight"], weights[1])
+    save_checkpoint(tmp_path, 4, model, opt, state, True)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["epoch-0004.safetensors"]
+    # runs written before kept the best weights alone in best-*.safetensors, without the "model." prefix
+    save_tensors(tmp_path / "best-0002.safetensors", {"weight": weights[2], "bias": model.bias})
+    old = best_weights(tmp_path, {"best_file": "best-0002.safetensors"})
+    assert set(old) == {"weight", "bias"} and torch.equal(old["weight"], weights[2])

@@ -57,8 +57,9 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 
 def save_checkpoint(ckpt_dir: Path, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    state: dict[str, Any], best_model: dict[str, torch.Tensor] | None) -> None:
-    """Write epoch ``epoch``'s checkpoint; ``best_model`` when this epoch is the new best."""
+                    state: dict[str, Any], improved: bool) -> None:
+    """Write epoch ``epoch``'s checkpoint. When it is the new best, its file is also the best weights'
+    (kept until a better epoch comes): one write and one fsync per epoch, not two."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_plain = optimizer_to_flat(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -68,9 +69,8 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, model: torch.nn.Module, opt: tor
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     last_file = f"epoch-{epoch:04d}.safetensors"
     save_tensors(ckpt_dir / last_file, tensors)
-    if best_model is not None:
-        state["best_file"] = f"best-{epoch:04d}.safetensors"
-        save_tensors(ckpt_dir / state["best_file"], best_model)
+    if improved:
+        state["best_file"] = last_file
     state.update(epoch=epoch, last_file=last_file, optimizer=opt_plain)
     write_json(ckpt_dir / "state.json", state)
     keep = {last_file, state.get("best_file"), "state.json"}
@@ -89,6 +89,14 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     except ValueError:
         raise RunError(f"{state_path} is unreadable; the run is damaged") from None
     return state, load_tensors(ckpt_dir / state["last_file"])
+
+
+def best_weights(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The best epoch's model weights (from its epoch checkpoint, or from a best-*.safetensors file of
+    weights alone, as runs written before 0.1 kept them)."""
+    tensors = load_tensors(ckpt_dir / state["best_file"])
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    return model or tensors
 
 
 def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],

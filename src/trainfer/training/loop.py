@@ -22,7 +22,7 @@ from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
-from trainfer.training.checkpoint import load_checkpoint, load_tensors, restore, save_checkpoint, save_tensors
+from trainfer.training.checkpoint import best_weights, load_checkpoint, restore, save_checkpoint, save_tensors
 from trainfer.training.metrics import compute_metrics, monitor
 from trainfer.training.progress import Progress
 from trainfer.training.schedule import lr_at
@@ -189,8 +189,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 state["cpu_s"] += meter.cpu_s
                 state["energy_j"] += meter.joules
                 state["energy_method"] = meter.method
-                best_weights = model.state_dict() if improved else None
-                save_checkpoint(ckpt_dir, epoch, model, opt, state, best_weights)
+                save_checkpoint(ckpt_dir, epoch, model, opt, state, improved)
                 # Rewritten whole from the checkpointed history, so it never holds an epoch twice.
                 write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
@@ -201,7 +200,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     t_loop = time.perf_counter() - t_loop
 
     # -- finish: the best epoch's weights become the model; summary.json last marks the run complete
-    best = load_tensors(ckpt_dir / state["best_file"])
+    best = best_weights(ckpt_dir, state)
     model.load_state_dict(best)
     save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
     summary = _summary(model, data, device, cfg, state, n_params, threads,
