@@ -1,0 +1,120 @@
+"""The serving app in process (no uvicorn): the ASGI stack create_app returns, its lifespan, and what
+the hot path answers when the model itself fails."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import trainfer
+from trainfer.serve import ServeConfig, create_app
+from trainfer.serve.asgi import AccessLog
+
+
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Start the app as an ASGI server would (lifespan startup), yield a client, then shut it down."""
+    inbox: asyncio.Queue = asyncio.Queue()
+    outbox: asyncio.Queue = asyncio.Queue()
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get,
+                                   outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            yield client
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await task
+
+
+def _infer_body(x: np.ndarray) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}]}
+
+
+def test_a_failing_model_is_a_500_json_error_and_the_server_keeps_serving(digits_bundle: Path) -> None:
+    predictor = trainfer.load(digits_bundle, threads=1)
+    x = np.zeros((1, 64), dtype=np.float32)
+    good = predictor.run(predictor.prepare(x))
+    calls = {"n": 0}
+    real_run = predictor.run
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("onnxruntime: out of memory")
+        return real_run(batch)
+
+    predictor.run = flaky  # type: ignore[method-assign]
+    app = create_app(predictor, ServeConfig(name="digits", access_log=False))
+
+    async def main() -> list[httpx.Response]:
+        async with _lifespan(app) as c:
+            return [await c.post("/v2/models/digits/infer", json=_infer_body(x)),
+                    await c.post("/v2/models/digits/infer", json=_infer_body(x)),
+                    await c.get("/v2/health/ready")]
+
+    failed, ok, ready = asyncio.run(main())
+    assert failed.status_code == 500 and failed.headers["content-type"] == "application/json"
+    assert failed.json() == {"error": "inference failed; the server log has the details"}
+    assert ok.status_code == 200, ok.text
+    np.testing.assert_allclose(ok.json()["outputs"][0]["data"], good.reshape(-1), rtol=1e-6)
+    assert ready.json() == {"ready": True}
+
+
+def test_the_hot_path_and_the_fastapi_route_answer_alike(digits_bundle: Path) -> None:
+    # Requests for the served model take the hot path; another model name goes through FastAPI's route.
+    app = create_app(trainfer.load(digits_bundle, threads=1), ServeConfig(name="digits", access_log=False))
+    x = np.zeros((2, 64), dtype=np.float32)
+
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with _lifespan(app) as c:
+            return (await c.post("/v2/models/digits/infer", json=_infer_body(x)),
+                    await c.post("/v2/models/other/infer", json=_infer_body(x)),
+                    await c.post("/v2/models/digits/infer", content=b"{"))
+
+    ok, unknown, bad = asyncio.run(main())
+    assert ok.status_code == 200 and [o["name"] for o in ok.json()["outputs"]] == ["probabilities", "label"]
+    assert unknown.status_code == 404 and "digits" in unknown.json()["error"]
+    assert bad.status_code == 400 and bad.json() == {"error": "the request body is not valid JSON"}
+
+
+def test_access_log_lines_are_flushed_at_shutdown(digits_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = create_app(trainfer.load(digits_bundle, threads=1), ServeConfig(name="digits"))
+
+    async def main() -> None:
+        async with _lifespan(app) as c:
+            for _ in range(3):
+                assert (await c.get("/v2/health/live")).status_code == 200
+            # buffered: nothing written yet (the timer fires every 0.2 s) ...
+            assert "/v2/health/live" not in capsys.readouterr().out
+
+    asyncio.run(main())
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "/v2/health/live" in ln]
+    assert len(lines) == 3 and all(re.search(r'"GET /v2/health/live HTTP/1\.1" 200 \d+\.\d\dms$', ln) for ln in lines)
+
+
+def test_access_log_writes_in_bulk_once_full() -> None:
+    out = io.StringIO()
+    log = AccessLog(out, interval_s=60, max_lines=3)
+    scope = {"path": "/x", "query_string": b"a=1", "client": None, "method": "GET", "http_version": "1.1"}
+
+    async def main() -> None:
+        for _ in range(2):
+            log.add(scope, 200, 0.001)
+        assert out.getvalue() == ""  # under max_lines and before the interval: still buffered
+        log.add(scope, 404, 0.002)
+
+    asyncio.run(main())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].endswith('-:- "GET /x?a=1 HTTP/1.1" 200 1.00ms') and " 404 " in lines[2]
