@@ -118,3 +118,101 @@ def test_access_log_writes_in_bulk_once_full() -> None:
     asyncio.run(main())
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and lines[0].endswith('-:- "GET /x?a=1 HTTP/1.1" 200 1.00ms') and " 404 " in lines[2]
+
+
+async def _call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]],
+                chunks: list[bytes | None]) -> list[dict[str, Any]]:
+    """One raw ASGI request; a None chunk is a client disconnect. Returns the messages sent."""
+    sent: list[dict[str, Any]] = []
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        chunk = pending.pop(0) if pending else None
+        if chunk is None:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+             "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+             "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_chunked_body_is_counted_even_beside_a_content_length(digits_bundle: Path) -> None:
+    # Some HTTP parsers (h11) let Transfer-Encoding: chunked win over Content-Length: the limit must
+    # not trust the small Content-Length then.
+    app = create_app(trainfer.load(digits_bundle, threads=1),
+                     ServeConfig(name="digits", access_log=False, max_body_mb=0.001))  # 1048 bytes
+    headers = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    sent = asyncio.run(_call(app, "POST", "/v2/models/digits/infer", headers, [b"x" * 1000] * 3))
+    assert sent[0]["status"] == 413 and b"MB limit" in sent[1]["body"]
+
+
+def test_a_client_gone_before_its_body_is_logged_499_not_500(digits_bundle: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    app = create_app(trainfer.load(digits_bundle, threads=1), ServeConfig(name="digits"))
+
+    async def main() -> list[dict[str, Any]]:
+        async with _lifespan(app):
+            return await _call(app, "POST", "/v2/models/digits/infer", [(b"transfer-encoding", b"chunked")],
+                               [b"{", None])
+
+    assert asyncio.run(main()) == []  # nothing is sent to a client that left
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "/v2/models/digits/infer" in ln)
+    assert " 499 " in line, line
+
+
+@pytest.mark.parametrize("body, status", [
+    (b'{"id": "\\ud800", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": '
+     + str([0.0] * 64).encode() + b"}]}", 400),  # a lone surrogate: parses, but cannot be echoed back
+    (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400),  # nested beyond any parser's depth
+    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1' + b"0" * 400 + b", "
+     + b", ".join([b"0"] * 63) + b"]}]}", 400),  # an integer beyond float64
+    (b'{"id": null, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": '
+     + str([0.0] * 64).encode() + b"}]}", 200),  # null is as good as no id
+])
+def test_hostile_json_is_a_400_not_a_500(digits_bundle: Path, body: bytes, status: int) -> None:
+    app = create_app(trainfer.load(digits_bundle, threads=1), ServeConfig(name="digits", access_log=False))
+
+    async def main() -> httpx.Response:
+        async with _lifespan(app) as c:
+            return await c.post("/v2/models/digits/infer", content=body)
+
+    r = asyncio.run(main())
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert set(r.json()) == {"error"}
+
+
+def test_access_log_survives_a_dead_reader_and_writes_whole_lines_in_small_chunks() -> None:
+    scope = {"path": "/" + "p" * 200, "query_string": b"", "client": ("127.0.0.1", 1), "method": "GET",
+             "http_version": "1.1"}
+
+    class Dead(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError
+
+    async def fill(log: AccessLog, n: int) -> None:
+        for _ in range(n):
+            log.add(scope, 200, 0.001)
+
+    dead = AccessLog(Dead(), interval_s=60, max_lines=10)
+    asyncio.run(fill(dead, 25))  # two failed bulk writes: nothing raised, nothing kept
+    assert dead.dropped == 20 and len(dead._lines) == 5
+
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, s: str) -> int:
+            writes.append(s)
+            return len(s)
+
+    log = AccessLog(Recorder(), interval_s=60, max_lines=1000)
+    asyncio.run(fill(log, 100))
+    log.flush()
+    assert len(writes) > 1 and all(len(w) <= 4096 and w.endswith("\n") for w in writes)
+    assert sum(w.count("\n") for w in writes) == 100

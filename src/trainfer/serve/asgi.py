@@ -61,6 +61,7 @@ class AccessLog:
     def __init__(self, stream: TextIO | None = None, interval_s: float = 0.2, max_lines: int = 512) -> None:
         self.stream, self.interval_s, self.max_lines = stream, interval_s, max_lines
         self._lines: list[str] = []
+        self.dropped = 0  # lines lost to a failed write
         self._timer: asyncio.TimerHandle | None = None
         self._second, self._stamp = -1, ""
 
@@ -87,11 +88,25 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._lines:
-            stream = self.stream or sys.stdout
-            stream.write("".join(self._lines))
-            stream.flush()
-            self._lines.clear()
+        lines, self._lines = self._lines, []
+        stream = self.stream or sys.stdout
+        chunk: list[str] = []
+        size = 0
+        try:
+            for line in lines:
+                # Writes of at most 4 KB (PIPE_BUF) of whole lines: with --workers N sharing one pipe,
+                # larger writes could interleave mid-line.
+                if size + len(line) > 4096 and chunk:
+                    stream.write("".join(chunk))
+                    stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                stream.write("".join(chunk))
+                stream.flush()
+        except (OSError, ValueError):  # the log's reader went away (or stdout closed): drop, keep serving
+            self.dropped += len(lines)
 
 
 class Guard:
@@ -120,6 +135,8 @@ class Guard:
             await (self.app if refusal is None else refusal)(scope, receive, send_status)
         finally:  # also for a request whose client went away
             seconds = time.perf_counter() - t0
+            if scope.get("trainfer.disconnected"):
+                status = 499  # the client went away before an answer (nginx's code): not a server error
             label = self._endpoints.get(scope["path"])
             if label is None:
                 label = endpoint(scope["path"])
@@ -160,15 +177,17 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = None
+        length, chunked = None, False
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
-        if length is not None:  # the HTTP parser reads no more than Content-Length bytes
-            if not length.isdigit() or int(length) > self.max_bytes:
-                return await error(413, self.message)(scope, receive, send)
+            elif key == b"transfer-encoding":
+                chunked = True
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await error(413, self.message)(scope, receive, send)
+        if length is not None and not chunked:  # the HTTP parser reads no more than Content-Length bytes
             return await self.app(scope, receive, send)
-        seen = 0
+        seen = 0  # a chunked body (some parsers let chunked win over a Content-Length): count it
 
         async def counted() -> Message:
             nonlocal seen
@@ -200,6 +219,7 @@ class FastInfer:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    scope["trainfer.disconnected"] = True
                     return None
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):

@@ -9,7 +9,8 @@ around it: one worker task that runs each batch either in a background thread, s
 accepting requests meanwhile, or inline on the event loop. The thread only pays off when the loop can
 run at the same time as the model: with one usable CPU the two take turns anyway, and a batch that
 takes less than the hand-off (a thread wake-up, the GIL and a wake-up of the loop, ~100 us of CPU)
-costs more to hand off than to run. ``offload="auto"`` runs inline in those two cases.
+costs more to hand off than to run. ``offload="auto"`` runs a batch inline when recent batches took
+under 0.2 ms, or under 2 ms with one usable CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import numpy as np
 
 from trainfer._env import usable_cpus
 
-INLINE_BELOW_S = 2e-4  # auto: batches faster than this (recent average) run inline on the event loop
+# auto: batches faster than this (recent average) run inline on the event loop. With one CPU the thread
+# cannot run beside the loop, so the hand-off buys only the loop's responsiveness during a batch: worth
+# it for long batches (health checks and /metrics must not stall behind a 1 s batch), not for short ones.
+INLINE_BELOW_S, INLINE_BELOW_ONE_CPU_S = 2e-4, 2e-3
 
 class QueueFull(Exception):
     """The queue holds ``max_queue`` requests already: answer 503 with Retry-After."""
@@ -121,7 +125,8 @@ class Batcher:
         """Whether the next batch runs on the event loop rather than in the inference thread."""
         if self.offload != "auto":
             return self.offload == "inline"
-        return self._single_cpu or (self._recent_s is not None and self._recent_s < INLINE_BELOW_S)
+        below = INLINE_BELOW_ONE_CPU_S if self._single_cpu else INLINE_BELOW_S
+        return self._recent_s is not None and self._recent_s < below  # the first batch: in the thread
 
     def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         # Timed in the worker thread: the model's own time, not the wait for the event loop afterwards.

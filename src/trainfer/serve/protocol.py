@@ -61,13 +61,14 @@ def parse_infer(body: bytes, header_length: int | None, schema: Schema) -> tuple
     except orjson.JSONDecodeError:
         try:  # json also reads NaN/Infinity literals: then the error can name the input and the value
             req = json.loads(head)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InputError("the request body is not valid JSON") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise InputError("the request needs a non-empty 'inputs' list", column="inputs")
     _object_or_none(req.get("parameters"), "parameters")
-    if not isinstance(req.get("id", ""), str):
-        raise InputError("must be a string", column="id")
+    rid = req.get("id")
+    if rid is not None and not (isinstance(rid, str) and _utf8(rid)):  # it is echoed in the answer
+        raise InputError("must be a string of valid Unicode", column="id")
     known = {i["name"] for i in schema.inputs}
     tensors: dict[str, np.ndarray] = {}
     offset = 0
@@ -112,6 +113,14 @@ def _tensor(t: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, 
     return arr.reshape(shape), offset
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # a lone surrogate (\ud800) parses as JSON but cannot be written back
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _object_or_none(value: Any, where: str) -> dict[str, Any] | None:
     if value is not None and not isinstance(value, dict):
         raise InputError("must be an object of named parameters", column=where)
@@ -124,7 +133,7 @@ def _numbers(data: Any, name: str) -> np.ndarray:
         if isinstance(data, list) and not (data and isinstance(data[0], list)):
             return np.fromiter(data, np.float64, len(data))  # flat, as clients send it: ~2x faster than asarray
         return np.asarray(data, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError("'data' must be numbers (a flat or nested list)", column=f"{name}.data") from None
 
 
@@ -219,7 +228,7 @@ def encode_infer(named: dict[str, np.ndarray], req: dict[str, Any], model: str,
             entry["data"] = ([str(v) for v in arr.reshape(-1)] if dtypes[name] == "BYTES"
                              else np.ascontiguousarray(arr.reshape(-1)))
         outs.append(entry)
-    head = orjson.dumps({"model_name": model, "model_version": "1", "id": req.get("id", ""), "outputs": outs},
+    head = orjson.dumps({"model_name": model, "model_version": "1", "id": req.get("id") or "", "outputs": outs},
                         option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return head, None
