@@ -941,3 +941,23 @@ def test_serve_freezes_the_heap_before_it_serves(digits_bundle: Path, monkeypatc
     serve(digits_bundle, port=0)
     # uvicorn's access log stays off: the app writes its own (asgi.AccessLog)
     assert calls == ["freeze", ("run", True, False)]
+
+
+def test_several_worker_processes_serve_and_stop_cleanly(digits_bundle: Path, digits_model, digits_X,
+                                                          tmp_path: Path) -> None:
+    # --workers N: uvicorn spawns N processes, each building the app from trainfer.serve._factory.
+    server = Server(digits_bundle, ["--name", "digits", "--workers", "2", "--threads", "1"], tmp_path)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for _ in range(6):  # new connections: the kernel spreads them over the workers
+                body, headers = binary_request([("input", "FP32", digits_X[:2])])
+                r = c.post("/v2/models/digits/infer", content=body, headers={**headers, "Connection": "close"})
+                assert r.status_code == 200, r.text
+                np.testing.assert_allclose(parse_binary_response(r)["probabilities"],
+                                           digits_model.predict_proba(digits_X[:2]), rtol=1e-5, atol=1e-6)
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert code == 0, log[-2000:]
+    assert log.count("Application startup complete") == 2 and "Traceback" not in log, log[-3000:]
