@@ -1,5 +1,6 @@
-"""The HTTP server: a FastAPI app around one bundle, with dynamic batching, API keys, a body limit and
-Prometheus metrics. Imports the runtime only: no torch in the server process."""
+"""The HTTP server for one bundle: the v2 and /predict endpoints, dynamic batching, API keys, a body
+limit and Prometheus metrics (FastAPI for routing and docs, the hot path in asgi.py). Imports the
+runtime only: no torch in the server process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainfer.errors import InputError, TrainferError
 from trainfer.runtime import Predictor
-from trainfer.serve.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, error
+from trainfer.serve.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, busy, error
 from trainfer.serve.batching import Batcher, Expired, QueueFull
 from trainfer.serve.protocol import HEADER, Schema, encode_infer, outputs, parse_infer
 
@@ -63,7 +64,6 @@ class _Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.inference = Histogram("trainfer_inference_seconds", "model time per batch", registry=self.registry,
                                    buckets=(.0001, .0002, .0005, .001, .002, .005, .01, .02, .05, .1, .5))
-
         self._children: dict[Any, Any] = {}  # labels() per request costs a lock and a tuple; look them up once
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -105,8 +105,6 @@ class InferRequest(BaseModel):
     outputs: list[dict[str, Any]] | None = None
     parameters: dict[str, Any] | None = None
 
-
-_error = error
 
 
 def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
@@ -167,14 +165,14 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
     @app.get("/v2/models/{name}", tags=["v2"])
     async def model_metadata(name: str) -> Response:
         if name != config.name:
-            return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+            return error(404, f"unknown model {name!r}; this server serves {config.name!r}")
         return JSONResponse({"name": config.name, "versions": ["1"], "platform": "onnxruntime_onnx",
                              "inputs": schema.inputs, "outputs": schema.outputs})
 
     @app.get("/v2/models/{name}/ready", tags=["v2"])
     async def model_ready(name: str) -> Response:
         if name != config.name:
-            return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+            return error(404, f"unknown model {name!r}; this server serves {config.name!r}")
         return JSONResponse({"name": name, "ready": "batcher" in state})
 
     @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": {"required": True, "content": {
@@ -183,7 +181,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
     async def infer(name: str, request: Request) -> Response:
         # Documents the endpoint; requests for the served model are answered by FastInfer before routing.
         if name != config.name:
-            return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+            return error(404, f"unknown model {name!r}; this server serves {config.name!r}")
         answer = await infer_response(await request.body(), request.headers.get(HEADER))
         if isinstance(answer, Answer):
             return Response(answer.body, headers={k.decode(): v.decode() for k, v in answer.headers},
@@ -198,14 +196,14 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
             out = await _predict_rows(rows)
             payload, head_len = encode_infer(outputs(out, schema), req, config.name, schema)
         except InputError as exc:
-            return _error(400, exc.message)
+            return error(400, exc.message)
         except QueueFull:
-            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+            return busy()
         except Expired:
-            return _error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+            return error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
         except Exception:  # the hot path is outside FastAPI's error handling: answer 500 and keep serving
             log.exception("inference failed")
-            return _error(500, "inference failed; the server log has the details")
+            return error(500, "inference failed; the server log has the details")
         if head_len is None:
             return Answer(payload, b"application/json")
         return Answer(payload, b"application/octet-stream", ((_HEADER_KEY, str(head_len).encode()),))
@@ -218,13 +216,13 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
                 rows = np.asarray([r.get("image") for r in body.rows], dtype=np.float64)
             out = await _predict_rows(rows)
         except InputError as exc:
-            return _error(400, exc.message)
+            return error(400, exc.message)
         except (ValueError, TypeError):
-            return _error(400, "each row needs an 'image' field holding a height x width x 3 array of 0..255")
+            return error(400, "each row needs an 'image' field holding a height x width x 3 array of 0..255")
         except QueueFull:
-            return _error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+            return busy()
         except Expired:
-            return _error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+            return error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
         named = outputs(out, schema)
         if predictor.task == "classification":
             res = {"labels": [_plain(v) for v in named["label"]], "probabilities": named["probabilities"].tolist()}
@@ -242,11 +240,11 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
         errors = exc.errors()
         where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "body"
         msg = errors[0]["msg"] if errors else "invalid request"
-        return _error(400, f"{where}: {msg}")
+        return error(400, f"{where}: {msg}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def httperror(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     def depth() -> int | None:
         return state["batcher"].depth if "batcher" in state else None

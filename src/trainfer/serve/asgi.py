@@ -30,6 +30,11 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def busy() -> JSONResponse:
+    """503 for a full queue: the client should retry shortly."""
+    return error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+
+
 class Answer(NamedTuple):
     """A 200 answer of the hot path, sent without a Response object."""
 
@@ -163,7 +168,7 @@ class Guard:
         depth = self.depth()
         if scope["method"] == "POST" and depth is not None and depth >= self.max_queue:
             # Shed load before reading and parsing the body: under overload a rejection must be cheap.
-            return error(503, "server busy: the request queue is full; retry shortly", {"Retry-After": "1"})
+            return busy()
         return None
 
 
