@@ -338,7 +338,9 @@ def serve(
     api_key_file: Annotated[Path | None, typer.Option(help="File with one API key per line: clients send "
                                                          "'Authorization: Bearer KEY'.")] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.", min=0)] = 8.0,
-    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help=(
+        "One line per request on stdout: time, client, request line, status, milliseconds "
+        "(written in bulk every 0.2 s)."))] = True,
 ) -> None:
     """Serve a bundle over HTTP: Open Inference Protocol v2 (KServe/Triton clients work) and POST /predict.
 
