@@ -35,12 +35,17 @@ def git_revision() -> str | None:
         return None
 
 
+def affinity_cpus() -> int:
+    """CPUs this process may be scheduled on (its affinity mask; all of them where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def usable_cpus() -> float:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
-    try:
-        n: float = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
+    n: float = affinity_cpus()
     try:
         with open("/sys/fs/cgroup/cpu.max") as fh:
             quota, period = fh.read().split()[:2]
@@ -52,12 +57,8 @@ def usable_cpus() -> float:
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
     return {
-        "cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "threads": threads,
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": affinity_cpus(), "threads": threads,
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": {n: _version(n) for n in ("trainfer", "torch", "onnxruntime", "numpy", "mlcommons-loadgen")},
         "git_revision": git_revision(),

@@ -1,27 +1,25 @@
 """The inference runtime: a verified bundle on one onnxruntime session, preprocessing in numpy.
 
-Imports numpy, onnxruntime and trainfer.features only: never torch, so it runs on small edge
+Imports numpy, onnxruntime, trainfer.features and trainfer._env only: never torch, so it runs on small edge
 machines and starts fast.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainfer._env import affinity_cpus
 from trainfer.errors import BundleError
 from trainfer.features import Features
 from trainfer.runtime.bundle import MODEL, read_manifest
 
 
 def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """onnxruntime threads when neither the caller nor the bundle says: every CPU this process may use."""
+    return affinity_cpus()
 
 
 class Predictor:

@@ -31,6 +31,7 @@ from trainfer._env import usable_cpus
 # it for long batches (health checks and /metrics must not stall behind a 1 s batch), not for short ones.
 INLINE_BELOW_S, INLINE_BELOW_ONE_CPU_S = 2e-4, 2e-3
 
+
 class QueueFull(Exception):
     """The queue holds ``max_queue`` requests already: answer 503 with Retry-After."""
 
@@ -129,7 +130,7 @@ class Batcher:
         return self._recent_s is not None and self._recent_s < below  # the first batch: in the thread
 
     def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        # Timed in the worker thread: the model's own time, not the wait for the event loop afterwards.
+        # Timed where the batch runs (thread or loop): the model's own time, not the hand-off back.
         t0 = time.perf_counter()
         out = self._run(x)
         return out, time.perf_counter() - t0
