@@ -33,7 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import MODELS, ROOT, _version, ensure_bundle, environment, first_raw_row, summarize_ns, train_and_export
+from _common import (
+    MODELS,
+    ROOT,
+    _version,
+    ensure_bundle,
+    environment,
+    first_raw_row,
+    measure_interleaved,
+    summarize_ns,
+    train_and_export,
+)
 from _http_load import HOST, OPEN_CONNS, clock, closed_loop, fetch, http, open_loop
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -150,15 +160,7 @@ class InProcess:
         before = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {SERVER_CORE} if PIN else before)
         try:
-            for _ in range(WARMUP_CALLS):
-                fn()
-            ns: list[int] = []
-            end = time.perf_counter() + seconds
-            while len(ns) < count or time.perf_counter() < end:
-                t = clock()
-                fn()
-                ns.append(clock() - t)
-            return ns
+            return measure_interleaved({"fn": fn}, 1, count, seconds, warmup=WARMUP_CALLS)[0]["fn"]
         finally:
             os.sched_setaffinity(0, before)
 
