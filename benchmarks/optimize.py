@@ -98,7 +98,7 @@ def main() -> None:
     from rich.console import Console
 
     import trainfer
-    from trainfer.report.tables import STATUS, optimize_table
+    from trainfer.reporting.tables import STATUS, optimize_table
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-optimize-") as tmp:

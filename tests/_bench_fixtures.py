@@ -26,7 +26,7 @@ DIGITS_OVERRIDES = ["train.epochs=5"]  # the digits MLP as shipped ([256, 128]),
 
 # The quick settings as shipped, snapshot at import (before any test patches them): the LoadGen-VALID
 # acceptance is about these, so the shared bench refuses to run under anything else.
-from trainfer.bench.inference import QUICK as _QUICK  # noqa: E402
+from trainfer.benching.inference import QUICK as _QUICK  # noqa: E402
 
 QUICK_DEFAULT: dict[str, Any] = copy.deepcopy(_QUICK)
 
@@ -50,10 +50,10 @@ def get_run(factory: pytest.TempPathFactory):
 
 
 def get_bench(factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``trainfer.bench(run, quick=True)`` once, with the default quick settings; the returned record."""
+    """``trainfer.benching(run, quick=True)`` once, with the default quick settings; the returned record."""
     if "bench" not in _cache:
-        from trainfer.bench import bench
-        from trainfer.bench.inference import QUICK
+        from trainfer.benching import bench
+        from trainfer.benching.inference import QUICK
 
         assert QUICK == QUICK_DEFAULT, f"the shared bench must use the default quick settings, not {QUICK}"
         _cache["bench"] = bench(get_run(factory).path, quick=True)

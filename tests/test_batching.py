@@ -10,7 +10,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from trainfer.serve.batching import Batcher, Expired, Pending, QueueFull, collate
+from trainfer.serving.batching import Batcher, Expired, Pending, QueueFull, collate
 
 
 def _pending(rows: int, enqueued: float = 100.0, tag: int = 0) -> Pending:
@@ -395,7 +395,7 @@ def test_auto_offload_keeps_the_thread_only_where_it_pays(monkeypatch: pytest.Mo
     # Auto runs inline when recent batches were shorter than the hand-off costs (0.2 ms), or, with a
     # single CPU where loop and model take turns anyway, shorter than 2 ms; a long batch keeps the
     # loop free (health checks must not stall behind it). The first batch always takes the thread.
-    monkeypatch.setattr("trainfer.serve.batching.usable_cpus", lambda: cpus)
+    monkeypatch.setattr("trainfer.serving.batching.usable_cpus", lambda: cpus)
     model = FakeModel(delay_s=delay_s)
     b = Batcher(model, max_batch_size=1, max_delay_ms=0, max_queue=64, timeout_ms=5000)
     assert not b.inline

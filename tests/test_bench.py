@@ -227,8 +227,8 @@ def test_energy_rapl_counters_give_joules_from_the_counter_difference(monkeypatc
 
 def test_bench_on_a_bundle_alone_writes_beside_it_with_no_training(monkeypatch, tmp_path, tmp_path_factory):
     import trainfer
-    from trainfer.bench import bench
-    from trainfer.bench import inference as bench_inference
+    from trainfer.benching import bench
+    from trainfer.benching import inference as bench_inference
 
     bundle = Path(shutil.copytree(get_bundle(tmp_path_factory), tmp_path / "digits-bundle"))
     files_before = sorted(p.name for p in bundle.iterdir())

@@ -34,16 +34,16 @@ LAYERS: dict[str, int] = {
     "features": 1,
     "training": 2, "models": 2, "data": 2, "runtime": 2,
     "exporting": 3,
-    "serve": 4, "bench": 4, "report": 4,
+    "serving": 4, "benching": 4, "reporting": 4,
     "cli": 5, "pipeline": 5,
 }
 # The CLI is the entry point of the pipeline too: `trainfer run` calls it.
 SAME_LAYER_ALLOWED = {("training", "data"), ("training", "models"), ("cli", "pipeline")}
 ANYONE_MAY_IMPORT = {"errors"}
 # Beyond the layer order: serve talks to bundles through the runtime only.
-ONLY_FROM = {"serve": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
+ONLY_FROM = {"serving": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
 # Shipped in inference bundles or imported by everything: torch must never load because of them.
-NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "features", "runtime", "serve",
+NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "features", "runtime", "serving",
             ROOT}
 
 
@@ -210,7 +210,7 @@ def _check(module: str, source: str, is_package: bool = False) -> list[str]:
     ("trainfer.runtime.bundle", "from trainfer.training import Run\n", "both on L2"),
     ("trainfer.data", "from trainfer import Run\n", "both on L2"),
     ("trainfer.exporting.writer", "from trainfer import cli\n", "higher layer"),
-    ("trainfer.serve.app", "from trainfer.exporting import export\n", "may only use"),
+    ("trainfer.serving.app", "from trainfer.exporting import export\n", "may only use"),
     ("trainfer", "from trainfer.training import train\n", "must stay light"),
     ("trainfer.config", "import importlib\nimportlib.import_module('trainfer.cli')\n", "higher layer"),
     ("trainfer.newthing", "from trainfer.errors import TrainferError\n", "not in the layer map"),
@@ -226,7 +226,7 @@ def test_checker_reports_violations(module: str, source: str, expected: str) -> 
     ("trainfer.training", "from .run import Run\nfrom . import loop\n"),
     ("trainfer.config", "from trainfer.errors import ConfigError\n"),
     ("trainfer.cli", "from trainfer.training import train\nfrom trainfer.exporting import export\n"),
-    ("trainfer.serve.app", "from trainfer.runtime import load\nfrom trainfer.errors import InputError\n"),
+    ("trainfer.serving.app", "from trainfer.runtime import load\nfrom trainfer.errors import InputError\n"),
     ("trainfer",
      "from trainfer.errors import TrainferError\nif TYPE_CHECKING:\n    from trainfer.training import Run\n"),
 ])

@@ -316,7 +316,7 @@ def number_spans(page: str) -> list[dict[str, Any]]:
 
 
 def test_every_number_in_the_report_is_the_one_in_bench_json(page, bench_json):
-    from trainfer.report.ledger import rows
+    from trainfer.reporting.ledger import rows
 
     spans = number_spans(page)
     assert spans, "no span.num in report.html"
@@ -358,7 +358,7 @@ def test_estimated_energy_is_labelled_in_the_report(page, bench_json):
 
 
 def test_displayed_number_reads_the_formatters():
-    from trainfer.report.fmt import ms, seconds, si
+    from trainfer.reporting.fmt import ms, seconds, si
 
     assert displayed_number(si(20224, "FLOP")) == (pytest.approx(20200.0), pytest.approx(50.0))
     assert displayed_number(si(4.63e-5, "J"))[0] == pytest.approx(4.63e-5)

@@ -932,7 +932,7 @@ def test_serve_freezes_the_heap_before_it_serves(digits_bundle: Path, monkeypatc
 
     import uvicorn
 
-    from trainfer.serve import serve
+    from trainfer.serving import serve
 
     calls: list[object] = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
@@ -945,7 +945,7 @@ def test_serve_freezes_the_heap_before_it_serves(digits_bundle: Path, monkeypatc
 
 def test_several_worker_processes_serve_and_stop_cleanly(digits_bundle: Path, digits_model, digits_X,
                                                           tmp_path: Path) -> None:
-    # --workers N: uvicorn spawns N processes, each building the app from trainfer.serve._factory.
+    # --workers N: uvicorn spawns N processes, each building the app from trainfer.serving._factory.
     server = Server(digits_bundle, ["--name", "digits", "--workers", "2", "--threads", "1"], tmp_path)
     server.start()
     try:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import trainfer
-from trainfer.serve import ServeConfig, create_app
-from trainfer.serve.asgi import AccessLog
+from trainfer.serving import ServeConfig, create_app
+from trainfer.serving.asgi import AccessLog
 
 
 @asynccontextmanager

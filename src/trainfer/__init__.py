@@ -8,6 +8,8 @@ Public API (the same verbs as the CLI)::
     trainfer.export(run, "bundles/digits")
     predictor = trainfer.load("bundles/digits")   # numpy + onnxruntime only: no torch
     predictor.predict(rows)
+    trainfer.predict("bundles/digits", "rows.csv", "preds.csv")
+    trainfer.bench(run, quick=True); trainfer.report(run)
 
 Heavy dependencies (torch) load on first use, never at import.
 """
@@ -21,13 +23,20 @@ from trainfer.errors import TrainferError
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from trainfer.benching import bench
     from trainfer.config import Recipe
     from trainfer.exporting import export
     from trainfer.exporting.optimize import optimize
+    from trainfer.pipeline import run
+    from trainfer.reporting import report
     from trainfer.runtime import Predictor, load
+    from trainfer.runtime.files import predict
+    from trainfer.serving import serve
     from trainfer.training import Run, evaluate, train
 
-# public name -> module that defines it; imported lazily so `import trainfer` stays light
+# public name -> module that defines it; imported lazily so `import trainfer` stays light. Every CLI verb
+# has a function of the same name here; the subpackages are named for the phase (benching, reporting,
+# serving) so that `trainfer.bench` is the function, not a module that shadows it.
 _LAZY = {
     "train": "trainfer.training",
     "evaluate": "trainfer.training",
@@ -37,6 +46,11 @@ _LAZY = {
     "optimize": "trainfer.exporting.optimize",
     "load": "trainfer.runtime",
     "Predictor": "trainfer.runtime",
+    "predict": "trainfer.runtime.files",
+    "serve": "trainfer.serving",
+    "bench": "trainfer.benching",
+    "report": "trainfer.reporting",
+    "run": "trainfer.pipeline",
 }
 
 
@@ -48,5 +62,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainfer' has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "Recipe", "Run", "TrainferError", "__version__", "evaluate", "export", "load", "optimize",
-           "train"]
+__all__ = ["Predictor", "Recipe", "Run", "TrainferError", "__version__", "bench", "evaluate", "export", "load",
+           "optimize", "predict", "report", "run", "serve", "train"]

@@ -171,7 +171,7 @@ def optimize(
     if as_json:
         print(json.dumps(record, default=str))
         return
-    from trainfer.report.tables import STATUS, optimize_table
+    from trainfer.reporting.tables import STATUS, optimize_table
 
     console = _console()
     console.print(optimize_table(record))
@@ -204,19 +204,17 @@ def predict(
 
     Example: trainfer predict bundles/digits new_rows.csv --out preds.csv
     """
-    from trainfer.runtime import load
-    from trainfer.runtime.files import predict_file
+    from trainfer.runtime.files import predict as predict_fn
 
-    pred = load(bundle, threads=threads)
     if quiet or as_json or not sys.stdout.isatty():
-        report = predict_file(pred, input, out, chunk_size)
+        report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size)
     else:
         from rich.progress import Progress
 
         with Progress() as bar:
             task = bar.add_task("predicting", total=None)
-            report = predict_file(pred, input, out, chunk_size,
-                                  on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+            report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size,
+                                on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
 
 
@@ -243,8 +241,8 @@ def bench(
 
     Example: trainfer bench runs/digits --quick
     """
-    from trainfer.bench import bench as bench_fn
-    from trainfer.bench import bench_path
+    from trainfer.benching import bench as bench_fn
+    from trainfer.benching import bench_path
 
     console = _console()
     show = not as_json and sys.stdout.isatty()
@@ -255,7 +253,7 @@ def bench(
     if as_json:
         print(json.dumps(record, default=str))
         return
-    from trainfer.report.tables import bench_table
+    from trainfer.reporting.tables import bench_table
 
     console.print(bench_table(record))
     console.print(f"written: {bench_path(Path(target))}")
@@ -272,7 +270,7 @@ def report(
 
     Example: trainfer report runs/digits
     """
-    from trainfer.report import report as report_fn
+    from trainfer.reporting import report as report_fn
 
     paths = report_fn(run, out)
     _emit({k: str(v) for k, v in paths.items()}, as_json,
@@ -312,7 +310,7 @@ def run_cmd(
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
         return
-    from trainfer.report.tables import bench_table, optimize_table
+    from trainfer.reporting.tables import bench_table, optimize_table
 
     c = _console()
     c.print(optimize_table(result["optimize"]))
@@ -351,7 +349,7 @@ def serve(
     Example: trainfer serve bundles/digits --port 8000
     """
     from trainfer.runtime import load
-    from trainfer.serve import serve as serve_fn
+    from trainfer.serving import serve as serve_fn
 
     load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
     serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,

@@ -22,9 +22,9 @@ def run(recipe: str | Path, out: str | Path | None = None, *, overrides: list[st
     Layout of ``out``: run/ (the training run, with bench.json, report.html, infographic.png) and
     run/bundle/ (the optimized bundle).
     """
-    from trainfer.bench import bench
+    from trainfer.benching import bench
     from trainfer.exporting.optimize import optimize
-    from trainfer.report import report
+    from trainfer.reporting import report
     from trainfer.training import train
 
     say = on_stage or (lambda _stage, _msg: None)

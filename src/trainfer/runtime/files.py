@@ -157,3 +157,15 @@ def _decode(pred: Predictor, out: np.ndarray) -> np.ndarray:
 
 def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
+
+
+def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predictions.csv", *,
+            threads: int | None = None, chunk_size: int = 4096,
+            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """``trainfer predict``: load ``bundle`` (hashes verified) and predict every row of a file into ``out``.
+
+    Example: ``trainfer.predict("bundles/digits", "rows.csv", "preds.csv")["rows"]``
+    """
+    from trainfer.runtime.predictor import load
+
+    return predict_file(load(bundle, threads=threads), input_path, out, chunk_size, on_progress=on_progress)

@@ -10,8 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from trainfer.report.charts import INFER, TRAIN
-from trainfer.report.fmt import get, ms, seconds, si
+from trainfer.reporting.charts import INFER, TRAIN
+from trainfer.reporting.fmt import get, ms, seconds, si
 
 WIDTH, HEIGHT, DPI = 1600, 900, 100
 

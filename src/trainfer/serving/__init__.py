@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainfer.runtime import load
-from trainfer.serve.app import ServeConfig, create_app, read_api_keys
+from trainfer.serving.app import ServeConfig, create_app, read_api_keys
 
 _ENV = "TRAINFER_SERVE"  # how `--workers N` hands the settings to each worker process
 
@@ -62,7 +62,7 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
     if workers > 1:
         os.environ[_ENV] = json.dumps({"bundle": str(bundle), "threads": threads,
                                        "config": dataclasses.asdict(config)})
-        uvicorn.run("trainfer.serve:_factory", factory=True, workers=workers, **common)
+        uvicorn.run("trainfer.serving:_factory", factory=True, workers=workers, **common)
     else:
         app = build_app(bundle, config, threads)
         _freeze_heap()

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from trainfer._energy import EnergyMeter
-from trainfer.bench.coldstart import cold_start
-from trainfer.bench.loadgen import run_scenario
+from trainfer.benching.coldstart import cold_start
+from trainfer.benching.loadgen import run_scenario
 
 QUICK = {"min_duration_s": 1.0, "min_queries": 100, "offline_batches": [1, 32, 256], "server_steps": 4,
          "coldstart_repeats": 1}

@@ -10,7 +10,7 @@ import numpy as np
 
 from trainfer._atomic import write_json
 from trainfer._env import environment
-from trainfer.bench.inference import (
+from trainfer.benching.inference import (
     FULL,
     QUICK,
     cold_starts,
@@ -33,7 +33,7 @@ def bench(target: str | Path, *, bundle: str | Path | None = None, quick: bool =
           log: Any = None) -> dict[str, Any]:
     """Measure a run (training + its bundle + torch eager) or a bundle alone; write and return bench.json.
 
-    Example: ``trainfer.bench("runs/digits", quick=True)["inference"]["variants"]``.
+    Example: ``trainfer.benching("runs/digits", quick=True)["inference"]["variants"]``.
     """
     log = log or (lambda _m: None)
     target = Path(target)
@@ -136,7 +136,7 @@ def _torch_fn(run: Any, raw: np.ndarray, threads: int) -> Any:
 
 
 def _training(run: Any, target_accuracy: float | None, seeds: int) -> dict[str, Any]:
-    from trainfer.bench.training import flops, throughput, time_to_target, time_to_target_seeds
+    from trainfer.benching.training import flops, throughput, time_to_target, time_to_target_seeds
 
     s = run.summary
     tp, fl = throughput(run), flops(run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainfer.report.fmt import get, ms, seconds, si
+from trainfer.reporting.fmt import get, ms, seconds, si
 
 # A cell part is plain text, or (bench.json key, formatter).
 Part = str | tuple[str, Callable[[Any], str]]

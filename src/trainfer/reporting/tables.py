@@ -39,7 +39,7 @@ def bench_table(record: dict[str, Any]) -> Any:
     """The headline figures of bench.json as a rich Table (also used by `trainfer run`)."""
     from rich.table import Table
 
-    from trainfer.report.fmt import get, ms, seconds, si
+    from trainfer.reporting.fmt import get, ms, seconds, si
 
     t = Table(title=f"trainfer bench ({record['mode']}, {record['inference']['threads']} threads)")
     t.add_column("")

@@ -20,11 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainfer.errors import InputError, TrainferError
 from trainfer.runtime import Predictor
-from trainfer.serve.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, busy, error
-from trainfer.serve.batching import Batcher, Expired, QueueFull
-from trainfer.serve.protocol import HEADER, Schema, encode_infer, outputs, parse_infer
+from trainfer.serving.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, busy, error
+from trainfer.serving.batching import Batcher, Expired, QueueFull
+from trainfer.serving.protocol import HEADER, Schema, encode_infer, outputs, parse_infer
 
-log = logging.getLogger("trainfer.serve")
+log = logging.getLogger("trainfer.serving")
 
 
 @dataclass

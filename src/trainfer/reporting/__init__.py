@@ -9,10 +9,10 @@ from typing import Any
 
 from trainfer._atomic import write_text, write_with
 from trainfer.errors import RunError
-from trainfer.report import charts
-from trainfer.report.fmt import get, ms, si
-from trainfer.report.infographic import draw
-from trainfer.report.ledger import rows
+from trainfer.reporting import charts
+from trainfer.reporting.fmt import get, ms, si
+from trainfer.reporting.infographic import draw
+from trainfer.reporting.ledger import rows
 
 
 def _cell(bench: dict[str, Any], parts: list[Any]) -> str:
@@ -39,7 +39,7 @@ def _variant_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
 def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write report.html and infographic.png for a benchmarked run; returns their paths.
 
-    Example: ``trainfer.bench("runs/digits", quick=True); trainfer.report("runs/digits")``.
+    Example: ``trainfer.benching("runs/digits", quick=True); trainfer.reporting("runs/digits")``.
     """
     run = Path(run)
     bench_file = run / "bench.json"
