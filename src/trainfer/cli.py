@@ -6,13 +6,16 @@ traceback. Heavy libraries are imported inside the commands so ``--help`` stays 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from trainfer._imports import extra_for_missing, require_extras
 from trainfer.errors import TrainferError
 
 app = typer.Typer(
@@ -34,6 +37,38 @@ def _console() -> Any:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
+class Interrupted(TrainferError):
+    """Ctrl-C during a command; the message says what was kept."""
+
+
+def _verb(*extras: str, kept: Callable[[dict[str, Any]], str] | None = None) -> Callable[[Any], Any]:
+    """Wrap a command: check its pip extras before any work (an `error:` naming the extra, not a traceback
+    from deep inside), and turn Ctrl-C into one line saying what was kept (``kept(arguments)``)."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            require_extras(*extras)
+            try:
+                return fn(**kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted: " + (kept(kwargs) if kept else "nothing was written")) from None
+        return command
+    return wrap
+
+
+def _train_kept(args: dict[str, Any]) -> str:
+    out = Path(args["out"])
+    try:
+        epoch = json.loads((out / "checkpoints" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return f"no checkpoint yet in {out}; `trainfer train --out {out} --resume` starts it again"
+    return f"last checkpoint epoch {epoch} in {out}; `trainfer train --out {out} --resume` continues"
+
+
+def _nothing_at(option: str, what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda args: f"no {what} written at {args[option]} (writes are atomic)"
+
+
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
         print(json.dumps(record, default=str))
@@ -42,6 +77,7 @@ def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
 
 
 @app.command()
+@_verb("train", kept=_train_kept)
 def train(
     recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model, train sections.")] = None,
     data: Annotated[str | None, typer.Option(
@@ -85,6 +121,7 @@ def train(
 
 
 @app.command()
+@_verb("train")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     data: Annotated[str | None, typer.Option(
@@ -104,6 +141,7 @@ def evaluate(
 
 
 @app.command()
+@_verb("export", kept=_nothing_at("out", "bundle was"))
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
@@ -131,6 +169,7 @@ def export(
 
 
 @app.command()
+@_verb("optimize", kept=_nothing_at("out", "bundle was"))
 def optimize(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write (the chosen variant).")] = ...,
@@ -191,6 +230,7 @@ class _nullcontext:
 
 
 @app.command()
+@_verb(kept=_nothing_at("out", "predictions were"))
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     input: Annotated[Path, typer.Argument(help="CSV, Parquet, .npz (array X), an image, or a folder of images.")],
@@ -219,6 +259,7 @@ def predict(
 
 
 @app.command()
+@_verb("bench", kept=lambda args: "bench.json was not written")
 def bench(
     target: Annotated[Path, typer.Argument(help="A finished run directory, or a bundle.")],
     bundle: Annotated[Path | None, typer.Option(
@@ -260,6 +301,7 @@ def bench(
 
 
 @app.command()
+@_verb("report", kept=lambda args: "report.html and infographic.png were not written")
 def report(
     run: Annotated[Path, typer.Argument(help="A run directory with bench.json (run `trainfer bench` first).")],
     out: Annotated[Path | None, typer.Option(help="Directory for report.html and infographic.png "
@@ -278,6 +320,8 @@ def report(
 
 
 @app.command("run")
+@_verb("optimize", "bench",
+       kept=lambda args: "the stages that finished kept their outputs; training continues with --resume")
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. examples/digits.yaml.")],
     out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<recipe name>).")] = None,
@@ -320,6 +364,7 @@ def run_cmd(
 
 
 @app.command()
+@_verb("serve")
 def serve(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     name: Annotated[str | None, typer.Option(help="Model name in the URLs (default: bundle folder name).")] = None,
@@ -358,21 +403,51 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; maps TrainferError to exit code 2."""
+    """Entry point of the console script. Every way a command can fail because of its input or its
+    environment ends in one ``error:`` line (and a ``hint:``) on stderr: exit 2, or 130 for Ctrl-C."""
+    ce = _click_exceptions()
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
+    except ce.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(2)
+    except ce.UsageError as exc:
+        # click's own boxed panel would be a second error format; one line, and where to read more
+        where = exc.ctx.command_path if exc.ctx else "trainfer"
+        _fail(exc.format_message(), f"see `{where} --help`")
+    except ce.ClickException as exc:
+        _fail(exc.format_message(), None)
+    except typer.Abort:
+        _fail("interrupted", None, code=130)
+    except Interrupted as exc:
+        _fail(exc.message, exc.hint, code=130)
     except TrainferError as exc:
         _fail(exc.message, exc.hint)
+    except ModuleNotFoundError as exc:
+        extra = extra_for_missing(exc)
+        if extra is None:
+            raise  # not an optional dependency of ours: a bug, keep the traceback
+        _fail(f"{exc.name} is needed for this and is not installed", f"pip install 'trainfer[{extra}]'")
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", None, code=130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
-def _fail(message: str, hint: str | None) -> None:
+def _click_exceptions() -> Any:
+    # typer >= 0.22 carries its own copy of click, whose exceptions are not click's; older typer uses click
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(message: str, hint: str | None, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
