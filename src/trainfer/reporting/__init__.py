@@ -39,7 +39,7 @@ def _variant_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
 def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write report.html and infographic.png for a benchmarked run; returns their paths.
 
-    Example: ``trainfer.benching("runs/digits", quick=True); trainfer.reporting("runs/digits")``.
+    Example: ``trainfer.bench("runs/digits", quick=True); trainfer.report("runs/digits")``.
     """
     run = Path(run)
     bench_file = run / "bench.json"
