@@ -23,7 +23,7 @@ def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
@@ -31,6 +31,28 @@ def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
         raise InputError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"cannot decode image {path}: {exc}", hint="remove or replace the corrupt file") from None
+
+
+def to_rgb(img: Any) -> Any:
+    """A PIL image as 8-bit RGB, scaled by its bit depth.
+
+    Pillow's own convert("RGB") clips 16- and 32-bit grayscale ("I;16", "I") at 255, which turns a
+    16-bit PNG white; float images ("F") are taken as 0..1 when they fit there, else as 0..255.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "I":  # 32-bit integers: PNG and TIFF store 16-bit samples this way in older Pillows
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        else:
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return img.convert("RGB")
 
 
 def read_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray:
@@ -75,7 +97,7 @@ class ImageFeatures:
         if isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike)):
             return read_images(X, self.size)
         if isinstance(X, (list, tuple)) and X and hasattr(X[0], "convert"):  # PIL images
-            X = np.stack([np.asarray(im.convert("RGB")) for im in X])
+            X = np.stack([np.asarray(to_rgb(im)) for im in X])
         arr = np.asarray(X)
         if arr.ndim == 3:
             arr = arr[None]
