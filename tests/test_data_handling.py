@@ -58,6 +58,8 @@ def _table(tmp_path: Path, n: int = 40, name: str = "t.csv", **cells: Any) -> Pa
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "y": rng.normal(size=n) * 10})
     for key, value in cells.items():  # "a3" -> column a, data row 3 (1-based)
+        if isinstance(value, str):
+            frame[key[0]] = frame[key[0]].astype(object)
         frame.loc[int(key[1:]) - 1, key[0]] = value
     path = tmp_path / name
     frame.to_csv(path, index=False) if name.endswith(".csv") else frame.to_parquet(path)
@@ -76,6 +78,17 @@ def test_rows_without_a_label_are_refused_in_training_not_dropped(tmp_path: Path
     with pytest.raises(DataError, match=r"2 of 40 rows have no value in target 'y'.*data row 5 ") as info:
         prepare(DataConfig(source=str(path), target="y"), seed=0)
     assert "silently" in info.value.hint
+
+
+def test_other_bad_targets_name_their_row(tmp_path: Path) -> None:
+    path = _table(tmp_path, y12="abc")
+    with pytest.raises(DataError, match=r"not numeric \('abc' at t\.csv data row 12 "):
+        prepare(DataConfig(source=str(path), target="y", task="regression"), seed=0)
+    labels = np.asarray([0.0, 1.0] * 20)
+    labels[8] = np.inf
+    np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).normal(size=(40, 3)), y=labels)
+    with pytest.raises(DataError, match=r"infinite value at c\.npz row 9 "):
+        prepare(DataConfig(source=str(tmp_path / "c.npz"), task="classification"), seed=0)
 
 
 @pytest.mark.parametrize("row", [1, 3, 17, 40])
@@ -196,6 +209,16 @@ def test_a_16_bit_grayscale_png_is_scaled_by_its_bit_depth(tmp_path: Path) -> No
     feats = ImageFeatures(8, [0.5] * 3, [0.25] * 3)
     with Image.open(tmp_path / "imgs" / "a" / "g.png") as pil:  # a PIL image handed to the runtime
         np.testing.assert_array_equal(feats.to_uint8([pil])[0], got)
+    as_int32 = Image.fromarray(gray16.astype(np.int32))  # mode "I", as older Pillows open 16-bit PNGs
+    assert as_int32.mode == "I"
+    np.testing.assert_array_equal(feats.to_uint8([as_int32])[0], got)
+    # 16-bit values in an array are refused, not clipped to white, in the runtime and in training (npz)
+    with pytest.raises(trainfer.TrainferError, match=r"0\.\.255, found 0\.\.65520") as info:
+        feats.to_uint8(np.stack([gray16] * 3, axis=-1))
+    assert "/ 257" in info.value.hint
+    np.savez(tmp_path / "i.npz", X=np.stack([np.stack([gray16] * 3, axis=-1)] * 4), y=np.arange(4))
+    with pytest.raises(DataError, match=r"i\.npz: pixel values must lie in 0\.\.255"):
+        load_dataset(DataConfig(source=str(tmp_path / "i.npz")))
     eight = np.rint(np.linspace(0, 255, 64)).astype(np.uint8).reshape(8, 8)
     Image.fromarray(eight).save(tmp_path / "g8.png")
     np.testing.assert_array_equal(read_image(tmp_path / "g8.png", 8)[..., 1], eight)  # 8 bit: unchanged

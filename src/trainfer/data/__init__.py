@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,12 @@ def resolve_task(cfg: DataConfig, ds: Dataset) -> str:
 
 def unlabeled(ds: Dataset) -> np.ndarray:
     """Rows whose target is missing (None, NaN, empty, "NA", ...: the features' own notion of missing)."""
-    return np.fromiter((is_missing(v) for v in np.asarray(ds.y, dtype=object).tolist()), bool, len(ds.y))
+    y = np.asarray(ds.y)
+    if y.dtype.kind in "iub":
+        return np.zeros(len(y), dtype=bool)
+    if y.dtype.kind == "f":
+        return np.isnan(y)
+    return np.fromiter((is_missing(v) for v in y.tolist()), bool, len(y))
 
 
 def check_targets(ds: Dataset, task: str) -> np.ndarray:
@@ -87,14 +93,26 @@ def check_targets(ds: Dataset, task: str) -> np.ndarray:
                         f"{ds.where(rows[0])}",
                         hint="fill in or remove the rows without a label (training does not drop them silently)")
     if task != "regression":
+        y = np.asarray(ds.y)
+        if y.dtype.kind == "O":
+            inf = [i for i, v in enumerate(y.tolist()) if isinstance(v, float) and math.isinf(v)]
+        else:
+            inf = np.flatnonzero(np.isinf(y)).tolist() if y.dtype.kind == "f" else []
+        if inf:  # it would silently become a class of its own
+            raise DataError(f"target {ds.target!r} holds an infinite value at {ds.where(inf[0])}"
+                            f"{f' and {len(inf) - 1} more row(s)' if len(inf) > 1 else ''}",
+                            hint="fix or remove those rows")
         return ds.y
-    y = np.empty(len(ds), dtype=np.float64)
-    for i, v in enumerate(np.asarray(ds.y, dtype=object).tolist()):
-        try:
-            y[i] = float(v)
-        except (TypeError, ValueError):
-            raise DataError(f"target {ds.target!r} is not numeric ({v!r} at {ds.where(i)}); it cannot be a "
-                            "regression target", hint="set data.task=classification, or fix that value") from None
+    try:
+        y = np.asarray(ds.y, dtype=np.float64)
+    except (TypeError, ValueError):  # find the value to name
+        for i, v in enumerate(np.asarray(ds.y, dtype=object).tolist()):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise DataError(f"target {ds.target!r} is not numeric ({v!r} at {ds.where(i)}); it cannot be a "
+                                "regression target", hint="set data.task=classification, or fix that value") from None
+        raise
     bad = np.flatnonzero(~np.isfinite(y))
     if len(bad):
         raise DataError(f"target {ds.target!r} must be a finite number: {y[bad[0]]} at {ds.where(bad[0])}"

@@ -10,7 +10,7 @@ import numpy as np
 from trainfer.data.dataset import Dataset
 from trainfer.errors import DataError, InputError
 from trainfer.features.delimiter import sniff_delimiter
-from trainfer.features.image import IMAGE_SUFFIXES, read_image
+from trainfer.features.image import IMAGE_SUFFIXES, pixels_in_range, read_image
 
 
 def read_table(path: Path) -> Any:
@@ -72,6 +72,11 @@ def load_npz(path: Path) -> Dataset:
         return Dataset(path.stem, "tabular", pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])]), y,
                        target="y", origin=path.name)
     if X.ndim == 4 and X.shape[-1] == 3:
+        try:
+            X = pixels_in_range(X)
+        except InputError as exc:
+            raise DataError(f"{path.name}: {exc.message}", hint=exc.hint) from None
+        # the same conversion as the runtime's ImageFeatures.to_uint8
         return Dataset(path.stem, "image", np.clip(X, 0, 255).astype(np.uint8), y, target="y", origin=path.name)
     raise DataError(f"{path.name}: X must be (n, features) or images (n, h, w, 3), got shape {X.shape}")
 

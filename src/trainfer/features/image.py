@@ -55,6 +55,22 @@ def to_rgb(img: Any) -> Any:
     return img.convert("RGB")
 
 
+def pixels_in_range(arr: np.ndarray) -> np.ndarray:
+    """``arr`` if its pixel values lie in 0..255; else an InputError, never a silent clip (a 16-bit image
+    clipped at 255 turns white)."""
+    if arr.dtype == np.uint8 or arr.size == 0:
+        return arr
+    if arr.dtype.kind not in "iufb":
+        raise InputError(f"image array must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError("image array holds NaN or infinity; send pixel values in 0..255")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -0.5 or hi > 255.5:  # half a level of slack for values that went through float arithmetic
+        raise InputError(f"pixel values must lie in 0..255, found {lo:g}..{hi:g}",
+                         hint="scale 16-bit images to 8 bits first (e.g. values / 257)" if hi <= 65535.5 else None)
+    return arr
+
+
 def read_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray:
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
@@ -103,8 +119,7 @@ class ImageFeatures:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise InputError(f"expected images as (n, height, width, 3) or file paths, got shape {arr.shape}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise InputError("image array holds NaN or infinity; send pixel values in 0..255")
+        arr = pixels_in_range(arr)
         if arr.shape[1:3] != (self.size, self.size):
             arr = _resize(arr, self.size)
         return np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
