@@ -248,10 +248,10 @@ def dated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "frame": frame, "run": run, "bundle": bundle}
 
 
-def _from_csv(dated: dict[str, Any], rows: pd.DataFrame, name: str) -> np.ndarray:
+def _from_csv(dated: dict[str, Any], rows: pd.DataFrame, name: str, sep: str = ",") -> np.ndarray:
     """Probabilities for ``rows`` through `trainfer predict` on a file (CSV or Parquet)."""
     src, out = dated["root"] / name, dated["root"] / f"{name}.out.csv"
-    rows.to_csv(src, index=False) if name.endswith(".csv") else rows.to_parquet(src)
+    rows.to_csv(src, index=False, sep=sep) if name.endswith(".csv") else rows.to_parquet(src)
     trainfer.predict(dated["bundle"], src, out, threads=1)
     return pd.read_csv(out).filter(like="prob_").to_numpy()
 
@@ -262,6 +262,8 @@ def test_dates_predict_the_same_from_csv_parquet_dataframe_and_json(dated: dict[
     assert [c.get("datetime", False) for c in features.columns] == [False, False, True]
     expected = _from_csv(dated, rows, "rows.csv")
     np.testing.assert_allclose(_from_csv(dated, rows, "rows.parquet"), expected, atol=1e-6)
+    for sep in ";\t|":  # `predict` reads the delimiter from the header as training does
+        np.testing.assert_allclose(_from_csv(dated, rows, "rows-sep.csv", sep), expected, atol=1e-6)
     pred = trainfer.load(dated["bundle"], threads=1)
     np.testing.assert_allclose(pred.predict_proba(rows), expected, atol=1e-6)  # datetime64 column
     as_json = json.loads(rows.to_json(orient="records", date_format="iso"))  # "2023-06-01T10:00:00.000"
