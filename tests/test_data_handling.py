@@ -113,6 +113,8 @@ def test_one_row_per_class_names_the_small_classes_and_the_minimum() -> None:
         split_indices(np.asarray(["a", "b", "c"], dtype=object), 0.15, 0.15, seed=0, stratify=True)
     with pytest.raises(DataError, match=r"class 'x' \(2 rows\) is too small.*at least 6 rows"):
         split_indices(np.asarray(["x", "x"], dtype=object), 0.1, 0.2, seed=0, stratify=True)
+    with pytest.raises(DataError, match=r"test split is empty: 3 rows are too few.*at least 6 rows"):
+        split_indices(np.arange(3.0), 0.3, 0.1, seed=0, stratify=False)
 
 
 @pytest.mark.parametrize(("sep", "header"), [(",", "a,b,y"), (";", "a;b;y"), ("\t", "a\tb\ty"), ("|", "a|b|y"),

@@ -303,10 +303,10 @@ def _parse_iso(text: str) -> _dt.datetime | None:
 
 def _epoch_seconds(values: np.ndarray, column: str) -> np.ndarray:
     """Date/times -> float64 seconds since 1970-01-01 UTC; missing -> NaN; numbers are taken as epoch seconds."""
-    if values.dtype.kind == "M":
-        ns = values.astype("datetime64[ns]")
-        out = ns.astype(np.int64).astype(np.float64) / 1e9
-        out[np.isnat(ns)] = np.nan
+    if values.dtype.kind == "M":  # microseconds: exact enough, and no overflow before the year 294247
+        us = values.astype("datetime64[us]")
+        out = us.astype(np.int64).astype(np.float64) / 1e6
+        out[np.isnat(us)] = np.nan
         return out
     if values.dtype.kind in "iuf":
         return values.astype(np.float64)
@@ -315,7 +315,7 @@ def _epoch_seconds(values: np.ndarray, column: str) -> np.ndarray:
         if is_missing(x):
             out[i] = np.nan
         elif isinstance(x, np.datetime64):
-            out[i] = np.nan if np.isnat(x) else x.astype("datetime64[ns]").astype(np.int64) / 1e9
+            out[i] = np.nan if np.isnat(x) else x.astype("datetime64[us]").astype(np.int64) / 1e6
         elif isinstance(x, _dt.datetime):  # pandas' Timestamp too
             out[i] = (x if x.tzinfo is not None else x.replace(tzinfo=_dt.timezone.utc)).timestamp()
         elif isinstance(x, _dt.date):
