@@ -51,7 +51,7 @@ def to_rgb(img: Any) -> Any:
         else:
             top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
         gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")  # uint8 (h, w): mode "L"
     return img.convert("RGB")
 
 
