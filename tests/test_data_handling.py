@@ -174,6 +174,10 @@ def test_a_datetime_column_is_the_same_numeric_feature_from_parquet_and_csv(tmp_
 def test_a_column_of_non_dates_stays_categorical() -> None:
     f = TabularFeatures.fit(pd.DataFrame({"c": ["2024-01-01", "soon", None] * 3}))
     assert f.columns[0]["type"] == "categorical"
+    # the whole file decides, not the train split alone: one non-date in val or test keeps it categorical
+    whole = pd.DataFrame({"c": ["2024-01-01", "2024-02-01"] * 4 + ["unknown"]})
+    assert TabularFeatures.fit(whole.iloc[:8], whole).columns[0]["type"] == "categorical"
+    assert TabularFeatures.fit(whole.iloc[:8]).columns[0]["datetime"]
 
 
 MISSING = [None, float("nan"), "", "  ", "NA", "null", "NaN", pd.NA]

@@ -151,7 +151,7 @@ def prepare(cfg: DataConfig, seed: int, split: Split | None = None) -> Prepared:
     if split is None:
         split = split_indices(ds.y, cfg.val_fraction, cfg.test_fraction, seed, stratify=task == "classification")
     train_rows = ds.rows(split.train)
-    inputs = TabularFeatures.fit(train_rows) if ds.kind == "tabular" else ImageFeatures.fit(train_rows)
+    inputs = TabularFeatures.fit(train_rows, ds.X) if ds.kind == "tabular" else ImageFeatures.fit(train_rows)
     target = Target.fit(ds.y[split.train], task, ds.target) if task == "regression" else target
     features = Features(inputs, target, ds.id_column)
     X, y = {}, {}

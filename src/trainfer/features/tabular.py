@@ -50,13 +50,18 @@ class TabularFeatures:
 
     # ---- fit -------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, frame: Any) -> TabularFeatures:
-        """Fit on a pandas DataFrame of raw feature columns (train split only)."""
+    def fit(cls, frame: Any, whole: Any | None = None) -> TabularFeatures:
+        """Fit on a pandas DataFrame of raw feature columns (train split only).
+
+        ``whole``: all rows of the data, when given, decides which columns are dates (as the file's own
+        column types decide which are numbers), so one odd value outside the train split cannot make a
+        date column fail on that value later.
+        """
         columns = []
         for name in frame.columns:
             series = frame[name]
             values = series.to_numpy()
-            dates = _holds_datetimes(values)
+            dates = _holds_datetimes(values if whole is None else whole[name].to_numpy())
             if dates or (_is_numeric(values) and series.dtype.kind != "b"):
                 v = _epoch_seconds(values, str(name)) if dates else values.astype(np.float64)
                 finite = v[np.isfinite(v)]
