@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from trainfer.data import check_targets, in_source, load_dataset, unlabeled
+from trainfer.data import BUILTIN, check_targets, in_source, load_dataset, unlabeled
 from trainfer.errors import DataError, InputError
 from trainfer.training.metrics import compute_metrics
 from trainfer.training.run import Run
@@ -25,8 +25,10 @@ def evaluate(run: Run, data: str | None = None) -> dict[str, Any]:
         y = np.asarray(y, dtype=np.float64) if target.task == "regression" else y  # checked when trained
         ds = None
     else:
+        # Another source keeps the run's column choices, except for a built-in one, whose columns are fixed.
+        fixed = {"target": None, "id_column": None, "drop": []} if data in BUILTIN else {}
         cfg = run.recipe.data if run.recipe.data.source == data else \
-            run.recipe.data.model_copy(update={"source": data, "options": {}})
+            run.recipe.data.model_copy(update={"source": data, "options": {}, **fixed})
         ds = load_dataset(cfg)
         missing = unlabeled(ds)
         skipped = int(missing.sum())
