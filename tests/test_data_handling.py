@@ -19,7 +19,7 @@ from trainfer.data import BUILTIN, load_dataset, prepare
 from trainfer.data.split import split_indices
 from trainfer.errors import DataError
 from trainfer.features import TabularFeatures, read_image
-from trainfer.features.delimiter import sniff_delimiter
+from trainfer.features.delimiter import csv_format, sniff_delimiter
 
 SMALL = {"synthetic-classification": {"n_samples": 60}, "synthetic-regression": {"n_samples": 60},
          "synthetic-images": {"n_samples": 12, "size": 8}}
@@ -134,6 +134,21 @@ def test_a_csv_with_another_delimiter_trains_like_a_comma_csv(tmp_path: Path, se
     b = prepare(DataConfig(source=str(other), target="y"), seed=0)
     assert a.features.to_dict() == b.features.to_dict()
     np.testing.assert_array_equal(a.X["train"], b.X["train"])
+
+
+def test_a_semicolon_csv_with_decimal_commas_reads_numbers(tmp_path: Path) -> None:
+    comma = _table(tmp_path)
+    excel = tmp_path / "excel.csv"
+    pd.read_csv(comma).to_csv(excel, sep=";", decimal=",", index=False)  # as Excel writes it in many locales
+    assert "," in excel.read_text().splitlines()[1]
+    assert csv_format(excel) == (";", ",") and csv_format(comma) == (",", ".")
+    a = prepare(DataConfig(source=str(comma), target="y"), seed=0)
+    b = prepare(DataConfig(source=str(excel), target="y"), seed=0)
+    assert [c["type"] for c in b.features.inputs.columns] == ["numeric", "numeric"]
+    np.testing.assert_allclose(b.X["train"], a.X["train"], rtol=0, atol=1e-6)
+    points = tmp_path / "points.csv"
+    pd.read_csv(comma).to_csv(points, sep=";", index=False)
+    assert csv_format(points) == (";", ".")
 
 
 # ---- 13 and 15 in the features alone: dates are epoch seconds, missing means the same everywhere ---------
@@ -254,10 +269,10 @@ def dated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "frame": frame, "run": run, "bundle": bundle}
 
 
-def _from_csv(dated: dict[str, Any], rows: pd.DataFrame, name: str, sep: str = ",") -> np.ndarray:
+def _from_csv(dated: dict[str, Any], rows: pd.DataFrame, name: str, sep: str = ",", decimal: str = ".") -> np.ndarray:
     """Probabilities for ``rows`` through `trainfer predict` on a file (CSV or Parquet)."""
     src, out = dated["root"] / name, dated["root"] / f"{name}.out.csv"
-    rows.to_csv(src, index=False, sep=sep) if name.endswith(".csv") else rows.to_parquet(src)
+    rows.to_csv(src, index=False, sep=sep, decimal=decimal) if name.endswith(".csv") else rows.to_parquet(src)
     trainfer.predict(dated["bundle"], src, out, threads=1)
     return pd.read_csv(out).filter(like="prob_").to_numpy()
 
@@ -270,6 +285,7 @@ def test_dates_predict_the_same_from_csv_parquet_dataframe_and_json(dated: dict[
     np.testing.assert_allclose(_from_csv(dated, rows, "rows.parquet"), expected, atol=1e-6)
     for sep in ";\t|":  # `predict` reads the delimiter from the header as training does
         np.testing.assert_allclose(_from_csv(dated, rows, "rows-sep.csv", sep), expected, atol=1e-6)
+    np.testing.assert_allclose(_from_csv(dated, rows, "rows-excel.csv", ";", ","), expected, atol=1e-5)
     pred = trainfer.load(dated["bundle"], threads=1)
     np.testing.assert_allclose(pred.predict_proba(rows), expected, atol=1e-6)  # datetime64 column
     as_json = json.loads(rows.to_json(orient="records", date_format="iso"))  # "2023-06-01T10:00:00.000"

@@ -9,7 +9,7 @@ import numpy as np
 
 from trainfer.data.dataset import Dataset
 from trainfer.errors import DataError, InputError
-from trainfer.features.delimiter import sniff_delimiter
+from trainfer.features.delimiter import csv_format
 from trainfer.features.image import IMAGE_SUFFIXES, pixels_in_range, read_image
 
 
@@ -19,7 +19,8 @@ def read_table(path: Path) -> Any:
 
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, sep=sniff_delimiter(path))
+            sep, decimal = csv_format(path)  # ';', tab or '|', and decimal commas, as `predict` reads them
+            return pd.read_csv(path, sep=sep, decimal=decimal)
         from trainfer._imports import require
 
         require("pyarrow")
