@@ -137,7 +137,8 @@ def evaluate(
 
     result = evaluate_fn(Run.load(run), data)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples): {shown}")
+    skipped = f", {result['unlabeled']} without a label skipped" if result["unlabeled"] else ""
+    _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples{skipped}): {shown}")
 
 
 @app.command()

@@ -17,6 +17,7 @@ import numpy as np
 
 from trainfer._atomic import write_with
 from trainfer.errors import InputError
+from trainfer.features.delimiter import csv_format
 from trainfer.features.image import IMAGE_SUFFIXES
 from trainfer.runtime.predictor import Predictor
 
@@ -34,13 +35,15 @@ def _table_chunks(path: Path, id_column: str | None, size: int,
         total = _count_csv_rows(path)
         # pandas guesses types per chunk: ids like 0007 and category codes like 01 must stay text in every
         # chunk, and one missing id must not turn the other ids into floats.
-        header = list(pd.read_csv(path, nrows=0).columns)
+        sep, dec = csv_format(path)  # ';', tab or '|' files and decimal commas read as training reads them
+        header = list(pd.read_csv(path, nrows=0, sep=sep, decimal=dec).columns)
         dtype = {c: str for c in [*text_columns, id_column] if c in header}
         if id_column in header:
             na = {c: _NA for c in header if c != id_column}  # the id's text is copied verbatim
-            reader: Any = pd.read_csv(path, chunksize=size, dtype=dtype, keep_default_na=False, na_values=na)
+            reader: Any = pd.read_csv(path, chunksize=size, dtype=dtype, keep_default_na=False, na_values=na,
+                                      sep=sep, decimal=dec)
         else:
-            reader = pd.read_csv(path, chunksize=size, dtype=dtype)
+            reader = pd.read_csv(path, chunksize=size, dtype=dtype, sep=sep, decimal=dec)
     else:
         import pyarrow.parquet as pq
 
