@@ -25,6 +25,19 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+# One rule for every verb: progress can be silenced with -q, an existing output is replaced only with --force,
+# and --threads means the same thing with the same default everywhere.
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (results are still printed).")]
+THREADS_DEFAULT = "default: the bundle's recommended threads when it records them, else every CPU this process may use"
+
+
+def _force(what: str) -> Any:
+    return typer.Option("--force", help=f"Replace an existing {what} at --out (without it, an existing one is "
+                                        "refused before any work starts).")
+
+
+def _threads(what: str) -> Any:
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1)
 
 
 def _console() -> Any:
@@ -54,7 +67,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    force: Annotated[bool, _force("run directory")] = False,
+    quiet: QuietFlag = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
     )] = None,
@@ -71,7 +85,7 @@ def train(
 
     show = not quiet and not as_json and sys.stdout.isatty()
     run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
-                   resume=resume, quiet=not show, overrides=set_ or [])
+                   resume=resume, force=force, quiet=not show, overrides=set_ or [])
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (
@@ -107,7 +121,8 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    force: Annotated[bool, _force("bundle")] = False,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Export a run to a lossless ONNX inference bundle (BatchNorm folded, parity checked).
@@ -120,7 +135,8 @@ def export(
     from trainfer.exporting import export as export_fn
     from trainfer.runtime import read_manifest
 
-    path = export_fn(run, out, force=force)
+    with _spinner("exporting and checking parity", show=not quiet and not as_json):
+        path = export_fn(run, out, force=force)
     m = read_manifest(path)
     human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
              f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
@@ -140,10 +156,11 @@ def optimize(
     batch_size: Annotated[int, typer.Option(help="Deployment batch size the speed is judged at.", min=1)] = 1,
     variants: Annotated[list[str] | None, typer.Option(
         "--variant", help="Only these variants (repeatable); onnx-fp32 is always included.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads for every measurement (default: all cores).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime and torch threads for every measurement")] = None,
     full: Annotated[bool, typer.Option("--full", help="Longer measurements (1,000 calls and 10 s each).")] = False,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after pruning.", min=1)] = 5,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    force: Annotated[bool, _force("bundle")] = False,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Try int8 quantization, structured pruning and both; keep the fastest variant within the budget.
@@ -159,7 +176,7 @@ def optimize(
     from trainfer.exporting.optimize import optimize as optimize_fn
 
     console = Console(stderr=True, highlight=False)
-    show = not as_json and sys.stdout.isatty()
+    show = not quiet and not as_json and sys.stdout.isatty()
     with console.status("optimizing", spinner="dots") if show else _nullcontext() as status:
         def log(msg: str) -> None:
             if status is not None:
@@ -190,30 +207,54 @@ class _nullcontext:
         return None
 
 
+def _spinner(message: str, show: bool) -> Any:
+    """A spinner on stderr while a verb works, when a person watches (stderr is a terminal)."""
+    if not show or not sys.stderr.isatty():
+        return _nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False).status(message, spinner="dots")
+
+
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     input: Annotated[Path, typer.Argument(help="CSV, Parquet, .npz (array X), an image, or a folder of images.")],
     out: Annotated[Path, typer.Option(help="Where to write predictions: .csv or .json.")] = Path("predictions.csv"),
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
+    force: Annotated[bool, _force("predictions file")] = False,
+    threads: Annotated[int | None, _threads("onnxruntime threads")] = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory.", min=1)] = 4096,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Batch inference from a file: predictions in input order, with the id column when there is one.
+    """Batch inference from a file: one output row per input row, in input order.
+
+    Columns written (.csv; .json holds the same as an array of records): the id column when the input has
+    one (the column that identified rows in training, e.g. data.id_column or a column named id in any case;
+    for images: path, relative to the folder), then prediction (the label, or the value for regression),
+    then prob_<label> for each class (classification). No other input column is copied.
+
+    Input columns: those the model was trained on are needed, by name (order does not matter); a missing
+    one is an error naming it. Extra columns are ignored, the target column included. Missing values
+    (empty, NA, NaN, null) are imputed as in training: the training median for numbers, the most frequent
+    value for categories. A category never seen in training goes to the model's "unknown" slot (no error);
+    an infinite or non-numeric value in a numeric column is an error naming the row and column.
+
+    --out is written under a temporary name and renamed when complete; an existing file is replaced only
+    with --force.
 
     Example: trainfer predict bundles/digits new_rows.csv --out preds.csv
     """
     from trainfer.runtime.files import predict as predict_fn
 
     if quiet or as_json or not sys.stdout.isatty():
-        report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size)
+        report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size, force=force)
     else:
         from rich.progress import Progress
 
         with Progress() as bar:
             task = bar.add_task("predicting", total=None)
-            report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size,
+            report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size, force=force,
                                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
 
@@ -224,13 +265,14 @@ def bench(
     bundle: Annotated[Path | None, typer.Option(
         help="For a run: the bundle to measure (default: RUN/bundle, else a fresh onnx-fp32 export).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Short LoadGen runs (about a minute in all).")] = False,
-    threads: Annotated[int | None, typer.Option(help="Threads for inference and torch (default: bundle's).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime and torch threads")] = None,
     target_accuracy: Annotated[float | None, typer.Option(
         help="Report time-to-target: wall clock until validation accuracy reaches this value.")] = None,
     seeds: Annotated[int, typer.Option(help="With --target-accuracy: retrain with N seeds, olympic mean.",
                                        min=1)] = 1,
     server_latency_ms: Annotated[float | None, typer.Option(
         help="p99 bound for the Server scenario (default: 20x SingleStream p50, at least 10 ms).")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure training and inference side by side; write bench.json (into a run, or beside a bundle).
@@ -245,7 +287,7 @@ def bench(
     from trainfer.benching import bench_path
 
     console = _console()
-    show = not as_json and sys.stdout.isatty()
+    show = not quiet and not as_json and sys.stdout.isatty()
     with console.status("benchmarking") if show else _nullcontext() as status:
         record = bench_fn(target, bundle=bundle, quick=quick, threads=threads, target_accuracy=target_accuracy,
                           seeds=seeds, server_latency_ms=server_latency_ms,
@@ -285,6 +327,7 @@ def run_cmd(
     full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Everything in one go: train -> optimize -> bench -> report, with a progress line per stage.
@@ -302,6 +345,8 @@ def run_cmd(
     started = time.perf_counter()
 
     def on_stage(stage: str, msg: str) -> None:
+        if quiet:
+            return
         console.print(f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {msg}  "
                       f"({time.perf_counter() - started:.0f} s)")
 
@@ -326,7 +371,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface; loopback by default, 0.0.0.0 exposes it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).", min=1)] = 1,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process (default: bundle's).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime threads per process")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.", min=1)] = 32,
     max_delay_ms: Annotated[float, typer.Option(
         help="Extra wait for more requests before a batch runs; 0 runs as soon as the model is free, "
@@ -363,6 +408,11 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=True)
     except TrainferError as exc:
         _fail(exc.message, exc.hint)
+    except OSError as exc:
+        # Writers turn their OS errors into OutputError; one that slips through still names its file.
+        if exc.filename is None:
+            raise
+        _fail(f"{exc.filename}: {exc.strerror or exc}", None)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

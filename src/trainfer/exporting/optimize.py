@@ -96,14 +96,12 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
 
     Example: ``trainfer.optimize("runs/digits", "bundles/digits-fast", max_accuracy_drop=0.5)``.
     """
+    from trainfer._atomic import check_output
+
+    out = check_output(out, kind="dir", force=force)  # a file, no permission, no space: said before the work
     run = run if isinstance(run, Run) else Run.load(run)
     log = log or (lambda _msg: None)
     threads = int(threads or default_threads())
-    out = Path(out)
-    if out.exists() and not force:
-        from trainfer.errors import BundleError
-
-        raise BundleError(f"{out} already exists", hint="choose another --out, or pass --force to replace it")
     enc = run.features.target.encode
     # X: what the ONNX graphs take; X_std: what the torch models take (they differ when the graph standardizes)
     X, X_std = {}, {}
