@@ -167,8 +167,9 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         tmp = Path(name)
         os.close(fd)
-        os.chmod(name, file_mode())
         writer(tmp)
+        # After the writer: some libraries (safetensors) replace the file they are given, with their own mode.
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
