@@ -172,3 +172,13 @@ def test_an_id_column_in_training_is_kept_out_of_the_features_and_carried_into_p
     run_main(["predict", bundle, rows, "--out", tmp_path / "p.csv"], capsys).check()
     out = _read(tmp_path / "p.csv")
     assert [r["ID"] for r in out] == [f"P{i:05d}" for i in range(7)]
+
+
+def test_an_id_kept_as_the_index_of_a_pandas_parquet_file_is_carried(csv_bundle: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    frame = make_animals(12, seed=9).drop(columns=["label"])
+    rows = tmp_path / "rows.parquet"
+    frame.set_index("id").to_parquet(rows)  # pandas stores the index as a column plus metadata
+    run_main(["predict", csv_bundle, rows, "--out", tmp_path / "p.csv", "--chunk-size", "5"], capsys).check()
+    out = _read(tmp_path / "p.csv")
+    assert [r["id"] for r in out] == [str(i) for i in frame["id"]]

@@ -51,7 +51,9 @@ def _table_chunks(path: Path, trained_id: str | None, size: int,
         pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
         id_column = id_column_of([str(c) for c in pf.schema_arrow.names], trained_id)
-        reader = (b.to_pandas() for b in pf.iter_batches(batch_size=size))
+        # pandas' own Parquet files keep a named index (e.g. an id) in their metadata, and to_pandas() moves
+        # it out of the columns again: it is a column here, like any other, so the id is found and carried.
+        reader = (_index_as_columns(b.to_pandas()) for b in pf.iter_batches(batch_size=size))
 
     def gen() -> Iterator[Chunk]:
         for frame in reader:
@@ -74,6 +76,10 @@ def id_column_of(header: list[str], trained_id: str | None) -> str | None:
         if len(found) == 1:
             return found[0]
     return None
+
+
+def _index_as_columns(frame: Any) -> Any:
+    return frame.reset_index() if any(n is not None for n in frame.index.names) else frame
 
 
 def _count_csv_rows(path: Path) -> int:
