@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,13 @@ def _threads(what: str) -> Any:
     return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1)
 
 
+def _spinner(message: str, show: bool) -> Any:
+    """A spinner on stderr while a verb works, when a person watches (stderr is a terminal)."""
+    if not show or not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False).status(message, spinner="dots")
 def _console() -> Any:
     """stdout console; wide when not a terminal, so tables in logs are not squeezed to 80 columns."""
     from rich.console import Console
@@ -177,7 +185,7 @@ def optimize(
 
     console = Console(stderr=True, highlight=False)
     show = not quiet and not as_json and sys.stdout.isatty()
-    with console.status("optimizing", spinner="dots") if show else _nullcontext() as status:
+    with console.status("optimizing", spinner="dots") if show else nullcontext() as status:
         def log(msg: str) -> None:
             if status is not None:
                 status.update(msg)
@@ -199,23 +207,6 @@ def optimize(
                                    f"bundle: {record['bundle']} (recommended threads: {record['recommended_threads']})")
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _spinner(message: str, show: bool) -> Any:
-    """A spinner on stderr while a verb works, when a person watches (stderr is a terminal)."""
-    if not show or not sys.stderr.isatty():
-        return _nullcontext()
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False).status(message, spinner="dots")
-
-
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
@@ -229,19 +220,20 @@ def predict(
 ) -> None:
     """Batch inference from a file: one output row per input row, in input order.
 
-    Columns written (.csv; .json holds the same as an array of records): the id column when the input has
-    one (the column that identified rows in training, e.g. data.id_column or a column named id in any case;
-    for images: path, relative to the folder), then prediction (the label, or the value for regression),
-    then prob_<label> for each class (classification). No other input column is copied.
+    Columns written (.csv; .json: the same as records): the id column when the
+    input has one (the one training identified rows with: data.id_column, or
+    a column named id in any case; path for images), then prediction (the
+    label, or the value), then prob_<label> per class (classification).
+    No other input column is copied; extra columns are ignored (the target too).
 
-    Input columns: those the model was trained on are needed, by name (order does not matter); a missing
-    one is an error naming it. Extra columns are ignored, the target column included. Missing values
-    (empty, NA, NaN, null) are imputed as in training: the training median for numbers, the most frequent
-    value for categories. A category never seen in training goes to the model's "unknown" slot (no error);
-    an infinite or non-numeric value in a numeric column is an error naming the row and column.
+    The model's columns are found by name, in any order; a missing one is an
+    error naming it. Missing values (empty, NA, NaN, null) are imputed as in
+    training: the median, or the most frequent category. A category never seen
+    in training goes to the model's unknown slot. An infinite or non-numeric
+    number is an error naming its row and column.
 
-    --out is written under a temporary name and renamed when complete; an existing file is replaced only
-    with --force.
+    --out is written under a temporary name, then renamed: never half-written.
+    An existing --out is replaced only with --force.
 
     Example: trainfer predict bundles/digits new_rows.csv --out preds.csv
     """
@@ -288,7 +280,7 @@ def bench(
 
     console = _console()
     show = not quiet and not as_json and sys.stdout.isatty()
-    with console.status("benchmarking") if show else _nullcontext() as status:
+    with console.status("benchmarking") if show else nullcontext() as status:
         record = bench_fn(target, bundle=bundle, quick=quick, threads=threads, target_accuracy=target_accuracy,
                           seeds=seeds, server_latency_ms=server_latency_ms,
                           log=lambda m: status.update(m) if status is not None else None)
@@ -326,6 +318,7 @@ def run_cmd(
     max_accuracy_drop: Annotated[float, typer.Option(help="optimize's accuracy budget, in points.")] = 0.5,
     full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
+    force: Annotated[bool, _force("run (training run, bundle, measurements)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
@@ -351,7 +344,7 @@ def run_cmd(
                       f"({time.perf_counter() - started:.0f} s)")
 
     result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
-                    resume=resume, on_stage=on_stage)
+                    resume=resume, force=force, on_stage=on_stage)
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
         return
