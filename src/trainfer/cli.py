@@ -48,6 +48,8 @@ def _spinner(message: str, show: bool) -> Any:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False).status(message, spinner="dots")
+
+
 def _console() -> Any:
     """stdout console; wide when not a terminal, so tables in logs are not squeezed to 80 columns."""
     from rich.console import Console
