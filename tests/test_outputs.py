@@ -317,3 +317,13 @@ def test_everything_written_follows_the_umask(mask: int, tmp_path: Path, rows_cs
         for name, mode in _modes(root).items():
             kind = "dir" if (root.parent / name).is_dir() else "file"
             assert mode == want[kind], f"{name}: {oct(mode)}, want {oct(want[kind])} under umask {oct(mask)}"
+
+
+def test_an_os_error_elsewhere_names_that_file_too(tmp_path: Path) -> None:
+    def writer(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/scratch-of-a-library")
+
+    with pytest.raises(OutputError) as info:
+        _atomic.write_with(tmp_path / "f.bin", writer)
+    assert info.value.message == (f"cannot write /tmp/scratch-of-a-library (while writing {tmp_path / 'f.bin'}): "
+                                  "no space left on device")

@@ -92,9 +92,18 @@ def output_error(exc: BaseException, path: str | Path) -> OutputError | None:
     found = os_error_in(exc)
     if found is None:
         return None
-    code, strerror, _ = found
+    code, strerror, filename = found
     why, hint = _WHY.get(code, (strerror.lower(), None))
-    return OutputError(f"cannot write {path}: {why}", hint=hint)
+    where = str(path)
+    if filename and not _inside(Path(str(filename)), Path(path)):  # e.g. a library's scratch file in /tmp
+        where = f"{filename} (while writing {path})"
+    return OutputError(f"cannot write {where}: {why}", hint=hint)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.absolute(), parent.absolute()
+    # the temporary siblings of an output (.NAME.xxxx.tmp) count as the output itself
+    return child == parent or parent in child.parents or child.name.startswith(f".{parent.name}.")
 
 
 def check_output(path: str | Path, *, kind: str, force: bool = False, exists_hint: str | None = None,
