@@ -182,3 +182,18 @@ def test_an_id_kept_as_the_index_of_a_pandas_parquet_file_is_carried(csv_bundle:
     run_main(["predict", csv_bundle, rows, "--out", tmp_path / "p.csv", "--chunk-size", "5"], capsys).check()
     out = _read(tmp_path / "p.csv")
     assert [r["id"] for r in out] == [str(i) for i in frame["id"]]
+
+
+def test_id_column_option_carries_another_column_and_refuses_a_missing_one(csv_bundle: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    frame = make_animals(8, seed=2).drop(columns=["label"]).rename(columns={"id": "customer_id"})
+    rows = tmp_path / "rows.csv"
+    frame.to_csv(rows, index=False)
+    run_main(["predict", csv_bundle, rows, "--out", tmp_path / "p.csv", "--id-column", "customer_id"], capsys).check()
+    out = _read(tmp_path / "p.csv")
+    assert list(out[0])[:2] == ["customer_id", "prediction"]
+    assert [r["customer_id"] for r in out] == [str(i) for i in frame["customer_id"]]
+    line = assert_user_error(run_main(["predict", csv_bundle, rows, "--out", tmp_path / "q.csv",
+                                       "--id-column", "nope"], capsys))
+    assert "'nope'" in line and "rows.csv" in line
+    assert not (tmp_path / "q.csv").exists()

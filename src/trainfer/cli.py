@@ -217,6 +217,8 @@ def predict(
     force: Annotated[bool, _force("predictions file")] = False,
     threads: Annotated[int | None, _threads("onnxruntime threads")] = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory.", min=1)] = 4096,
+    id_column: Annotated[str | None, typer.Option(help="Input column copied first into the output to identify "
+                                                       "rows (default: as described above).")] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -224,9 +226,10 @@ def predict(
 
     Columns written (.csv; .json: the same as records): the id column when the
     input has one (the one training identified rows with: data.id_column, or
-    a column named id in any case; path for images), then prediction (the
-    label, or the value), then prob_<label> per class (classification).
-    No other input column is copied; extra columns are ignored (the target too).
+    a column named id in any case; --id-column names another; path for images),
+    then prediction (the label, or the value), then prob_<label> per class
+    (classification). No other input column is copied; extra columns are
+    ignored (the target too).
 
     The model's columns are found by name, in any order; a missing one is an
     error naming it. Missing values (empty, NA, NaN, null) are imputed as in
@@ -241,14 +244,15 @@ def predict(
     """
     from trainfer.runtime.files import predict as predict_fn
 
+    options: dict[str, Any] = {"threads": threads, "chunk_size": chunk_size, "force": force, "id_column": id_column}
     if quiet or as_json or not sys.stdout.isatty():
-        report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size, force=force)
+        report = predict_fn(bundle, input, out, **options)
     else:
         from rich.progress import Progress
 
         with Progress() as bar:
             task = bar.add_task("predicting", total=None)
-            report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size, force=force,
+            report = predict_fn(bundle, input, out, **options,
                                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
 

@@ -29,8 +29,8 @@ _NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.
        "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
-def _table_chunks(path: Path, trained_id: str | None, size: int,
-                  text_columns: list[str]) -> tuple[int, Iterator[Chunk], str | None]:
+def _table_chunks(path: Path, trained_id: str | None, size: int, text_columns: list[str],
+                  chosen_id: str | None = None) -> tuple[int, Iterator[Chunk], str | None]:
     import pandas as pd
 
     if path.suffix.lower() == ".csv":
@@ -38,7 +38,7 @@ def _table_chunks(path: Path, trained_id: str | None, size: int,
         # pandas guesses types per chunk: ids like 0007 and category codes like 01 must stay text in every
         # chunk, and one missing id must not turn the other ids into floats.
         header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        id_column = id_column_of(header, trained_id)
+        id_column = id_column_of(header, trained_id, chosen_id, path)
         dtype = {c: str for c in [*text_columns, id_column] if c in header}
         if id_column in header:
             na = {c: _NA for c in header if c != id_column}  # the id's text is copied verbatim
@@ -50,7 +50,7 @@ def _table_chunks(path: Path, trained_id: str | None, size: int,
 
         pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
-        id_column = id_column_of([str(c) for c in pf.schema_arrow.names], trained_id)
+        id_column = id_column_of([str(c) for c in pf.schema_arrow.names], trained_id, chosen_id, path)
         # pandas' own Parquet files keep a named index (e.g. an id) in their metadata, and to_pandas() moves
         # it out of the columns again: it is a column here, like any other, so the id is found and carried.
         reader = (_index_as_columns(b.to_pandas()) for b in pf.iter_batches(batch_size=size))
@@ -64,9 +64,16 @@ def _table_chunks(path: Path, trained_id: str | None, size: int,
     return total, gen(), id_column
 
 
-def id_column_of(header: list[str], trained_id: str | None) -> str | None:
-    """The input column that identifies rows: the training data's id column, else one named ``id``; the
-    exact name first, then in any case (a file written by another tool may say ``ID`` or ``Id``)."""
+def id_column_of(header: list[str], trained_id: str | None, chosen: str | None = None,
+                 path: Path | None = None) -> str | None:
+    """The input column that identifies rows: ``chosen`` (it must exist), else the training data's id column,
+    else one named ``id``; the exact name first, then in any case (another tool may write ``ID`` or ``Id``)."""
+    if chosen is not None:
+        if chosen not in header:
+            shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
+            raise InputError(f"--id-column {chosen!r} is not a column of {path.name if path else 'the input'}",
+                             hint=f"columns are: {shown}")
+        return chosen
     wanted = [c for c in (trained_id, "id") if c]
     for name in wanted:
         if name in header:
@@ -103,11 +110,14 @@ def _image_chunks(root: Path, size: int) -> tuple[int, Iterator[Chunk]]:
     return len(files), ((files[i:i + size], ids[i:i + size]) for i in range(0, len(files), size))
 
 
-def open_input(pred: Predictor, path: Path, chunk_size: int) -> tuple[int, Iterator[Chunk], str | None]:
-    """(row count, chunk iterator, id column name) for any supported input."""
+def open_input(pred: Predictor, path: Path, chunk_size: int,
+               id_column: str | None = None) -> tuple[int, Iterator[Chunk], str | None]:
+    """(row count, chunk iterator, id column name) for any supported input; ``id_column`` picks a table's id."""
     if not path.exists():
         raise InputError(f"input {path} not found")
     suffix = path.suffix.lower()
+    if id_column is not None and suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError("--id-column is for CSV and Parquet input (images are named by their path; .npz has no ids)")
     _check_kind(pred, path, "image" if path.is_dir() or suffix in IMAGE_SUFFIXES else
                 "tabular" if suffix in (".csv", ".parquet", ".pq") else None)
     if path.is_dir():
@@ -116,7 +126,7 @@ def open_input(pred: Predictor, path: Path, chunk_size: int) -> tuple[int, Itera
     if suffix in (".csv", ".parquet", ".pq"):
         inputs = pred.features.inputs
         text = [c["name"] for c in getattr(inputs, "columns", []) if c["type"] == "categorical"]
-        total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text)
+        total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text, id_column)
         return total, chunks, id_col
     if suffix == ".npz":
         total, chunks = _npz_chunks(path, chunk_size)
@@ -151,14 +161,15 @@ def check_predictions_out(out: str | Path, force: bool = False) -> Path:
 
 
 def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk_size: int = 4096,
-                 on_progress: Callable[[int, int], None] | None = None, force: bool = False) -> dict[str, Any]:
+                 on_progress: Callable[[int, int], None] | None = None, force: bool = False,
+                 id_column: str | None = None) -> dict[str, Any]:
     """Predict every row of ``input_path`` into ``out`` (.csv or .json); returns a small report.
 
     ``out`` must not exist unless ``force``; it is written under a temporary name and renamed when complete.
     """
     input_path, out = Path(input_path), check_predictions_out(out, force)
     fmt = out.suffix.lower()
-    total, chunks, id_name = open_input(pred, input_path, chunk_size)
+    total, chunks, id_name = open_input(pred, input_path, chunk_size, id_column)
     labels = pred.labels if pred.task == "classification" else []
     columns = ["prediction", *[f"prob_{label}" for label in labels]]
     written = 0
@@ -211,7 +222,7 @@ def _plain(v: Any) -> Any:
 
 
 def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predictions.csv", *,
-            threads: int | None = None, chunk_size: int = 4096, force: bool = False,
+            threads: int | None = None, chunk_size: int = 4096, force: bool = False, id_column: str | None = None,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """``trainfer predict``: load ``bundle`` (hashes verified) and predict every row of a file into ``out``.
 
@@ -224,4 +235,4 @@ def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predi
 
     check_predictions_out(out, force)
     return predict_file(load(bundle, threads=threads), input_path, out, chunk_size, on_progress=on_progress,
-                        force=force)
+                        force=force, id_column=id_column)
