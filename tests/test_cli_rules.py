@@ -197,3 +197,15 @@ def test_id_column_option_carries_another_column_and_refuses_a_missing_one(csv_b
                                        "--id-column", "nope"], capsys))
     assert "'nope'" in line and "rows.csv" in line
     assert not (tmp_path / "q.csv").exists()
+
+
+@pytest.mark.parametrize("verb", ["export", "optimize"])
+def test_force_replaces_a_bundle_never_a_run(verb: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = get_run(tmp_path_factory, "csv").path
+    precious = tmp_path / "run-copy"
+    precious.mkdir()
+    (precious / "summary.json").write_text("{}\n")
+    line = assert_user_error(run_main([verb, run, "--out", precious, "--force"], capsys))
+    assert "not a bundle" in line and str(precious) in line
+    assert sorted(p.name for p in precious.iterdir()) == ["summary.json"]

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainfer._atomic import check_output, os_error_in
+from trainfer._atomic import os_error_in
 from trainfer._env import git_revision
 from trainfer.errors import ExportError
 from trainfer.exporting.fold import InferenceHead, fold_batchnorm, fold_input_affine
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
-from trainfer.exporting.writer import write_bundle
+from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.features import Features, Target
 from trainfer.runtime.bundle import MODEL
 from trainfer.training import Run
@@ -119,7 +119,7 @@ def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Pa
 
     Example: ``trainfer.export("runs/digits", "bundles/digits")`` then ``trainfer.load("bundles/digits")``.
     """
-    check_output(out, kind="dir", force=force)  # before the minutes of work, not after
+    check_bundle_out(out, force)  # before the work, not after
     run = run if isinstance(run, Run) else Run.load(run)
     X_std, X_graph = graph_inputs(run.features, run.load_split("test")[0])
 

@@ -9,7 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from trainfer._atomic import check_output, make_temp_dir, output_error
+from trainfer.errors import OutputError
 from trainfer.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, manifest_bytes, sha256_file
+
+
+def check_bundle_out(out: str | Path, force: bool = False) -> Path:
+    """Refuse, before any work, a bundle --out that cannot be written or must not be replaced: --force
+    replaces a bundle, never a run or another directory that happens to be there."""
+    out = check_output(out, kind="dir", force=force)
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise OutputError(f"--force replaces a bundle only, and {out} holds other files (not a bundle)",
+                          hint="choose another --out")
+    return out
 
 
 def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool = False) -> Path:
@@ -18,8 +29,7 @@ def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool 
     An OS error on the way (disk full, read-only, no permission), even one an exporter re-raised as its own
     error, becomes an OutputError naming ``out``; the temporary directory is removed, the old bundle kept.
     """
-    out = Path(out)
-    check_output(out, kind="dir", force=force)
+    out = check_bundle_out(out, force)
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
