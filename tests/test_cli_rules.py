@@ -209,3 +209,22 @@ def test_force_replaces_a_bundle_never_a_run(verb: str, tmp_path_factory: pytest
     line = assert_user_error(run_main([verb, run, "--out", precious, "--force"], capsys))
     assert "not a bundle" in line and str(precious) in line
     assert sorted(p.name for p in precious.iterdir()) == ["summary.json"]
+
+
+def test_run_passes_force_to_its_training_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[bool] = []
+
+    class Stop(Exception):
+        pass
+
+    def train(*_a: object, force: bool = False, **_k: object) -> None:
+        seen.append(force)
+        raise Stop
+
+    monkeypatch.setattr("trainfer.training.train", train)
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "digits.yaml"
+    for extra in ([], ["--force"]):
+        with pytest.raises(Stop):
+            run_main(["run", recipe, "--out", tmp_path / "out", "-q", *extra], capsys)
+    assert seen == [False, True]
