@@ -10,6 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,28 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+# One rule for every verb: progress can be silenced with -q, an existing output is replaced only with --force,
+# and --threads means the same thing with the same default everywhere.
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (results are still printed).")]
+THREADS_DEFAULT = "default: the bundle's recommended threads when it records them, else every CPU this process may use"
+
+
+def _force(what: str) -> Any:
+    return typer.Option("--force", help=f"Replace an existing {what} at --out (without it, an existing one is "
+                                        "refused before any work starts).")
+
+
+def _threads(what: str) -> Any:
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1)
+
+
+def _spinner(message: str, show: bool) -> Any:
+    """A spinner on stderr while a verb works, when a person watches (stderr is a terminal)."""
+    if not show or not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False).status(message, spinner="dots")
 
 
 def _console() -> Any:
@@ -58,6 +81,8 @@ def _verb(*extras: str, kept: Callable[[dict[str, Any]], str] | None = None) -> 
 
 def _train_kept(args: dict[str, Any]) -> str:
     out = Path(args["out"])
+    if (out / "summary.json").is_file():  # --force put the finished run back: the new one was dropped
+        return f"the finished run at {out} is unchanged; the new run was discarded"
     try:
         epoch = json.loads((out / "checkpoints" / "state.json").read_text())["epoch"]
     except (OSError, ValueError, KeyError):
@@ -90,7 +115,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    force: Annotated[bool, _force("run directory")] = False,
+    quiet: QuietFlag = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
     )] = None,
@@ -107,7 +133,7 @@ def train(
 
     show = not quiet and not as_json and sys.stdout.isatty()
     run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
-                   resume=resume, quiet=not show, overrides=set_ or [])
+                   resume=resume, force=force, quiet=not show, overrides=set_ or [])
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (
@@ -146,7 +172,8 @@ def evaluate(
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    force: Annotated[bool, _force("bundle")] = False,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Export a run to a lossless ONNX inference bundle (BatchNorm folded, parity checked).
@@ -159,7 +186,8 @@ def export(
     from trainfer.exporting import export as export_fn
     from trainfer.runtime import read_manifest
 
-    path = export_fn(run, out, force=force)
+    with _spinner("exporting and checking parity", show=not quiet and not as_json):
+        path = export_fn(run, out, force=force)
     m = read_manifest(path)
     human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
              f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
@@ -180,10 +208,11 @@ def optimize(
     batch_size: Annotated[int, typer.Option(help="Deployment batch size the speed is judged at.", min=1)] = 1,
     variants: Annotated[list[str] | None, typer.Option(
         "--variant", help="Only these variants (repeatable); onnx-fp32 is always included.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads for every measurement (default: all cores).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime and torch threads for every measurement")] = None,
     full: Annotated[bool, typer.Option("--full", help="Longer measurements (1,000 calls and 10 s each).")] = False,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after pruning.", min=1)] = 5,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    force: Annotated[bool, _force("bundle")] = False,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Try int8 quantization, structured pruning and both; keep the fastest variant within the budget.
@@ -199,8 +228,8 @@ def optimize(
     from trainfer.exporting.optimize import optimize as optimize_fn
 
     console = Console(stderr=True, highlight=False)
-    show = not as_json and sys.stdout.isatty()
-    with console.status("optimizing", spinner="dots") if show else _nullcontext() as status:
+    show = not quiet and not as_json and sys.stdout.isatty()
+    with console.status("optimizing", spinner="dots") if show else nullcontext() as status:
         def log(msg: str) -> None:
             if status is not None:
                 status.update(msg)
@@ -222,39 +251,51 @@ def optimize(
                                    f"bundle: {record['bundle']} (recommended threads: {record['recommended_threads']})")
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 @app.command()
 @_verb(kept=_nothing_at("out", "predictions were"))
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     input: Annotated[Path, typer.Argument(help="CSV, Parquet, .npz (array X), an image, or a folder of images.")],
     out: Annotated[Path, typer.Option(help="Where to write predictions: .csv or .json.")] = Path("predictions.csv"),
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
+    force: Annotated[bool, _force("predictions file")] = False,
+    threads: Annotated[int | None, _threads("onnxruntime threads")] = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory.", min=1)] = 4096,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    id_column: Annotated[str | None, typer.Option(help="Input column copied first into the output to identify "
+                                                       "rows (default: as described above).")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Batch inference from a file: predictions in input order, with the id column when there is one.
+    """Batch inference from a file: one output row per input row, in input order.
+
+    Columns written (.csv; .json: the same as records): the id column when the
+    input has one (the one training identified rows with: data.id_column, or
+    a column named id in any case; --id-column names another; path for images),
+    then prediction (the label, or the value), then prob_<label> per class
+    (classification). No other input column is copied; extra columns are
+    ignored (the target too).
+
+    The model's columns are found by name, in any order; a missing one is an
+    error naming it. Missing values (empty, NA, NaN, null) are imputed as in
+    training: the median, or the most frequent category. A category never seen
+    in training goes to the model's unknown slot. An infinite or non-numeric
+    number is an error naming its row and column.
+
+    --out is written under a temporary name, then renamed: never half-written.
+    An existing --out is replaced only with --force.
 
     Example: trainfer predict bundles/digits new_rows.csv --out preds.csv
     """
     from trainfer.runtime.files import predict as predict_fn
 
+    options: dict[str, Any] = {"threads": threads, "chunk_size": chunk_size, "force": force, "id_column": id_column}
     if quiet or as_json or not sys.stdout.isatty():
-        report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size)
+        report = predict_fn(bundle, input, out, **options)
     else:
         from rich.progress import Progress
 
         with Progress() as bar:
             task = bar.add_task("predicting", total=None)
-            report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size,
+            report = predict_fn(bundle, input, out, **options,
                                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
 
@@ -266,13 +307,14 @@ def bench(
     bundle: Annotated[Path | None, typer.Option(
         help="For a run: the bundle to measure (default: RUN/bundle, else a fresh onnx-fp32 export).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Short LoadGen runs (about a minute in all).")] = False,
-    threads: Annotated[int | None, typer.Option(help="Threads for inference and torch (default: bundle's).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime and torch threads")] = None,
     target_accuracy: Annotated[float | None, typer.Option(
         help="Report time-to-target: wall clock until validation accuracy reaches this value.")] = None,
     seeds: Annotated[int, typer.Option(help="With --target-accuracy: retrain with N seeds, olympic mean.",
                                        min=1)] = 1,
     server_latency_ms: Annotated[float | None, typer.Option(
         help="p99 bound for the Server scenario (default: 20x SingleStream p50, at least 10 ms).")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure training and inference side by side; write bench.json (into a run, or beside a bundle).
@@ -287,8 +329,8 @@ def bench(
     from trainfer.benching import bench_path
 
     console = _console()
-    show = not as_json and sys.stdout.isatty()
-    with console.status("benchmarking") if show else _nullcontext() as status:
+    show = not quiet and not as_json and sys.stdout.isatty()
+    with console.status("benchmarking") if show else nullcontext() as status:
         record = bench_fn(target, bundle=bundle, quick=quick, threads=threads, target_accuracy=target_accuracy,
                           seeds=seeds, server_latency_ms=server_latency_ms,
                           log=lambda m: status.update(m) if status is not None else None)
@@ -329,7 +371,9 @@ def run_cmd(
     max_accuracy_drop: Annotated[float, typer.Option(help="optimize's accuracy budget, in points.")] = 0.5,
     full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
+    force: Annotated[bool, _force("run (training run, bundle, measurements)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Everything in one go: train -> optimize -> bench -> report, with a progress line per stage.
@@ -347,11 +391,13 @@ def run_cmd(
     started = time.perf_counter()
 
     def on_stage(stage: str, msg: str) -> None:
+        if quiet:
+            return
         console.print(f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {msg}  "
                       f"({time.perf_counter() - started:.0f} s)")
 
     result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
-                    resume=resume, on_stage=on_stage)
+                    resume=resume, force=force, on_stage=on_stage)
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
         return
@@ -372,7 +418,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface; loopback by default, 0.0.0.0 exposes it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).", min=1)] = 1,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process (default: bundle's).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime threads per process")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.", min=1)] = 32,
     max_delay_ms: Annotated[float, typer.Option(
         help="Extra wait for more requests before a batch runs; 0 runs as soon as the model is free, "
@@ -429,6 +475,11 @@ def main(argv: list[str] | None = None) -> None:
         if extra is None:
             raise  # not an optional dependency of ours: a bug, keep the traceback
         _fail(f"{exc.name} is needed for this and is not installed", f"pip install 'trainfer[{extra}]'")
+    except OSError as exc:
+        # Writers turn their OS errors into OutputError; one that slips through still names its file.
+        if exc.filename is None:
+            raise
+        _fail(f"{exc.filename}: {exc.strerror or exc}", None)
     except KeyboardInterrupt:
         _fail("interrupted", None, code=130)
     if isinstance(code, int) and code:

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainfer._atomic import os_error_in
 from trainfer._env import git_revision
 from trainfer.errors import ExportError
 from trainfer.exporting.fold import InferenceHead, fold_batchnorm, fold_input_affine
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
-from trainfer.exporting.writer import write_bundle
+from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.features import Features, Target
 from trainfer.runtime.bundle import MODEL
 from trainfer.training import Run
@@ -101,7 +102,15 @@ def export_model(model: torch.nn.Module, features: Features, X_std: np.ndarray, 
     module, fold_info = inference_module(model, features)
     # A contiguous example: a strided one makes the exporter trace extra shape ops into the graph.
     example = torch.from_numpy(np.ascontiguousarray(X_graph[:2]))
-    info = export_onnx(module, example, onnx_path, output_name(features.task))
+    try:
+        info = export_onnx(module, example, onnx_path, output_name(features.task))
+    except ExportError as exc:
+        # Both exporters fail alike on a full or read-only disk; that is no tracing problem. The OS error is
+        # raised as is, for the bundle writer to report against the path the user chose.
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and os_error_in(cause) is not None:
+            raise cause from None
+        raise
     return {**info, **fold_info, "parity": check_parity(model, features.target, onnx_path, X_std, X_graph)}
 
 
@@ -110,6 +119,7 @@ def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Pa
 
     Example: ``trainfer.export("runs/digits", "bundles/digits")`` then ``trainfer.load("bundles/digits")``.
     """
+    check_bundle_out(out, force)  # before the work, not after
     run = run if isinstance(run, Run) else Run.load(run)
     X_std, X_graph = graph_inputs(run.features, run.load_split("test")[0])
 

@@ -19,7 +19,7 @@ from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
 from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
 from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
-from trainfer.exporting.writer import write_bundle
+from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
 from trainfer.runtime import MODEL, default_threads
@@ -96,14 +96,10 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
 
     Example: ``trainfer.optimize("runs/digits", "bundles/digits-fast", max_accuracy_drop=0.5)``.
     """
+    out = check_bundle_out(out, force)  # a file, no permission, no space, not a bundle: said before the work
     run = run if isinstance(run, Run) else Run.load(run)
     log = log or (lambda _msg: None)
     threads = int(threads or default_threads())
-    out = Path(out)
-    if out.exists() and not force:
-        from trainfer.errors import BundleError
-
-        raise BundleError(f"{out} already exists", hint="choose another --out, or pass --force to replace it")
     enc = run.features.target.encode
     # X: what the ONNX graphs take; X_std: what the torch models take (they differ when the graph standardizes)
     X, X_std = {}, {}
