@@ -273,7 +273,7 @@ def _from_csv(dated: dict[str, Any], rows: pd.DataFrame, name: str, sep: str = "
     """Probabilities for ``rows`` through `trainfer predict` on a file (CSV or Parquet)."""
     src, out = dated["root"] / name, dated["root"] / f"{name}.out.csv"
     rows.to_csv(src, index=False, sep=sep, decimal=decimal) if name.endswith(".csv") else rows.to_parquet(src)
-    trainfer.predict(dated["bundle"], src, out, threads=1)
+    trainfer.predict(dated["bundle"], src, out, threads=1, force=True)  # one output per file name, rewritten
     return pd.read_csv(out).filter(like="prob_").to_numpy()
 
 
