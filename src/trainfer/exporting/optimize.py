@@ -14,7 +14,14 @@ import torch
 
 from trainfer._timing import FULL, QUICK, summarize, time_interleaved
 from trainfer.errors import MissingDependencyError, TrainferError
-from trainfer.exporting import compare, export_model, graph_inputs, manifest_fields, reference_outputs
+from trainfer.exporting import (
+    compare,
+    export_model,
+    graph_inputs,
+    graph_standardizes,
+    manifest_fields,
+    reference_outputs,
+)
 from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
 from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
@@ -82,10 +89,25 @@ class _Bases:
                                   self.epochs)
             path = self.work / f"{name}.onnx"
             info = export_model(model, run.features, self.X_std, self.X_graph, path)
-            return {"model": model, "onnx": path, "info": info, "params": count_parameters(model),
+            return {"name": name, "model": model, "onnx": path, "info": info, "params": count_parameters(model),
                     "flops": forward_flops(model, shape)}
         except TrainferError as exc:
             return {"error": exc}
+
+    def quant_source(self, ratio: float | None) -> tuple[Path, dict[str, Any]]:
+        """(graph, onnx info) a quantizer starts from: the base with its input standardization as its own float
+        Mul/Add, which the quantizer leaves alone, so that the first layer it quantizes holds the model's own
+        weights (folded, they are W / std: a range int8 cannot hold). Exported once per base, when needed."""
+        base = self.get(ratio)
+        if "quant_onnx" not in base:
+            if graph_standardizes(self.run.features):
+                path = self.work / f"{base['name']}-unfolded.onnx"
+                info = export_model(base["model"], self.run.features, self.X_std, self.X_graph, path,
+                                    fold_standardization=False)
+                base.update(quant_onnx=path, quant_info=info)
+            else:  # numpy standardizes (or there is nothing to standardize): the float graph is the source
+                base.update(quant_onnx=base["onnx"], quant_info=base["info"])
+        return base["quant_onnx"], base["quant_info"]
 
 
 def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float = 0.5, batch_size: int = 1,
@@ -173,10 +195,11 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
     row: dict[str, Any] = {"name": v.name, "status": "ok", "reason": None}
     try:
         base = bases.get(v.prune)
-        path = base["onnx"]
+        path, info = base["onnx"], base["info"]
         if v.quant is not None:
+            source, info = bases.quant_source(v.prune)
             path = work / f"{v.name}.onnx"
-            QUANTIZERS[v.quant](base["onnx"], path, work, calib)
+            QUANTIZERS[v.quant](source, path, work, calib)
         sess = _session(path, threads)
         outs = {s: _outputs(sess, X[s]) for s in ("val", "test")}
         metric, _ = monitor(run.task)
@@ -186,7 +209,7 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
             "flops_note": "fp32 reference count (int8 ops are not counted)" if v.quant else None,
             f"val_{metric}": _score(outs["val"], y["val"], run), f"test_{metric}": _score(outs["test"], y["test"], run),
             "_val_correct": outs["val"].argmax(1) == y["val"] if run.task == "classification" else None,
-            "lossless": v.lossless, "onnx": {k: x for k, x in base["info"].items() if k != "parity"},
+            "lossless": v.lossless, "onnx": {k: x for k, x in info.items() if k != "parity"},
             "parity": {**parity, "reference": "torch fp32" if v.prune is None else f"torch pruned-{int(v.prune*100)}"},
         })
         return row, sess
