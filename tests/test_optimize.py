@@ -27,7 +27,7 @@ from trainfer import _timing
 from trainfer.errors import ExportError, TrainferError
 from trainfer.exporting import graph_inputs
 from trainfer.exporting import variants as variants_module
-from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
+from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop, smallest_bound
 from trainfer.runtime import default_threads
 
 optimize_module = importlib.import_module("trainfer.exporting.optimize")
@@ -520,16 +520,68 @@ def test_choose_falls_back_to_the_baseline_when_nothing_else_qualifies() -> None
 
 def test_drop_upper_bound_counts_paired_disagreements() -> None:
     ref = np.array([True] * 90 + [False] * 10)
-    assert drop_upper_bound(ref, ref.copy()) == 0.0  # the same predictions: no doubt at all
+    # the same predictions on 100 rows: no change seen, but 100 rows cannot rule out one in ~60 (Agresti-Min)
+    assert drop_upper_bound(ref, ref.copy()) == pytest.approx(100 * 1.645 / 102) == smallest_bound(100)
     one_worse = ref.copy()
     one_worse[0] = False
-    # one sample of 100 lost: observed drop 1 point, bound 1 + 1.645 * sqrt(1) points
-    assert drop_upper_bound(ref, one_worse) == pytest.approx(1 + 1.645)
+    # one sample of 100 lost: observed drop 1 point; cells b = 1.5, c = 0.5 of n + 2 = 102
+    assert drop_upper_bound(ref, one_worse) == pytest.approx(
+        100 * (1 / 102 + 1.645 * np.sqrt((2 / 102 - (1 / 102) ** 2) / 102)))
     swapped = ref.copy()
     swapped[0], swapped[95] = False, True  # one lost, one gained: drop 0, but the noise is real
-    assert drop_upper_bound(ref, swapped) == pytest.approx(1.645 * np.sqrt(2))
+    assert drop_upper_bound(ref, swapped) == pytest.approx(100 * 1.645 * np.sqrt(3 / 102) / np.sqrt(102))
+    assert drop_upper_bound(ref, swapped) > drop_upper_bound(ref, ref.copy())
+    assert drop_upper_bound(np.array([], bool), np.array([], bool)) == float("inf")
     rows = [_row(BASELINE), {**_row("int8"), "val_drop": 0.0, "val_drop_bound": 0.9}]
     assert not qualifies(rows[1], 0.5) and qualifies(rows[1], 1.0)
+
+
+def test_choose_refuses_what_a_small_validation_split_cannot_vouch_for() -> None:
+    """Issue 10.5: on a 51-row validation split a pruned variant changed no validation prediction, its
+    bound was 0, and it shipped; on the test split it lost 2.5 points. No change seen on 51 rows does not
+    show a drop under 0.5 points: the rule refuses, and says that the split is too small."""
+    n = 51
+    ref = np.random.default_rng(0).random(n) < 0.97
+    row = {**_row("pruned-25"), "val_drop": 0.0, "val_rows": n, "val_drop_bound": drop_upper_bound(ref, ref.copy())}
+    assert row["val_drop_bound"] == pytest.approx(smallest_bound(n)) and row["val_drop_bound"] > 3.0
+    samples = {BASELINE: _samples(100, 3, seed=1), "pruned-25": _samples(90, 3, seed=2)}  # clearly faster
+    name, why = choose([_row(BASELINE), row], samples, 0.5)
+    assert name == BASELINE
+    assert "pruned-25" in why and f"on {n} rows" in why and "larger validation split" in why, why
+    # the same agreement on enough rows does vouch for it
+    big = np.random.default_rng(0).random(2000) < 0.97
+    row.update(val_rows=2000, val_drop_bound=drop_upper_bound(big, big.copy()))
+    assert choose([_row(BASELINE), row], samples, 0.5)[0] == "pruned-25"
+
+
+def _rounds(median_us: float, round_sd: float, rounds: int, seed: int, block: int = _timing.BLOCK) -> np.ndarray:
+    """Per-call seconds in interleaved rounds: each round shares one machine state (an offset), calls vary little."""
+    rng = np.random.default_rng(seed)
+    offsets = rng.normal(0, round_sd, rounds).repeat(block)
+    return (median_us + offsets + rng.normal(0, 0.2, rounds * block)) * 1e-6
+
+
+def test_choose_treats_the_interleaved_round_as_the_unit_of_timing_noise() -> None:
+    """Calls within a round share the machine's state. 12 rounds x 20 calls resampled call by call gave a
+    near-zero-width interval ("95% CI 0.920-0.920") for what is round-to-round drift; resampled by round,
+    the interval shows that 12 rounds cannot tell."""
+    rows = [_row(BASELINE), _row("pruned-25")]
+    base, var = _rounds(100, 8, 12, seed=6), _rounds(100, 8, 12, seed=7)  # the same speed, drifting rounds
+    assert np.median(var) < 0.95 * np.median(base)  # by drift alone the variant looks 6% faster...
+    boot = np.random.default_rng(0)  # ...and resampling single calls "confirms" it
+    per_call = np.median(boot.choice(var, (400, var.size)), 1) / np.median(boot.choice(base, (400, base.size)), 1)
+    assert np.percentile(per_call, 97.5) < 0.97
+    ratio, lo, hi, rounds = _timing.median_ratio_ci(var, base)
+    assert rounds == 12 and lo < 1.0 < hi, (ratio, lo, hi)
+    name, why = choose(rows, {BASELINE: base, "pruned-25": var}, 0.5)
+    assert name == BASELINE and "not faster than onnx-fp32 beyond noise" in why, why
+    # too few rounds to judge at all; a zero-width interval (a timer that cannot resolve the calls)
+    few = {BASELINE: _rounds(100, 1, 5, seed=1), "pruned-25": _rounds(50, 1, 5, seed=2)}
+    name, why = choose(rows, few, 0.5)
+    assert name == BASELINE and "5 interleaved rounds" in why and "cannot tell" in why, why
+    flat = {BASELINE: np.full(400, 2e-6), "pruned-25": np.full(400, 1e-6)}
+    name, why = choose(rows, flat, 0.5)
+    assert name == BASELINE and "zero width" in why, why
 
 
 def test_quality_drop_units() -> None:

@@ -152,7 +152,8 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
             if r["status"] == "ok":
                 r["val_drop"] = quality_drop(ref[f"val_{metric}"], r[f"val_{metric}"], run.task)
                 r["test_drop"] = quality_drop(ref[f"test_{metric}"], r[f"test_{metric}"], run.task)
-                if run.task == "classification":
+                r["val_rows"] = len(y["val"])
+                if run.task == "classification" and r["name"] != BASELINE:  # the reference has no doubt of itself
                     r["val_drop_bound"] = drop_upper_bound(ref["_val_correct"], r["_val_correct"])
 
         log("measuring latency and throughput (interleaved)")
