@@ -15,6 +15,7 @@ from trainfer.exporting.fold import InferenceHead, InputAffine, fold_batchnorm, 
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
 from trainfer.exporting.writer import write_bundle
 from trainfer.features import Features, Target
+from trainfer.runtime import default_threads, inference_session
 from trainfer.runtime.bundle import MODEL
 from trainfer.training import Run
 
@@ -66,9 +67,8 @@ def reference_outputs(model: torch.nn.Module, X: np.ndarray, target: Target) -> 
 
 
 def onnx_outputs(onnx_path: Path, X: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    """The graph's outputs on ``X``, from the session a bundle runs it on (same graph optimizations)."""
+    sess = inference_session(onnx_path, default_threads())
     return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
 
 

@@ -29,23 +29,11 @@ from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
 from trainfer.exporting.writer import write_bundle
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
-from trainfer.runtime import MODEL, default_threads
+from trainfer.runtime import MODEL, default_threads, inference_session
 from trainfer.training import Run
 from trainfer.training.metrics import compute_metrics, monitor
 
 THROUGHPUT_BATCH = 64
-
-
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _outputs(sess: Any, X: np.ndarray) -> np.ndarray:
@@ -201,7 +189,7 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
             source, info = bases.quant_source(v.prune)
             path = work / f"{v.name}.onnx"
             QUANTIZERS[v.quant](source, path, work, calib)
-        sess = _session(path, threads)
+        sess = inference_session(path, threads)
         outs = {s: _outputs(sess, X[s]) for s in ("val", "test")}
         metric, _ = monitor(run.task)
         parity = compare(outs["test"], reference_outputs(base["model"], X_test_std, run.features.target), run.task)
@@ -248,7 +236,7 @@ def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, X_std: np.ndarra
 def _thread_sweep(path: Path, x: np.ndarray, timing: dict[str, Any]) -> dict[int, dict[str, Any]]:
     counts = sorted({1, *[2**k for k in range(1, 8) if 2**k <= default_threads()], default_threads()})
     feed = {INPUT_NAME: np.ascontiguousarray(x)}
-    sessions = {str(t): _session(path, t) for t in counts}
+    sessions = {str(t): inference_session(path, t) for t in counts}
     samples = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
                                min_count=timing["min_count"] // 2, min_seconds=timing["min_seconds"] / 2)
     return {int(t): summarize(s) for t, s in samples.items()}
