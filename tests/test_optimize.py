@@ -27,7 +27,14 @@ from trainfer import _timing
 from trainfer.errors import ExportError, TrainferError
 from trainfer.exporting import graph_inputs
 from trainfer.exporting import variants as variants_module
-from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop, smallest_bound
+from trainfer.exporting.select import (
+    BASELINE,
+    choose,
+    drop_upper_bound,
+    qualifies,
+    quality_drop,
+    rmse_increase_upper_bound,
+)
 from trainfer.runtime import default_threads
 
 optimize_module = importlib.import_module("trainfer.exporting.optimize")
@@ -118,8 +125,8 @@ def check_rows(record: dict[str, Any], names: list[str]) -> None:
             quality_drop(base["test_accuracy"], r["test_accuracy"], "classification"))
         budget = record["max_accuracy_drop"]
         assert r["status"] == ("kept" if qualifies(r, budget) else "over_budget"), r
-        if "val_drop_bound" in r:  # the budget is checked against the upper bound, never below the observed drop
-            assert r["val_drop_bound"] >= r["val_drop"] - 1e-9
+        if r.get("val_drop_bound") is not None:  # the budget is checked against the upper bound, never below
+            assert r["val_drop_bound"] >= r["val_drop"] - 1e-9  # the observed drop
     assert [r["name"] for r in record["variants"] if r["chosen"]] == [record["chosen"]]
 
 
@@ -521,7 +528,7 @@ def test_choose_falls_back_to_the_baseline_when_nothing_else_qualifies() -> None
 def test_drop_upper_bound_counts_paired_disagreements() -> None:
     ref = np.array([True] * 90 + [False] * 10)
     # the same predictions on 100 rows: no change seen, but 100 rows cannot rule out one in ~60 (Agresti-Min)
-    assert drop_upper_bound(ref, ref.copy()) == pytest.approx(100 * 1.645 / 102) == smallest_bound(100)
+    assert drop_upper_bound(ref, ref.copy()) == pytest.approx(100 * 1.645 / 102)
     one_worse = ref.copy()
     one_worse[0] = False
     # one sample of 100 lost: observed drop 1 point; cells b = 1.5, c = 0.5 of n + 2 = 102
@@ -543,7 +550,7 @@ def test_choose_refuses_what_a_small_validation_split_cannot_vouch_for() -> None
     n = 51
     ref = np.random.default_rng(0).random(n) < 0.97
     row = {**_row("pruned-25"), "val_drop": 0.0, "val_rows": n, "val_drop_bound": drop_upper_bound(ref, ref.copy())}
-    assert row["val_drop_bound"] == pytest.approx(smallest_bound(n)) and row["val_drop_bound"] > 3.0
+    assert row["val_drop_bound"] == pytest.approx(100 * 1.645 / (n + 2)) and row["val_drop_bound"] > 3.0
     samples = {BASELINE: _samples(100, 3, seed=1), "pruned-25": _samples(90, 3, seed=2)}  # clearly faster
     name, why = choose([_row(BASELINE), row], samples, 0.5)
     assert name == BASELINE
@@ -552,6 +559,33 @@ def test_choose_refuses_what_a_small_validation_split_cannot_vouch_for() -> None
     big = np.random.default_rng(0).random(2000) < 0.97
     row.update(val_rows=2000, val_drop_bound=drop_upper_bound(big, big.copy()))
     assert choose([_row(BASELINE), row], samples, 0.5)[0] == "pruned-25"
+
+
+def test_regression_budget_is_checked_against_an_upper_bound_of_the_rmse_increase() -> None:
+    """Regression had no bound at all: a variant whose rmse looked 0.3% better on 15 validation rows passed
+    a 0.5% budget whatever the noise. The paired bootstrap bound sees the spread; on many rows it tightens."""
+    rng = np.random.default_rng(0)
+
+    def errors(n: int) -> tuple[np.ndarray, np.ndarray]:
+        ref = rng.normal(0, 1, n)
+        var = ref + rng.normal(0, 0.3, n)  # a lossy variant: each row's error moves a little, either way
+        var *= np.sqrt(np.mean(ref**2) / np.mean(var**2)) * 0.997  # observed: 0.3% better on these rows
+        return ref, var
+
+    ref, var = errors(15)
+    observed = (np.sqrt(np.mean(var**2)) / np.sqrt(np.mean(ref**2)) - 1) * 100
+    assert observed == pytest.approx(-0.3)
+    bound = rmse_increase_upper_bound(ref, var)
+    assert bound > 2.0, bound
+    row = {**_row("int8-dynamic"), "val_drop": observed, "val_drop_bound": bound, "val_rows": 15}
+    samples = {BASELINE: _samples(100, 3, seed=1), "int8-dynamic": _samples(60, 3, seed=2)}
+    name, why = choose([_row(BASELINE), row], samples, 0.5)
+    assert name == BASELINE and "on 15 rows" in why and "larger validation split" in why, why
+    ref, var = errors(20_000)
+    assert rmse_increase_upper_bound(ref, var) < 0.5  # enough rows vouch for a variant this close
+    assert rmse_increase_upper_bound(ref, ref.copy()) == 0.0  # the same predictions: nothing lost
+    assert rmse_increase_upper_bound(ref[:9], var[:9]) == float("inf")  # too few rows to judge...
+    assert not qualifies({**row, "val_drop_bound": None}, 100.0)  # ...recorded as null: no budget is met
 
 
 def _rounds(median_us: float, round_sd: float, rounds: int, seed: int, block: int = _timing.BLOCK) -> np.ndarray:

@@ -24,7 +24,14 @@ from trainfer.exporting import (
 )
 from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
-from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
+from trainfer.exporting.select import (
+    BASELINE,
+    choose,
+    drop_upper_bound,
+    qualifies,
+    quality_drop,
+    rmse_increase_upper_bound,
+)
 from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
 from trainfer.exporting.writer import write_bundle
 from trainfer.models import count_parameters
@@ -47,6 +54,12 @@ def _score(out: np.ndarray, y: np.ndarray, run: Run) -> float:
         return float(np.mean(out.argmax(1) == y))
     std = (out.reshape(-1) - t.mean) / t.std  # compute_metrics expects standardized outputs
     return compute_metrics(std, y, t)["rmse"]
+
+
+def _errors(out: np.ndarray, y: np.ndarray, run: Run) -> np.ndarray:
+    """Per-row regression errors in standardized target units (the rmse's units do not matter for its ratio)."""
+    t = run.features.target
+    return (out.reshape(-1).astype(np.float64) - t.mean) / t.std - y.astype(np.float64)
 
 
 class _Bases:
@@ -141,8 +154,11 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
                 r["val_drop"] = quality_drop(ref[f"val_{metric}"], r[f"val_{metric}"], run.task)
                 r["test_drop"] = quality_drop(ref[f"test_{metric}"], r[f"test_{metric}"], run.task)
                 r["val_rows"] = len(y["val"])
-                if run.task == "classification" and r["name"] != BASELINE:  # the reference has no doubt of itself
-                    r["val_drop_bound"] = drop_upper_bound(ref["_val_correct"], r["_val_correct"])
+                if r["name"] == BASELINE:  # the reference has no doubt of itself
+                    continue
+                bound = drop_upper_bound(ref["_val_correct"], r["_val_correct"]) if run.task == "classification" \
+                    else rmse_increase_upper_bound(ref["_val_err"], r["_val_err"])
+                r["val_drop_bound"] = bound if np.isfinite(bound) else None  # None (JSON null): too few rows
 
         log("measuring latency and throughput (interleaved)")
         timing = QUICK if quick else FULL
@@ -198,6 +214,7 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
             "flops_note": "fp32 reference count (int8 ops are not counted)" if v.quant else None,
             f"val_{metric}": _score(outs["val"], y["val"], run), f"test_{metric}": _score(outs["test"], y["test"], run),
             "_val_correct": outs["val"].argmax(1) == y["val"] if run.task == "classification" else None,
+            "_val_err": None if run.task == "classification" else _errors(outs["val"], y["val"], run),
             "lossless": v.lossless, "onnx": {k: x for k, x in info.items() if k != "parity"},
             "parity": {**parity, "reference": "torch fp32" if v.prune is None else f"torch pruned-{int(v.prune*100)}"},
         })
