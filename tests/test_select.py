@@ -90,3 +90,25 @@ def test_choose_treats_the_interleaved_round_as_the_unit_of_timing_noise() -> No
     flat = {BASELINE: np.full(400, 2e-6), "pruned-25": np.full(400, 1e-6)}
     name, why = choose(rows, flat, 0.5)
     assert name == BASELINE and "zero width" in why, why
+
+
+@pytest.mark.slow
+def test_optimize_on_a_small_validation_split_keeps_the_baseline_and_says_why(tmp_path, monkeypatch) -> None:
+    """End to end on iris (150 rows: 22 for validation, one row = 4.5 points): pruned variants may agree
+    with the baseline on every validation row, but 22 rows cannot show a drop under 0.5 points."""
+    import trainfer
+    from trainfer.training import train
+
+    for key, value in {"min_count": 64, "min_seconds": 0.3}.items():
+        monkeypatch.setitem(_timing.QUICK, key, value)
+    run = train(out=tmp_path / "run", data="iris", model="mlp", epochs=20, seed=0, quiet=True)
+    record = trainfer.optimize(run, tmp_path / "bundle", variants=["pruned-25", "pruned-50"], max_accuracy_drop=0.5,
+                               fine_tune_epochs=1)
+    n = len(run.load_split("val")[1])
+    assert n < 40
+    assert record["chosen"] == BASELINE, record["reason"]
+    for r in record["variants"][1:]:
+        assert r["status"] == "over_budget", r
+        assert r["val_rows"] == n and r["val_drop_bound"] >= 100 * 1.645 / (n + 2) - 1e-9 > 0.5
+    if any(r["val_drop"] <= 0.5 for r in record["variants"][1:]):  # looked within budget: the reason says why not
+        assert f"on {n} rows" in record["reason"] and "larger validation split" in record["reason"], record["reason"]
