@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trainfer import _variants
 from trainfer._imports import extra_for_missing, require_extras
 from trainfer.errors import TrainferError
 
@@ -197,7 +198,7 @@ def export(
     _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"]}, as_json, human)
 
 
-@app.command()
+@app.command(epilog="Variants (--variant NAME):\n\n" + _variants.help_text())
 @_verb("optimize", kept=_nothing_at("out", "bundle was"))
 def optimize(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
@@ -207,12 +208,15 @@ def optimize(
         min=0.0)] = 0.5,
     batch_size: Annotated[int, typer.Option(help="Deployment batch size the speed is judged at.", min=1)] = 1,
     variants: Annotated[list[str] | None, typer.Option(
-        "--variant", help="Only these variants (repeatable); onnx-fp32 is always included.")] = None,
+        "--variant", help="Only these variants (repeatable; listed below); onnx-fp32 is always included.")] = None,
     threads: Annotated[int | None, _threads("onnxruntime and torch threads for every measurement")] = None,
     full: Annotated[bool, typer.Option("--full", help="Longer measurements (1,000 calls and 10 s each).")] = False,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after pruning.", min=1)] = 5,
     force: Annotated[bool, _force("bundle")] = False,
     quiet: QuietFlag = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Every column of the table (size, validation accuracy, p90, params, FLOPs); the default "
+                       "fits 100 terminal columns.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Try int8 quantization, structured pruning and both; keep the fastest variant within the budget.
@@ -243,7 +247,7 @@ def optimize(
     from trainfer.reporting.tables import STATUS, optimize_table
 
     console = _console()
-    console.print(optimize_table(record))
+    console.print(optimize_table(record, wide=wide))
     for r in record["variants"]:
         if r.get("reason"):
             console.print(f"{STATUS[r['status']]} {r['name']}: {r['reason']}")
