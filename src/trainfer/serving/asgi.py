@@ -172,38 +172,91 @@ class Guard:
         return None
 
 
-class BodyLimit:
-    """Refuse bodies over the limit with 413: by Content-Length up front, and by counting the bytes of
-    a chunked body as the endpoint reads it (so it sees every body, whatever the endpoint)."""
+LINGER_BYTES = 64 << 20  # the most of a refused body read and discarded so that its client sees the 413
 
-    def __init__(self, app: ASGIApp, max_bytes: int, mb: float) -> None:
+
+class BodyLimit:
+    """Bound every request body: in size (413, by Content-Length up front, and by counting the bytes of a
+    chunked body as the endpoint reads it, so it sees every body, whatever the endpoint) and in time (408
+    when the whole body has not arrived ``timeout_s`` after the headers: a stalled client holds no task,
+    and a SIGTERM drain never waits on it longer).
+
+    A refused body is read and discarded up to ``LINGER_BYTES`` before the connection closes (a lingering
+    close, as nginx does): closing a socket with unread data resets it, and a client still sending, such
+    as urllib, then gets a broken pipe instead of the 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, mb: float, timeout_s: float = 30.0) -> None:
         self.app, self.max_bytes, self.message = app, max_bytes, f"request body over the {mb:g} MB limit"
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length, chunked = None, False
+        length, chunked, expect = None, False, False
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
             elif key == b"transfer-encoding":
                 chunked = True
+            elif key == b"expect":
+                expect = value.lower() == b"100-continue"
+        if length is None and not chunked:
+            return await self.app(scope, receive, send)  # no body (a GET): nothing to bound
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await error(413, self.message)(scope, receive, send)
-        if length is not None and not chunked:  # the HTTP parser reads no more than Content-Length bytes
-            return await self.app(scope, receive, send)
-        seen = 0  # a chunked body (some parsers let chunked win over a Content-Length): count it
+            # A client waiting for "100 Continue" sends nothing more once it has the answer; one that
+            # announced more than we would read gets its answer at once: neither is worth waiting for.
+            linger = not expect and not chunked and length.isdigit() and int(length) <= LINGER_BYTES
+            return await self._refuse(receive, send, deadline if linger else None)
+        seen = 0
+        done = False
 
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def bounded() -> Message:
+            nonlocal seen, done
+            if done:  # the whole body is in: a later receive() waits for a disconnect, unbounded
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise StarletteHTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                             {"Connection": "close"}) from None
             if message["type"] == "http.request":
+                done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
+                # Count even beside a Content-Length: some parsers let chunked win over it.
                 if seen > self.max_bytes:
-                    raise StarletteHTTPException(413, self.message)
+                    if not done:
+                        await _discard(receive, deadline)
+                    raise StarletteHTTPException(413, self.message, {"Connection": "close"})
             return message
 
-        return await self.app(scope, counted, send)
+        return await self.app(scope, bounded, send)
+
+    async def _refuse(self, receive: Receive, send: Send, deadline: float | None) -> None:
+        """413 now, then (with a ``deadline``) read and discard the body before the connection closes."""
+        body = b'{"error":"' + self.message.encode() + b'"}'
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": deadline is not None})
+        if deadline is not None:
+            await _discard(receive, deadline)
+            await send({"type": "http.response.body", "body": b""})  # completes the answer: uvicorn closes
+
+
+async def _discard(receive: Receive, deadline: float) -> None:
+    """Read and drop the rest of a body: until its end, LINGER_BYTES, the deadline or a disconnect."""
+    read = 0
+    try:
+        async with asyncio.timeout_at(deadline):
+            while read <= LINGER_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                read += len(message.get("body", b""))
+    except TimeoutError:
+        return
 
 
 Handler = Callable[[bytes, "str | None"], Awaitable["Answer | JSONResponse"]]
@@ -229,8 +282,8 @@ class FastInfer:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-        except StarletteHTTPException as exc:  # BodyLimit counted past the limit
-            return await error(exc.status_code, str(exc.detail))(scope, receive, send)
+        except StarletteHTTPException as exc:  # BodyLimit: past the size limit or the time limit
+            return await error(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
         header = None
         for key, value in scope["headers"]:
             if key == self.header:
