@@ -183,17 +183,27 @@ def _number_or_missing(v: Any) -> bool:
     return v is None or isinstance(v, float)
 
 
-def _flatten(data: Any, out: list[Any], depth: int = 0) -> bool:
-    """Nested lists -> ``out``, leaves in order; False for a ragged nesting or a non-list ``data``."""
-    if not isinstance(data, list) or depth > 32:
+def _flatten(data: Any, out: list[Any]) -> bool:
+    """A flat or regularly nested list -> ``out``, leaves in order; False for anything else (ragged)."""
+    if not isinstance(data, list):
         return False
-    for v in data:
-        if isinstance(v, list):
-            if not _flatten(v, out, depth + 1):
-                return False
-        else:
-            out.append(v)
-    return True
+    shape = []
+    node: Any = data
+    while isinstance(node, list) and len(shape) < 32:  # the nesting the first elements show
+        shape.append(len(node))
+        node = node[0] if node else None
+    return _leaves(data, shape, out)
+
+
+def _leaves(data: Any, shape: list[int], out: list[Any]) -> bool:
+    if not isinstance(data, list) or len(data) != shape[0]:
+        return False
+    if len(shape) == 1:
+        if any(isinstance(v, list) for v in data):
+            return False
+        out.extend(data)
+        return True
+    return all(_leaves(v, shape[1:], out) for v in data)
 
 
 def _strings(data: Any, name: str) -> np.ndarray:
