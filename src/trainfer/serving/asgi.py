@@ -202,36 +202,64 @@ class BodyLimit:
                 expect = value.lower() == b"100-continue"
         if length is None and not chunked:
             return await self.app(scope, receive, send)  # no body (a GET): nothing to bound
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             # A client waiting for "100 Continue" sends nothing more once it has the answer; one that
             # announced more than we would read gets its answer at once: neither is worth waiting for.
             linger = not expect and not chunked and length.isdigit() and int(length) <= LINGER_BYTES
             return await self._refuse(receive, send, deadline if linger else None)
         seen = 0
-        done = False
+        done = late = waiting = False
+        timer: asyncio.TimerHandle | None = None
+        task = asyncio.current_task()
+
+        def expire() -> None:
+            nonlocal late
+            late = True
+            if waiting and task is not None:  # interrupt the receive() in progress; bounded() turns it into 408
+                task.cancel()
+
+        def too_slow() -> StarletteHTTPException:
+            return StarletteHTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                          {"Connection": "close"})
 
         async def bounded() -> Message:
-            nonlocal seen, done
+            nonlocal seen, done, waiting, timer
             if done:  # the whole body is in: a later receive() waits for a disconnect, unbounded
                 return await receive()
+            if late:
+                raise too_slow()
+            if timer is None:  # one timer per request: asyncio.timeout() around each receive cost ~3 us
+                timer = loop.call_at(deadline, expire)
+            waiting = True
             try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise StarletteHTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
-                                             {"Connection": "close"}) from None
+                message = await receive()
+            except asyncio.CancelledError:
+                if not late or task is None:
+                    raise
+                task.uncancel()
+                raise too_slow() from None
+            finally:
+                waiting = False
             if message["type"] == "http.request":
                 done = not message.get("more_body", False)
+                if done:
+                    timer.cancel()
                 seen += len(message.get("body", b""))
                 # Count even beside a Content-Length: some parsers let chunked win over it.
                 if seen > self.max_bytes:
+                    timer.cancel()
                     if not done:
                         await _discard(receive, deadline)
                     raise StarletteHTTPException(413, self.message, {"Connection": "close"})
             return message
 
-        return await self.app(scope, bounded, send)
+        try:
+            return await self.app(scope, bounded, send)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _refuse(self, receive: Receive, send: Send, deadline: float | None) -> None:
         """413 now, then (with a ``deadline``) read and discard the body before the connection closes."""

@@ -56,6 +56,11 @@ class Schema:
         numeric = [c for c in self.columns if c["type"] == "numeric"]
         self.means = np.asarray([c["mean"] for c in numeric], dtype=np.float64)
         self.stds = np.asarray([c["std"] for c in numeric], dtype=np.float64)
+        # A radius inside every column's range: one dot product (x . x <= r^2) clears a whole request of
+        # floats in the common case, ~1 us on the hot path; anything else gets the exact check.
+        margin = Z_MAX * (1 - 1e-6) * self.stds
+        r = min(float((margin - self.means).min(initial=np.inf)), float((margin + self.means).min(initial=np.inf)))
+        self.safe_r2 = r * r if 0 < r < np.inf else -1.0
         self.numeric_index = {c["name"]: k for k, c in enumerate(numeric)}
         # Tables impute a missing number (NaN) as in training; images have no missing pixels.
         self.imputed = {i["name"] for i in self.inputs if features.kind == "tabular" and i["datatype"] == "FP32"}
@@ -269,8 +274,10 @@ def _rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
         if x.ndim != len(want) + 1 or list(x.shape[1:]) != want:
             raise InputError(f"shape {list(x.shape)} does not match [-1, {', '.join(map(str, want))}]",
                              column="input.shape")
-        if schema.features.kind == "tabular" and x.dtype.kind in "iuf":
-            check_range(x, schema.means, schema.stds, [c["name"] for c in schema.columns])
+        if schema.features.kind == "tabular" and x.dtype.kind in "iuf":  # (BYTES: the features parse the text)
+            flat = x.reshape(-1)  # float32 squares overflow to inf and NaN compares False: both go to the check
+            if not (x.dtype.kind == "f" and float(flat @ flat) <= schema.safe_r2):
+                check_range(x, schema.means, schema.stds, [c["name"] for c in schema.columns])
         return x
     cols = []
     n = None
