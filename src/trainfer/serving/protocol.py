@@ -39,6 +39,7 @@ class Schema:
 
     def __init__(self, features: Any, labels: list[Any], task: str) -> None:
         self.features, self.task, self.labels = features, task, labels
+        self.tabular = features.kind == "tabular"
         cols = getattr(features.inputs, "columns", None)
         self.columns: list[dict[str, Any]] = list(cols or [])
         self.per_column = features.kind == "tabular" and any(c["type"] == "categorical" for c in cols)
@@ -140,7 +141,7 @@ def _tensor(t: dict[str, Any], binary: bytes, offset: int, nan_ok: bool) -> tupl
         arr = flat if dtype == "BYTES" else _typed(flat, dtype, name)
     if dtype != "BYTES" and arr.dtype.kind == "f":
         flat_arr = arr.reshape(-1)
-        if not math.isfinite(flat_arr.sum(dtype=np.float64)):  # one sum: the common all-finite case is one call
+        if not math.isfinite(flat_arr.sum()):  # one sum clears the common case (an overflow gets the full check)
             bad_mask = np.isinf(flat_arr) if nan_ok else ~np.isfinite(flat_arr)
             if bad_mask.any():
                 bad = int(np.flatnonzero(bad_mask)[0])
@@ -274,7 +275,7 @@ def _rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
         if x.ndim != len(want) + 1 or list(x.shape[1:]) != want:
             raise InputError(f"shape {list(x.shape)} does not match [-1, {', '.join(map(str, want))}]",
                              column="input.shape")
-        if schema.features.kind == "tabular" and x.dtype.kind in "iuf":  # (BYTES: the features parse the text)
+        if schema.tabular and x.dtype.kind in "iuf":  # (BYTES: the features parse the text)
             flat = x.reshape(-1)  # float32 squares overflow to inf and NaN compares False: both go to the check
             if not (x.dtype.kind == "f" and float(flat @ flat) <= schema.safe_r2):
                 check_range(x, schema.means, schema.stds, [c["name"] for c in schema.columns])
