@@ -232,3 +232,12 @@ def test_an_idle_kept_alive_connection_is_closed(tight_server: Server) -> None:
         closed, got = _closed_within(sock, 5)
         waited = time.monotonic() - t0
     assert got.startswith(b"HTTP/1.1 200 ") and closed and waited < 3, (got[:200], waited)
+
+
+def test_serve_help_says_where_the_column_order_is(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_main(["serve", "--help"], capsys)
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    assert "parameters.columns" in text and "training order" in text, text
+    for option in ("--header-timeout-s", "--body-timeout-s", "--keep-alive-s"):
+        assert option in text

@@ -352,11 +352,11 @@ def serve(
     /v2/models/NAME/infer (JSON or binary tensors), /predict, /metrics (Prometheus), /docs.
     Requests are batched dynamically; no endpoint loads models or changes the server.
 
-    Inputs: a table of numbers takes one FP32 tensor "input" [rows, columns] with the columns in
-    training order (GET /v2/models/NAME lists them under parameters.columns); a table with strings
-    takes one tensor per column; images take UINT8 "input" [n, h, w, 3]. A missing number (NaN,
-    null or "NaN") is imputed as in training; an infinity is refused. Limits and timeouts must be
-    above 0.
+    Inputs: a table of numbers takes one FP32 tensor "input" of rows x columns, the columns in training
+    order (GET /v2/models/NAME lists them under parameters.columns; /predict takes them by name);
+    a table with strings takes one tensor per column; images take UINT8 "input" of n x h x w x 3.
+    A missing number (NaN, null or "NaN") is imputed as in training; an infinity is refused.
+    Every limit and timeout must be above 0; a busy --port is an error before start-up.
 
     Example: trainfer serve bundles/digits --port 8000
     """
