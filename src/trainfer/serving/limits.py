@@ -67,24 +67,31 @@ def check_limits(**values: float | int | None) -> None:
 def check_port(host: str, port: int) -> None:
     """Bind ``host:port`` once and let go, so a busy or forbidden port is one clear error before start-up.
 
-    uvicorn binds with SO_REUSEADDR too, so a port held only by connections in TIME_WAIT is free for both."""
+    Every address ``host`` resolves to, as asyncio's create_server (uvicorn's) binds them, with
+    SO_REUSEADDR as it does: a port held only by connections in TIME_WAIT is free for both."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ConfigError(f"cannot listen on host {host!r}: {exc.strerror}",
                           hint="use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is already in use by another process",
-                                  hint=f"choose another with --port (e.g. --port {port + 1 if port < 65535 else 8000}),"
-                                       " or stop the process that holds it") from None
-            if exc.errno == errno.EACCES:
-                raise ConfigError(f"no permission to listen on port {port}",
-                                  hint="ports below 1024 need privileges: choose --port 1024 or above") from None
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                              hint="check --host (an address of this machine) and --port") from None
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise _bind_error(exc, host, port) from None
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        other = port + 1 if port < 65535 else 8000
+        return ConfigError(f"port {port} on {host} is already in use by another process",
+                           hint=f"choose another with --port (e.g. --port {other}), or stop the process that holds it")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"no permission to listen on port {port}",
+                           hint="ports below 1024 need privileges: choose --port 1024 or above")
+    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                       hint="check --host (an address of this machine) and --port")
