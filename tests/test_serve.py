@@ -740,6 +740,29 @@ def test_body_limit(guarded_server: Server) -> None:
         assert c.get("/v2/health/ready").status_code == 200
 
 
+@pytest.mark.parametrize("auth, status", [(False, 401), (True, 413)], ids=["no-key", "over-the-limit"])
+def test_an_early_answer_reaches_a_client_still_sending(guarded_server: Server, auth: bool, status: int) -> None:
+    # Answered from the headers alone, then the body is read and dropped: closing with the body unread
+    # would reset the connection, and a client still sending (here: after the answer) would never see it.
+    import http.client
+
+    body = b"z" * (1 << 20)
+    conn = http.client.HTTPConnection("127.0.0.1", guarded_server.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/v2/models/digits/infer")
+        for key, value in {"Content-Length": str(len(body)), "Connection": "close",
+                           **({"Authorization": f"Bearer {KEYS[0]}"} if auth else {})}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        time.sleep(0.3)  # the answer is out before the body
+        for i in range(0, len(body), 1 << 16):
+            conn.send(body[i:i + (1 << 16)])
+        response = conn.getresponse()
+        assert response.status == status and set(json.loads(response.read())) == {"error"}
+    finally:
+        conn.close()
+
+
 def test_body_limit_applies_to_chunked_predict(guarded_server: Server) -> None:
     auth = {"Authorization": f"Bearer {KEYS[0]}", "Content-Type": "application/json"}
     rows = json.dumps({"rows": [{f"pixel_{i // 8}_{i % 8}": 0.125 for i in range(64)}] * 3}).encode()

@@ -319,7 +319,8 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
     inner = FastInfer(app, f"/v2/models/{config.name}/infer", infer_response, HEADER)
     body_limit = BodyLimit(inner, int(config.max_body_mb * 1024 * 1024), config.max_body_mb, config.body_timeout_s)
     # Outermost: a refused request costs no body reading and no routing.
-    return Guard(body_limit, [k.encode() for k in config.api_keys], metrics.request, depth, config.max_queue, access)
+    return Guard(body_limit, [k.encode() for k in config.api_keys], metrics.request, depth, config.max_queue, access,
+                 config.body_timeout_s)
 
 
 _HEADER_KEY = HEADER.lower().encode()

@@ -118,9 +118,10 @@ class Guard:
     """API keys, load shedding, request metrics and the access log for every HTTP request."""
 
     def __init__(self, app: ASGIApp, keys: list[bytes], observe: Callable[[str, int, float], None],
-                 depth: Callable[[], int | None], max_queue: int, access: AccessLog | None) -> None:
+                 depth: Callable[[], int | None], max_queue: int, access: AccessLog | None,
+                 linger_s: float = 30.0) -> None:
         self.app, self.keys, self.observe, self.depth, self.max_queue = app, keys, observe, depth, max_queue
-        self.access = access
+        self.access, self.linger_s = access, linger_s
         self._endpoints: dict[str, str] = {}  # path -> label, for the first paths seen (bounded: paths are not)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -137,7 +138,10 @@ class Guard:
 
         refusal = self._refusal(scope)
         try:
-            await (self.app if refusal is None else refusal)(scope, receive, send_status)
+            if refusal is None:
+                await self.app(scope, receive, send_status)
+            else:  # answered before its body is read: a client still sending it must see the answer too
+                await answer_early(refusal, scope, receive, send_status, self.linger_s)
         finally:  # also for a request whose client went away
             seconds = time.perf_counter() - t0
             if scope.get("trainfer.disconnected"):
@@ -196,23 +200,13 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length, chunked, expect = None, False, False
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = value
-            elif key == b"transfer-encoding":
-                chunked = True
-            elif key == b"expect":
-                expect = value.lower() == b"100-continue"
+        length, chunked, _ = body_headers(scope)
         if length is None and not chunked:
             return await self.app(scope, receive, send)  # no body (a GET): nothing to bound
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            # A client waiting for "100 Continue" sends nothing more once it has the answer; one that
-            # announced more than we would read gets its answer at once: neither is worth waiting for.
-            linger = not expect and not chunked and length.isdigit() and int(length) <= LINGER_BYTES
-            return await self._refuse(receive, send, deadline if linger else None)
+            return await answer_early(error(413, self.message), scope, receive, send, self.timeout_s)
         seen = 0
         done = False
 
@@ -269,16 +263,35 @@ class BodyLimit:
         return StarletteHTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
                                       {"Connection": "close"})
 
-    async def _refuse(self, receive: Receive, send: Send, deadline: float | None) -> None:
-        """413 now, then (with a ``deadline``) read and discard the body before the connection closes."""
-        body = b'{"error":"' + self.message.encode() + b'"}'
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body, "more_body": deadline is not None})
-        if deadline is not None:
-            await _discard(receive, deadline)
-            await send({"type": "http.response.body", "body": b""})  # completes the answer: uvicorn closes
+def body_headers(scope: Scope) -> tuple[bytes | None, bool, bool]:
+    """(Content-Length, chunked, waits for "100 Continue") of a request."""
+    length, chunked, expect = None, False, False
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = value
+        elif key == b"transfer-encoding":
+            chunked = True
+        elif key == b"expect":
+            expect = value.lower() == b"100-continue"
+    return length, chunked, expect
+
+
+async def answer_early(response: JSONResponse, scope: Scope, receive: Receive, send: Send, linger_s: float) -> None:
+    """Send ``response`` to a request whose body is still unread, then read and drop that body (up to
+    LINGER_BYTES and ``linger_s``) before the connection closes: a lingering close, as nginx does.
+    Closing a socket with unread data resets it, and a client still sending (urllib, curl) then gets a
+    broken pipe instead of the answer. A client waiting for "100 Continue" sends nothing more once it
+    has the answer, and one that announced more than we would read gets the answer at once."""
+    length, chunked, expect = body_headers(scope)
+    if expect or (length is None and not chunked) or (
+            not chunked and (length is None or not length.isdigit() or int(length) > LINGER_BYTES)):
+        return await response(scope, receive, send)
+    deadline = asyncio.get_running_loop().time() + linger_s
+    headers = [(k, v) for k, v in response.raw_headers if k != b"connection"] + [(b"connection", b"close")]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": True})
+    await _discard(receive, deadline)
+    await send({"type": "http.response.body", "body": b""})  # completes the answer: then the connection closes
 
 
 async def _discard(receive: Receive, deadline: float) -> None:
