@@ -241,3 +241,39 @@ def test_serve_help_says_where_the_column_order_is(capsys: pytest.CaptureFixture
     assert "parameters.columns" in text and "training order" in text, text
     for option in ("--header-timeout-s", "--body-timeout-s", "--keep-alive-s"):
         assert option in text
+
+
+def test_sigterm_with_a_client_that_never_reads_its_answer_exits_0_within_the_bound(digits_bundle: Path,
+                                                                                     tmp_path: Path) -> None:
+    # ~12 MB of JSON probabilities for 100k rows, to a client whose receive buffer is tiny and which
+    # never reads: the server's writes stall once the socket buffers are full.
+    args = ["--name", "digits", "--body-timeout-s", str(BODY_TIMEOUT_S), "--max-body-mb", "64",
+            "--timeout-ms", "30000", "--no-access-log"]
+    rows = 100_000
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 64],
+                                   "parameters": {"binary_data_size": rows * 64 * 4}}]}).encode()
+    body = head + bytes(rows * 64 * 4)
+    server = Server(digits_bundle, args, tmp_path).start()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                         f"Inference-Header-Content-Length: {len(head)}\r\n\r\n".encode() + body)
+            deadline = time.monotonic() + 20
+            while "trainfer_batch_size_count 1.0" not in httpx.get(f"{server.url}/metrics", timeout=5).text:
+                assert time.monotonic() < deadline, "the big request never reached the model"
+                time.sleep(0.05)
+            time.sleep(0.5)  # the answer is being written, and stalls
+            t0 = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            code = server.proc.wait(BODY_TIMEOUT_S + 20)  # type: ignore[union-attr]
+            took = time.monotonic() - t0
+    finally:
+        server.stop()
+    log = server.log()
+    print(f"SIGTERM with a client not reading a 12 MB answer: exit {code} after {took:.1f} s")
+    assert code == 0, log[-2000:]
+    assert took < BODY_TIMEOUT_S + 2, f"the drain waited {took:.1f} s on a client that does not read\n{log[-2000:]}"
+    assert "Traceback" not in log, log[-3000:]

@@ -340,7 +340,8 @@ def serve(
         help="A request's headers must arrive within this long of the connection opening (or of the "
              "previous answer); else the connection is closed.")] = 10.0,
     body_timeout_s: Annotated[float, typer.Option(
-        help="A request's whole body must arrive within this long of its headers; else 408.")] = 30.0,
+        help="A request's whole body must arrive within this long of its headers (else 408), and a client "
+             "may stop reading a large answer for at most this long (else the connection is dropped).")] = 30.0,
     keep_alive_s: Annotated[float, typer.Option(help="An idle kept-alive connection is closed after this long.")] = 5.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help=(
         "One line per request on stdout: time, client, request line, status, milliseconds "

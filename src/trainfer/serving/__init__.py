@@ -39,6 +39,7 @@ def _factory() -> Any:  # uvicorn --factory entry point for multi-process servin
     spec = json.loads(os.environ[_ENV])
     cfg = ServeConfig(**{**spec["config"], "api_keys": tuple(spec["config"]["api_keys"])})
     HeaderTimeoutProtocol.header_timeout_s = cfg.header_timeout_s
+    HeaderTimeoutProtocol.write_timeout_s = cfg.body_timeout_s
     app = build_app(spec["bundle"], cfg, spec["threads"])
     _freeze_heap()
     return app
@@ -70,6 +71,7 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; exit 0 for a clean stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     HeaderTimeoutProtocol.header_timeout_s = config.header_timeout_s
+    HeaderTimeoutProtocol.write_timeout_s = config.body_timeout_s  # a client's pause in reading an answer
     # The drain waits for what is in flight; each stage of a request has its own bound (body, queue,
     # model), so the drain's own limit only has to cover their sum.
     drain_s = math.ceil(config.body_timeout_s + config.timeout_ms / 1e3) + 30
