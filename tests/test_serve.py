@@ -444,7 +444,8 @@ checks.positive_data_acceptance.enabled = false
 """
 
 
-@pytest.mark.parametrize("server, name", [("digits_server", "digits"), ("csv_server", "animals")])
+@pytest.mark.parametrize("server, name", [("digits_server", "digits"), ("csv_server", "animals"),
+                                          ("cnn_server", "shapes")])
 def test_schemathesis_all_checks_pass(server: str, name: str, request: pytest.FixtureRequest,
                                       tmp_path: Path) -> None:
     import subprocess

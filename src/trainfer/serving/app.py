@@ -25,7 +25,8 @@ from trainfer.serving.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInf
 from trainfer.serving.batching import Batcher, Expired, QueueFull
 from trainfer.serving.limits import check_limits
 from trainfer.serving.openapi import document
-from trainfer.serving.protocol import HEADER, Schema, encode_infer, load_json, outputs, parse_infer, predict_rows
+from trainfer.serving.protocol import HEADER, Schema, encode_infer, load_json, outputs, parse_infer
+from trainfer.serving.rows import predict_images, predict_rows
 
 log = logging.getLogger("trainfer.serving")
 
@@ -274,12 +275,10 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
         try:
             rows: Any = predict_rows(_predict_json(await request.body(), request.headers.get("content-type")), schema)
             if predictor.features.kind == "image":
-                rows = np.asarray([r.get("image") for r in rows], dtype=np.float64)
+                rows = predict_images(rows, predictor.features.inputs.size)
             out = await _predict_rows(rows)
         except InputError as exc:
             return error(400, exc.message)
-        except (ValueError, TypeError):
-            return error(400, "each row needs an 'image' field holding a height x width x 3 array of 0..255")
         except QueueFull:
             return busy()
         except Expired:

@@ -175,7 +175,7 @@ def _numbers(data: Any, name: str) -> np.ndarray:
     except (TypeError, ValueError, OverflowError):
         pass
     flat: list[Any] = []
-    if not _flatten(data, flat) or not all(_number_or_missing(v) for v in flat):
+    if not flatten(data, flat) or not all(_number_or_missing(v) for v in flat):
         raise InputError("'data' must be numbers (a flat or nested list; null or \"NaN\" for a missing one)",
                          column=f"{name}.data")
     return np.asarray([math.nan if v is None or isinstance(v, str) else v for v in flat], dtype=np.float64)
@@ -189,7 +189,7 @@ def _number_or_missing(v: Any) -> bool:
     return v is None or isinstance(v, float)
 
 
-def _flatten(data: Any, out: list[Any]) -> bool:
+def flatten(data: Any, out: list[Any]) -> bool:
     """A flat or regularly nested list -> ``out``, leaves in order; False for anything else (ragged)."""
     if not isinstance(data, list):
         return False
@@ -216,16 +216,16 @@ def _strings(data: Any, name: str) -> np.ndarray:
     """BYTES elements in JSON: strings (a number is read as its text, null is missing); a list or
     an object inside a value would only ever be an unknown category."""
     flat: list[Any] = []
-    if not _flatten(data, flat):
+    if not flatten(data, flat):
         raise InputError("'data' must be a flat or nested list of strings", column=f"{name}.data")
     for i, v in enumerate(flat):
         if not (v is None or isinstance(v, str) or (isinstance(v, int | float) and not isinstance(v, bool))):
-            raise InputError(f"element {i} is {_json_type(v)}; BYTES elements are strings (null if missing)",
+            raise InputError(f"element {i} is {json_type(v)}; BYTES elements are strings (null if missing)",
                              column=name)
     return np.asarray(flat, dtype=object)
 
 
-def _json_type(v: Any) -> str:
+def json_type(v: Any) -> str:
     return {bool: "a boolean", list: "a list", dict: "an object", str: "a string", type(None): "null"}.get(
         type(v), "a number")
 
@@ -304,14 +304,14 @@ def check_range(x: np.ndarray, means: np.ndarray, stds: np.ndarray, names: list[
     far = np.abs((x - means) / stds) > Z_MAX  # float64, as /predict computes it for one value; NaN is False
     if far.any():
         row, col = (int(i) for i in np.argwhere(far)[0])
-        raise InputError(_far(means[col], stds[col]), row=row, column=names[col])
+        raise InputError(far_message(means[col], stds[col]), row=row, column=names[col])
 
 
 def in_range(v: float, mean: float, std: float) -> bool:
     return not abs((v - mean) / std) > Z_MAX  # written so that NaN (missing) is in range
 
 
-def _far(mean: float, std: float) -> str:
+def far_message(mean: float, std: float) -> str:
     return (f"value is more than {Z_MAX:g} standard deviations from the training mean (allowed: "
             f"{mean - Z_MAX * std:.6g} to {mean + Z_MAX * std:.6g}); check the units")
 
@@ -359,41 +359,3 @@ def _encode_bytes(arr: np.ndarray) -> bytes:
         b = str(v).encode()
         parts.append(struct.pack("<I", len(b)) + b)
     return b"".join(parts)
-
-
-def predict_rows(req: Any, schema: Schema) -> list[dict[str, Any]]:
-    """The rows of a ``/predict`` body ``{"rows": [{"feature": value, ...}, ...]}``, each value checked
-    against its column: a number (or null, NaN or "NaN" if missing) for a numeric column; a string, a
-    number or null for a categorical one (true/false only where training saw booleans). A list, an
-    object or a boolean elsewhere is never a feature value: InputError naming the row and column."""
-    if not isinstance(req, dict) or "rows" not in req:
-        raise InputError('the body must be a JSON object {"rows": [{"feature": value, ...}, ...]}', column="rows")
-    rows = req["rows"]
-    if not isinstance(rows, list) or not rows:
-        raise InputError("must be a non-empty list of objects, one per row", column="rows")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise InputError(f"expected an object of named features, got {_json_type(row)}", row=i)
-    for spec in schema.columns:
-        name, numeric = spec["name"], spec["type"] == "numeric"
-        bools = not numeric and any(c in ("True", "False") for c in spec["categories"])
-        for i, row in enumerate(rows):
-            v = row.get(name)  # an absent column is the features' error, which names every one
-            if numeric and (isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool))):
-                k = schema.numeric_index[name]
-                if abs(v) <= sys.float_info.max and not in_range(float(v), schema.means[k], schema.stds[k]):
-                    raise InputError(_far(schema.means[k], schema.stds[k]), row=i, column=name)
-            if v is None or isinstance(v, float) or (isinstance(v, bool) and bools):
-                continue
-            if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= sys.float_info.max:
-                continue
-            if isinstance(v, str) and (not numeric or v in _NAN):
-                continue
-            got = (repr(v) if isinstance(v, str) and len(v) <= 40 else "an integer beyond float64"
-                   if isinstance(v, int) and not isinstance(v, bool) else _json_type(v))
-            want = "a number (null if missing)" if numeric else "a string (null if missing)"
-            raise InputError(f"expected {want}, got {got}", row=i, column=name)
-    return rows
-
-
-_NAN = ("NaN", "nan")
