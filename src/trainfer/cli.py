@@ -420,18 +420,25 @@ def serve(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     name: Annotated[str | None, typer.Option(help="Model name in the URLs (default: bundle folder name).")] = None,
     host: Annotated[str, typer.Option(help="Interface; loopback by default, 0.0.0.0 exposes it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).", min=1)] = 1,
+    port: Annotated[int, typer.Option(help="TCP port (1-65535); checked free before start-up.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).")] = 1,
     threads: Annotated[int | None, _threads("onnxruntime threads per process")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.", min=1)] = 32,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.")] = 32,
     max_delay_ms: Annotated[float, typer.Option(
         help="Extra wait for more requests before a batch runs; 0 runs as soon as the model is free, "
-             "batching the requests that arrived meanwhile.", min=0)] = 0.0,
-    max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.", min=1)] = 256,
-    timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.", min=1)] = 1000.0,
+             "batching the requests that arrived meanwhile.")] = 0.0,
+    max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.")] = 256,
+    timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.")] = 1000.0,
     api_key_file: Annotated[Path | None, typer.Option(help="File with one API key per line: clients send "
                                                          "'Authorization: Bearer KEY'.")] = None,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.", min=0)] = 8.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = 8.0,
+    header_timeout_s: Annotated[float, typer.Option(
+        help="A request's headers must arrive within this long of the connection opening (or of the "
+             "previous answer); else the connection is closed.")] = 10.0,
+    body_timeout_s: Annotated[float, typer.Option(
+        help="A request's whole body must arrive within this long of its headers (else 408), and a client "
+             "may stop reading a large answer for at most this long (else the connection is dropped).")] = 30.0,
+    keep_alive_s: Annotated[float, typer.Option(help="An idle kept-alive connection is closed after this long.")] = 5.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help=(
         "One line per request on stdout: time, client, request line, status, milliseconds "
         "(written in bulk every 0.2 s)."))] = True,
@@ -442,6 +449,12 @@ def serve(
     /v2/models/NAME/infer (JSON or binary tensors), /predict, /metrics (Prometheus), /docs.
     Requests are batched dynamically; no endpoint loads models or changes the server.
 
+    Inputs: a table of numbers takes one FP32 tensor "input" of rows x columns, the columns in training
+    order (GET /v2/models/NAME lists them under parameters.columns; /predict takes them by name);
+    a table with strings takes one tensor per column; images take UINT8 "input" of n x h x w x 3.
+    A missing number (NaN, null or "NaN") is imputed as in training; an infinity is refused.
+    Every limit and timeout must be above 0; a busy --port is an error before start-up.
+
     Example: trainfer serve bundles/digits --port 8000
     """
     from trainfer.runtime import load
@@ -450,7 +463,8 @@ def serve(
     load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
     serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,
              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms,
-             max_body_mb=max_body_mb, access_log=access_log)
+             max_body_mb=max_body_mb, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+             keep_alive_s=keep_alive_s, access_log=access_log)
 
 
 def main(argv: list[str] | None = None) -> None:
