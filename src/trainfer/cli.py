@@ -42,7 +42,8 @@ def _force(what: str) -> Any:
 
 
 def _threads(what: str) -> Any:
-    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1)
+    # metavar: typer's "<int range>" widened the metavar column and cut long option names at 80 columns
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1, metavar="<int>")
 
 
 def _spinner(message: str, show: bool) -> Any:
