@@ -23,7 +23,14 @@ from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
-from trainfer.training.checkpoint import best_weights, load_checkpoint, restore, save_checkpoint, save_tensors
+from trainfer.training.checkpoint import (
+    CheckpointWriter,
+    best_weights,
+    load_checkpoint,
+    restore,
+    save_tensors,
+    snapshot,
+)
 from trainfer.training.metrics import compute_metrics, monitor
 from trainfer.training.optim import SGD, AdamW, set_deterministic
 from trainfer.training.progress import Progress
@@ -138,9 +145,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
     progress = Progress(cfg.epochs, steps_per_epoch, enabled=not quiet)
+    writer = CheckpointWriter(ckpt_dir)
     t_loop = time.perf_counter()
     try:
-        with progress:
+        with progress, writer:  # the writer's exit waits for the last checkpoint, on errors and Ctrl-C too
             progress.advance_to(state["epoch"])
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
@@ -205,9 +213,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 state["cpu_s"] += meter.cpu_s
                 state["energy_j"] += meter.joules
                 state["energy_method"] = meter.method
-                save_checkpoint(ckpt_dir, epoch, model, opt, state, improved)
-                # Rewritten whole from the checkpointed history, so it never holds an epoch twice.
-                write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+                # Rewritten whole from the checkpointed history (after state.json), so it never holds an
+                # epoch twice; written while the next epoch trains.
+                metrics = "".join(json.dumps(r) + "\n" for r in state["history"])
+                writer.save(snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics}))
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
     except RunError:
         if fresh_dir and not (ckpt_dir / "state.json").is_file():
