@@ -192,7 +192,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 if not np.isfinite(val["loss"]):
                     # Every step's loss was finite, so the last step's update broke the weights.
                     raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
-                                    f"the weights became non-finite (validation loss {val['loss']})")
+                                    f"the validation loss became {val['loss']} after the update")
                 record = {"epoch": epoch, "train_loss": float(losses.double() @ step_sizes) / seen}
                 if task == "classification":
                     hits = torch.cat(step_preds) == y_train[perm[:seen]]
