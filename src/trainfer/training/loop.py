@@ -187,8 +187,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     raise _diverged(cfg, epoch, bad, steps_per_epoch, f"the loss became {float(losses[bad])}")
                 train_s = time.perf_counter() - t0
 
-                val = compute_metrics(predict_outputs(model, data.X["val"], device, cfg.eval_batch_size,
-                                                      cfg.precision), data.y["val"], features.target)
+                with np.errstate(invalid="ignore", over="ignore"):  # NaN outputs: checked just below
+                    val = compute_metrics(predict_outputs(model, data.X["val"], device, cfg.eval_batch_size,
+                                                          cfg.precision), data.y["val"], features.target)
                 if not np.isfinite(val["loss"]):
                     # Every step's loss was finite, so the last step's update broke the weights.
                     raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
