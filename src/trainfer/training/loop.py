@@ -123,7 +123,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
                              "elapsed_s": 0.0, "cpu_s": 0.0, "energy_j": 0.0, "energy_method": None}
     ckpt = load_checkpoint(ckpt_dir) if resume else None
-    fresh_dir = not out.exists()  # removed again when the run diverges before its first checkpoint
+    # Held nothing before this call: removed again if the run diverges before its first checkpoint.
+    fresh_dir = ckpt is None and (not out.exists() or not any(out.iterdir()))
     if ckpt is not None:
         state, tensors = ckpt
         restore(model, opt, state, tensors)
