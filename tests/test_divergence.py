@@ -86,6 +86,12 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: P
     assert done.summary["epochs_run"] == 4
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]
     assert all(torch.isfinite(p).all() for p in done.model.parameters())
+    # The model is the best epoch's checkpointed weights (taken from memory while the last checkpoint is written).
+    from trainfer.training.checkpoint import best_weights
+
+    on_disk = best_weights(run / "checkpoints", _state(run))
+    saved = load_file(str(run / "model.safetensors"))
+    assert sorted(saved) == sorted(on_disk) and all(torch.equal(saved[k], on_disk[k]) for k in saved)
 
 
 # The default model on iris diverges in the last step's update (NaN validation loss), the tiny one in a step's loss.

@@ -147,9 +147,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     threads = torch.get_num_threads()
     progress = Progress(cfg.epochs, steps_per_epoch, enabled=not quiet)
     writer = CheckpointWriter(ckpt_dir)
+    best_model: dict[str, torch.Tensor] | None = None  # the best epoch's weights this call, as checkpointed
     t_loop = time.perf_counter()
     try:
-        with progress, writer:  # the writer's exit waits for the last checkpoint, on errors and Ctrl-C too
+        with progress:
             progress.advance_to(state["epoch"])
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
@@ -218,10 +219,14 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 # Rewritten whole from the checkpointed history (after state.json), so it never holds an
                 # epoch twice; written while the next epoch trains.
                 metrics = "".join(json.dumps(r) + "\n" for r in state["history"])
-                writer.save(snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics}))
+                snap = snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics})
+                if improved:
+                    best_model = {k[len("model."):]: v for k, v in snap["tensors"].items() if k.startswith("model.")}
+                writer.save(snap)
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
-    except RunError:
-        if fresh_dir and not (ckpt_dir / "state.json").is_file():
+    except BaseException as exc:
+        writer.close()  # the last checkpoint is whole before an error or Ctrl-C goes up
+        if isinstance(exc, RunError) and fresh_dir and not (ckpt_dir / "state.json").is_file():
             shutil.rmtree(out, ignore_errors=True)  # diverged before any good epoch: nothing worth keeping
         raise
     finally:
@@ -230,15 +235,21 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         torch.set_num_threads(prev_threads)  # API callers get their process settings back
     t_loop = time.perf_counter() - t_loop
 
-    # -- finish: the best epoch's weights become the model; summary.json last marks the run complete
-    best = best_weights(ckpt_dir, state)
-    model.load_state_dict(best)
-    save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
-    summary = _summary(model, data, device, cfg, state, n_params, threads,
-                       {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
-                        "train_cpu_s": state["cpu_s"],
-                        "total_s": time.perf_counter() - t_start})
-    write_json(out / "summary.json", summary)
+    # -- finish: the best epoch's weights become the model; summary.json last marks the run complete.
+    # The last checkpoint is still being written meanwhile; the best weights come from memory unless the
+    # best epoch was checkpointed before a resume.
+    try:
+        best = best_model if best_model is not None else best_weights(ckpt_dir, state)
+        model.load_state_dict(best)
+        save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
+        summary = _summary(model, data, device, cfg, state, n_params, threads,
+                           {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
+                            "train_cpu_s": state["cpu_s"],
+                            "total_s": time.perf_counter() - t_start})
+        writer.wait()  # every checkpoint is on disk before the run is marked complete
+        write_json(out / "summary.json", summary)
+    finally:
+        writer.close()
     return summary
 
 
