@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   the whole path on a built-in dataset (digits): train, optimize, bench, report
 #   make test   run the test suite
-# Both create .venv and install the project when missing.
+# Both create .venv and install the project when missing; `make test` also installs Chromium (Debian's
+# package) for the report tests when it is missing and this user may install packages, else says how.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -22,7 +23,9 @@ demo: $(BIN)/.installed
 	rm -rf runs/demo-digits
 	$(BIN)/trainfer run examples/digits.yaml --out runs/demo-digits
 
+# The set-up step of `make test`: the Python packages, and the browser the report tests render in.
 test: $(BIN)/.installed
+	scripts/ensure-chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
 

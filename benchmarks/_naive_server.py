@@ -24,17 +24,12 @@ NUMPY = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "INT64": np.
 
 
 def create_app(bundle: Path, name: str, threads: int) -> Any:
-    import onnxruntime as ort
-
     import trainfer
+    from trainfer.runtime import inference_session
 
     predictor = trainfer.load(bundle, threads=threads)  # for its preprocessing only (numpy)
     prepare, labels = predictor.prepare, np.asarray(predictor.labels)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    session = inference_session(bundle / "model.onnx", threads)  # the same session settings as the bundle's
     input_name = session.get_inputs()[0].name
     app = FastAPI()
 

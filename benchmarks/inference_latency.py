@@ -4,7 +4,7 @@ For the digits MLP and the image CNN, the same run is timed three ways, interlea
 
   bundle            trainfer.load(bundle).predict_proba(raw)  (numpy preprocessing + onnxruntime)
   torch_eager       run.model(x) + softmax under torch.inference_mode(), fp32, eval mode
-  onnxruntime_bare  onnxruntime.InferenceSession(bundle/model.onnx).run(None, {"input": x})
+  onnxruntime_bare  inference_session(bundle/model.onnx, threads).run(None, {"input": x}): the bundle's session
 
 plus a diagnostic, bundle_preprocess: predictor.prepare(raw) alone. ``raw`` is one test
 sample as the user passes it ((1, 64) float64 for digits, (1, 32, 32, 3) uint8 for the CNN); ``x`` is
@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ensure_bundle, environment, first_raw_row, measure_interleaved, summarize_ns, train_and_export
+from _common import (
+    ensure_bundle,
+    environment,
+    first_raw_row,
+    interleave,
+    paired_ratio,
+    summarize,
+    train_and_export,
+)
 
 GOAL_SPEEDUP = {"digits_mlp": 3.0, "cnn": 2.0}
 GOAL_OVERHEAD_PCT = 25.0
@@ -40,10 +48,10 @@ WARMUP_CALLS = 50  # per variant, before measuring (MEASURE.md: at least 10)
 def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[str, Callable[[], Any]],
                                                                            dict[str, Any]]:
     """The timed callables for one model, and load times, first-call times and input shapes."""
-    import onnxruntime as ort
     import torch
 
     import trainfer
+    from trainfer.runtime import inference_session
     from trainfer.training import Run
 
     t0 = time.perf_counter()
@@ -51,10 +59,8 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
     t1 = time.perf_counter()
     predictor = trainfer.load(bundle_dir, threads=threads)
     t2 = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(bundle_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    # The bundle's own session settings: the overhead measured is the bundle's Python work, nothing else.
+    session = inference_session(bundle_dir / "model.onnx", threads)
     t3 = time.perf_counter()
 
     raw = first_raw_row(run)
@@ -89,15 +95,8 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
     return fns, info
 
 
-def paired_ratio(a: list[int], b: list[int], block: int) -> float:
-    """Median over rounds of (a's block median / b's block median): pairs ran back to back."""
-    n = min(len(a), len(b)) // block
-    return float(np.median([np.median(a[i * block:(i + 1) * block]) / np.median(b[i * block:(i + 1) * block])
-                            for i in range(n)]))
-
-
-def report(name: str, samples: dict[str, list[int]], info: dict[str, Any], block: int) -> dict[str, Any]:
-    stats = {k: {**summarize_ns(v), "first_call_ms": info["first_call_ms"][k],
+def report(name: str, samples: dict[str, np.ndarray], info: dict[str, Any], block: int) -> dict[str, Any]:
+    stats = {k: {**summarize(v), "first_call_ms": info["first_call_ms"][k],
                  **({"load_s": info["load_s"][k]} if k in info["load_s"] else {})} for k, v in samples.items()}
     b, t, o = stats["bundle"], stats["torch_eager"], stats["onnxruntime_bare"]
     res: dict[str, Any] = {**stats, "input": info["input"]}
@@ -123,9 +122,9 @@ def print_table(name: str, res: dict[str, Any], rounds: int, window: float) -> N
           f"{'first ms':>10}")
     for key in ("bundle", "torch_eager", "onnxruntime_bare", "bundle_preprocess"):
         s = res[key]
-        us = [f"{1e3 * s[f'latency_ms_{q}']:10.1f}" if f"latency_ms_{q}" in s else f"{'-':>10}"
+        us = [f"{1e3 * s[f'latency_ms_{q}']:10.1f}" if s.get(f"latency_ms_{q}") is not None else f"{'-':>10}"
               for q in ("p50", "p90", "p99", "mean")]
-        print(f"  {key:<18}{s['n_samples']:>8}{''.join(us)}{s['cv']:7.2f}{s['first_call_ms']:10.2f}")
+        print(f"  {key:<18}{s['samples']:>8}{''.join(us)}{s['cv']:7.2f}{s['first_call_ms']:10.2f}")
     print(f"  speedup vs torch: p50 {res['speedup_vs_torch_p50']:.2f}x, p90 {res['speedup_vs_torch_p90']:.2f}x "
           f"(paired {res['speedup_vs_torch_p50_paired']:.2f}x; goal >= {res['goal_speedup']:.0f}x) "
           f"{'PASS' if res['pass_speedup'] else 'FAIL'}")
@@ -167,10 +166,10 @@ def main() -> None:
             torch.set_num_interop_threads(1)
         for name, (run_dir, bundle_dir) in paths.items():
             fns, info = build_variants(run_dir, bundle_dir, args.threads)
-            samples, rounds, window = measure_interleaved(fns, args.block, min_count, min_s, args.min_rounds,
-                                                          warmup=WARMUP_CALLS)
+            m = interleave(fns, min_count, min_s, warmup=WARMUP_CALLS, block=args.block, min_rounds=args.min_rounds)
+            samples, rounds, window = m.samples, m.rounds, m.window_s
             results[name] = {**report(name, samples, info, args.block), "rounds": rounds, "window_s": window}
-            raw[name] = samples
+            raw[name] = {k: np.rint(v * 1e9).astype(np.int64).tolist() for k, v in samples.items()}
             print_table(name, results[name], rounds, window)
 
     if args.samples_out:

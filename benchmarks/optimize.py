@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, first_raw_row, measure_interleaved, summarize_ns
+from _common import environment, first_raw_row, interleave, paired_ratio, summarize
 
 GOAL_SPEEDUP = 3.0
 WARMUP_CALLS = 50  # per callable, before measuring (MEASURE.md: at least 10)
@@ -73,15 +73,12 @@ def build_fns(run: Any, chosen_dir: Path, fp32_dir: Path, threads: int) -> tuple
     return fns, info
 
 
-def speedup(samples: dict[str, list[int]], stats: dict[str, dict[str, Any]], fast: str, slow: str,
+def speedup(samples: dict[str, np.ndarray], stats: dict[str, dict[str, Any]], fast: str, slow: str,
             block: int) -> dict[str, Any]:
     """slow/fast at p50 and p90, and the median over rounds of the back-to-back block medians' ratio."""
-    a, b = samples[slow], samples[fast]
-    n = min(len(a), len(b)) // block
-    paired = np.median([np.median(a[i * block:(i + 1) * block]) / np.median(b[i * block:(i + 1) * block])
-                        for i in range(n)])
     return {q: stats[slow][f"latency_ms_{p}"] / stats[fast][f"latency_ms_{p}"]
-            for q, p in (("speedup_p50", "p50"), ("speedup_p90", "p90"))} | {"speedup_p50_paired": float(paired)}
+            for q, p in (("speedup_p50", "p50"), ("speedup_p90", "p90"))} | {
+        "speedup_p50_paired": paired_ratio(samples[slow], samples[fast], block)}
 
 
 def main() -> None:
@@ -122,10 +119,11 @@ def main() -> None:
         with contextlib.suppress(RuntimeError):  # only settable before inter-op work starts
             torch.set_num_interop_threads(1)
         fns, info = build_fns(run, Path(record["bundle"]), fp32_dir, T)
-        samples, rounds, window = measure_interleaved(fns, args.block, min_count, min_s, warmup=WARMUP_CALLS)
+        m = interleave(fns, min_count, min_s, warmup=WARMUP_CALLS, block=args.block)
+        samples, rounds, window = m.samples, m.rounds, m.window_s
     t_end = time.perf_counter()
 
-    stats = {k: {**summarize_ns(v), "first_call_ms": info["first_call_ms"][k],
+    stats = {k: {**summarize(v), "first_call_ms": info["first_call_ms"][k],
                  **({"load_s": info["load_s"][k]} if k in info["load_s"] else {})} for k, v in samples.items()}
     chosen_vs_torch = speedup(samples, stats, "chosen", "torch_eager", args.block)
     chosen_vs_torch |= {"goal": GOAL_SPEEDUP, "pass": chosen_vs_torch["speedup_p50"] >= GOAL_SPEEDUP}
@@ -135,9 +133,9 @@ def main() -> None:
     print(f"\nend to end, batch 1, {T} thread(s): {rounds} rounds of {args.block}, {window:.1f} s window")
     print(f"  {'':<12}{'n':>7}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'mean us':>9}{'cv':>6}{'first ms':>9}")
     for key, s in stats.items():
-        us = "".join(f"{1e3 * s[f'latency_ms_{q}']:9.1f}" if f"latency_ms_{q}" in s else f"{'-':>9}"
+        us = "".join(f"{1e3 * s[f'latency_ms_{q}']:9.1f}" if s.get(f"latency_ms_{q}") is not None else f"{'-':>9}"
                      for q in ("p50", "p90", "p99", "mean"))
-        print(f"  {key:<12}{s['n_samples']:>7}{us}{s['cv']:6.2f}{s['first_call_ms']:9.2f}")
+        print(f"  {key:<12}{s['samples']:>7}{us}{s['cv']:6.2f}{s['first_call_ms']:9.2f}")
     for label, sp in ((f"chosen ({record['chosen']})", chosen_vs_torch), ("onnx-fp32", fp32_vs_torch)):
         print(f"  {label} vs torch: p50 {sp['speedup_p50']:.2f}x, p90 {sp['speedup_p90']:.2f}x "
               f"(paired {sp['speedup_p50_paired']:.2f}x)")

@@ -36,12 +36,12 @@ import numpy as np
 from _common import (
     MODELS,
     ROOT,
-    _version,
     ensure_bundle,
     environment,
     first_raw_row,
-    measure_interleaved,
-    summarize_ns,
+    interleave,
+    package_version,
+    summarize,
     train_and_export,
 )
 from _http_load import HOST, OPEN_CONNS, clock, closed_loop, fetch, http, open_loop
@@ -113,7 +113,7 @@ def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
     codes: Counter[str] = sum((p["rec"].codes for p in parts), Counter())
     tot = {k: sum(p.get(k, 0.0) for p in parts) for k in ("wall_s", "client_cpu_s", "server_cpu_s", *METRICS)}
     wall = tot["wall_s"]
-    res = {"throughput_per_s": len(lat) / wall, **summarize_ns(lat),
+    res = {"throughput_per_s": len(lat) / wall, **summarize(np.asarray(lat) * 1e-9),
            "throughput_per_s_reps": [len(p["rec"].lat) / p["wall_s"] for p in parts], "ok": len(lat),
            "errors_503": codes["503"], "errors_504": codes["504"], "errors_other": codes["other"], "window_s": wall,
            "client_cpu_frac": tot["client_cpu_s"] / wall, "server_cpu_frac": tot["server_cpu_s"] / wall,
@@ -160,7 +160,8 @@ class InProcess:
         before = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {SERVER_CORE} if PIN else before)
         try:
-            return measure_interleaved({"fn": fn}, 1, count, seconds, warmup=WARMUP_CALLS)[0]["fn"]
+            timed = interleave({"fn": fn}, count, seconds, warmup=WARMUP_CALLS, block=1).samples["fn"]
+            return np.rint(timed * 1e9).astype(np.int64).tolist()
         finally:
             os.sched_setaffinity(0, before)
 
@@ -171,8 +172,8 @@ class InProcess:
 
     def summary(self) -> dict[str, Any]:
         xb = self.p.prepare(np.repeat(self.raw, self.batch, axis=0))
-        bn = summarize_ns(self._time(lambda: self.p.run(xb), 20, 0.5))
-        b1 = summarize_ns(self.b1)
+        bn = summarize(np.asarray(self._time(lambda: self.p.run(xb), 20, 0.5)) * 1e-9)
+        b1 = summarize(np.asarray(self.b1) * 1e-9)
         # Calls per second back to back (1 / mean), like the servers' req/s (count / time); 1 / p50 is
         # reported beside it and is ~2-5% higher, since the mean carries the machine's hiccups.
         limit = 1e9 * len(self.b1) / sum(self.b1)
@@ -337,8 +338,8 @@ def main() -> None:
                    "pinned": {"server_core": SERVER_CORE, "client_core": CLIENT_CORE} if PIN else None,
                    **{k: getattr(args, k) for k in ("max_batch_size", "max_delay_ms", "max_queue", "timeout_ms")},
                    "goals": {"speedup": GOAL_SPEEDUP, "p99_over_p50": GOAL_TAIL, "binary_over_batch1": GOAL_BINARY}},
-        "env": {**environment(1), "server_stack": {d: _version(d) for d in ("fastapi", "starlette", "uvicorn", "h11",
-                                                                             "httptools", "uvloop")}},
+        "env": {**environment(1), "server_stack": {
+            d: package_version(d) for d in ("fastapi", "starlette", "uvicorn", "h11", "httptools", "uvloop")}},
     }, default=str))
 
 

@@ -50,7 +50,7 @@ def get_run(factory: pytest.TempPathFactory):
 
 
 def get_bench(factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """``trainfer.benching(run, quick=True)`` once, with the default quick settings; the returned record."""
+    """``trainfer.bench(run, quick=True)`` once, with the default quick settings; the returned record."""
     if "bench" not in _cache:
         from trainfer.benching import bench
         from trainfer.benching.inference import QUICK

@@ -27,7 +27,13 @@ from trainfer import _timing
 from trainfer.errors import ExportError, TrainferError
 from trainfer.exporting import graph_inputs
 from trainfer.exporting import variants as variants_module
-from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
+from trainfer.exporting.select import (
+    BASELINE,
+    choose,
+    drop_upper_bound,
+    qualifies,
+    quality_drop,
+)
 from trainfer.runtime import default_threads
 
 optimize_module = importlib.import_module("trainfer.exporting.optimize")
@@ -118,8 +124,8 @@ def check_rows(record: dict[str, Any], names: list[str]) -> None:
             quality_drop(base["test_accuracy"], r["test_accuracy"], "classification"))
         budget = record["max_accuracy_drop"]
         assert r["status"] == ("kept" if qualifies(r, budget) else "over_budget"), r
-        if "val_drop_bound" in r:  # the budget is checked against the upper bound, never below the observed drop
-            assert r["val_drop_bound"] >= r["val_drop"] - 1e-9
+        if r.get("val_drop_bound") is not None:  # the budget is checked against the upper bound, never below
+            assert r["val_drop_bound"] >= r["val_drop"] - 1e-9  # the observed drop
     assert [r["name"] for r in record["variants"] if r["chosen"]] == [record["chosen"]]
 
 
@@ -520,14 +526,18 @@ def test_choose_falls_back_to_the_baseline_when_nothing_else_qualifies() -> None
 
 def test_drop_upper_bound_counts_paired_disagreements() -> None:
     ref = np.array([True] * 90 + [False] * 10)
-    assert drop_upper_bound(ref, ref.copy()) == 0.0  # the same predictions: no doubt at all
+    # the same predictions on 100 rows: no change seen, but 100 rows cannot rule out one in ~60 (Agresti-Min)
+    assert drop_upper_bound(ref, ref.copy()) == pytest.approx(100 * 1.645 / 102)
     one_worse = ref.copy()
     one_worse[0] = False
-    # one sample of 100 lost: observed drop 1 point, bound 1 + 1.645 * sqrt(1) points
-    assert drop_upper_bound(ref, one_worse) == pytest.approx(1 + 1.645)
+    # one sample of 100 lost: observed drop 1 point; cells b = 1.5, c = 0.5 of n + 2 = 102
+    assert drop_upper_bound(ref, one_worse) == pytest.approx(
+        100 * (1 / 102 + 1.645 * np.sqrt((2 / 102 - (1 / 102) ** 2) / 102)))
     swapped = ref.copy()
     swapped[0], swapped[95] = False, True  # one lost, one gained: drop 0, but the noise is real
-    assert drop_upper_bound(ref, swapped) == pytest.approx(1.645 * np.sqrt(2))
+    assert drop_upper_bound(ref, swapped) == pytest.approx(100 * 1.645 * np.sqrt(3 / 102) / np.sqrt(102))
+    assert drop_upper_bound(ref, swapped) > drop_upper_bound(ref, ref.copy())
+    assert drop_upper_bound(np.array([], bool), np.array([], bool)) == float("inf")
     rows = [_row(BASELINE), {**_row("int8"), "val_drop": 0.0, "val_drop_bound": 0.9}]
     assert not qualifies(rows[1], 0.5) and qualifies(rows[1], 1.0)
 

@@ -264,7 +264,8 @@ def test_infographic_is_a_1600x900_png(paths):
 
 SI = {"T": 1e12, "G": 1e9, "M": 1e6, "k": 1e3, "m": 1e-3, "µ": 1e-6, "n": 1e-9}
 SCALED_UNITS = {"FLOP", "/s", "J"}
-PLAIN_UNITS = {"": 1.0, "x": 1.0, "ms": 1.0, "s": 1.0, "min": 60.0, "MB": 1.0}
+PLAIN_UNITS = {"": 1.0, "x": 1.0, "µs": 1e-3, "ms": 1.0, "s": 1.0, "min": 60.0, "MB": 1.0, "thread": 1.0,
+               "threads": 1.0}
 NUMBER = re.compile(r"^(-?[\d,]*\.?\d+(?:e[+-]?\d+)?)\s*(.*)$")
 
 
@@ -358,13 +359,38 @@ def test_estimated_energy_is_labelled_in_the_report(page, bench_json):
 
 
 def test_displayed_number_reads_the_formatters():
-    from trainfer.reporting.fmt import ms, seconds, si
+    from trainfer.reporting.fmt import count, duration_ms, seconds, si
 
     assert displayed_number(si(20224, "FLOP")) == (pytest.approx(20200.0), pytest.approx(50.0))
     assert displayed_number(si(4.63e-5, "J"))[0] == pytest.approx(4.63e-5)
-    assert displayed_number(ms(0.018197))[0] == pytest.approx(0.0182)
+    assert duration_ms(0.018197) == "18.2 µs"
+    assert displayed_number(duration_ms(0.018197))[0] == pytest.approx(0.0182)
+    assert displayed_number(duration_ms(3.14159))[0] == pytest.approx(3.14)
+    assert displayed_number(count(1, "thread")) == (1.0, 0.5)
     assert displayed_number(seconds(300))[0] == pytest.approx(300)
     assert displayed_number("17,272") == (17272.0, 0.5)
+
+
+def test_report_and_infographic_read_sub_ms_times_in_us(page, bench_json, tmp_path, monkeypatch):
+    """Issue 10.28: "0.01132 ms" hides the figure in zeros; the report and the infographic say "11.3 µs"."""
+    import matplotlib.figure
+
+    from trainfer.reporting.fmt import count, duration_ms
+    from trainfer.reporting.infographic import draw
+
+    bundle = bench_json["inference"]["variants"][bench_json["inference"]["bundle_key"]]
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert duration_ms(bundle["latency_ms_p50"]) in text
+    assert count(bench_json["inference"]["threads"], "thread") + " (onnxruntime" in text
+    assert not re.search(r"\b0\.\d+ ?ms\b", text), re.search(r".{60}\b0\.\d+ ?ms\b", text)
+    shown: list[str] = []
+    real_text = matplotlib.figure.Figure.text
+    monkeypatch.setattr(matplotlib.figure.Figure, "text",
+                        lambda self, x, y, s, *a, **k: shown.append(str(s)) or real_text(self, x, y, s, *a, **k))
+    draw(bench_json, "title", tmp_path / "infographic.png")
+    latency = next(t for t in shown if t.startswith("p50 "))
+    assert latency == (f"p50 {duration_ms(bundle['latency_ms_p50'])}, p90 {duration_ms(bundle['latency_ms_p90'])}")
+    assert not any(re.search(r"\b0\.\d+ ?ms\b", t) for t in shown), shown
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------

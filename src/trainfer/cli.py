@@ -7,14 +7,19 @@ traceback. Heavy libraries are imported inside the commands so ``--help`` stays 
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import json
 import sys
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from trainfer import _variants
+from trainfer._imports import extra_for_missing, require_extras
 from trainfer.errors import TrainferError
 
 app = typer.Typer(
@@ -27,6 +32,28 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+# One rule for every verb: progress can be silenced with -q, an existing output is replaced only with --force,
+# and --threads means the same thing with the same default everywhere.
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (results are still printed).")]
+THREADS_DEFAULT = "default: the bundle's recommended threads when it records them, else every CPU this process may use"
+
+
+def _force(what: str) -> Any:
+    return typer.Option("--force", help=f"Replace an existing {what} at --out (without it, an existing one is "
+                                        "refused before any work starts).")
+
+
+def _threads(what: str) -> Any:
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1)
+
+
+def _spinner(message: str, show: bool) -> Any:
+    """A spinner on stderr while a verb works, when a person watches (stderr is a terminal)."""
+    if not show or not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False).status(message, spinner="dots")
 
 
 def _console() -> Any:
@@ -34,6 +61,40 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+class Interrupted(TrainferError):
+    """Ctrl-C during a command; the message says what was kept."""
+
+
+def _verb(*extras: str, kept: Callable[[dict[str, Any]], str] | None = None) -> Callable[[Any], Any]:
+    """Wrap a command: check its pip extras before any work (an `error:` naming the extra, not a traceback
+    from deep inside), and turn Ctrl-C into one line saying what was kept (``kept(arguments)``)."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            require_extras(*extras)
+            try:
+                return fn(**kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted: " + (kept(kwargs) if kept else "nothing was written")) from None
+        return command
+    return wrap
+
+
+def _train_kept(args: dict[str, Any]) -> str:
+    out = Path(args["out"])
+    if (out / "summary.json").is_file():  # --force put the finished run back: the new one was dropped
+        return f"the finished run at {out} is unchanged; the new run was discarded"
+    try:
+        epoch = json.loads((out / "checkpoints" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return f"no checkpoint yet in {out}; `trainfer train --out {out} --resume` starts it again"
+    return f"last checkpoint epoch {epoch} in {out}; `trainfer train --out {out} --resume` continues"
+
+
+def _nothing_at(option: str, what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda args: f"no {what} written at {args[option]} (writes are atomic)"
 
 
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
@@ -44,6 +105,7 @@ def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
 
 
 @app.command()
+@_verb("train", kept=_train_kept)
 def train(
     recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model, train sections.")] = None,
     data: Annotated[str | None, typer.Option(
@@ -56,7 +118,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    force: Annotated[bool, _force("run directory")] = False,
+    quiet: QuietFlag = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
     )] = None,
@@ -73,7 +136,7 @@ def train(
 
     show = not quiet and not as_json and sys.stdout.isatty()
     run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
-                   resume=resume, quiet=not show, overrides=set_ or [])
+                   resume=resume, force=force, quiet=not show, overrides=set_ or [])
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (
@@ -87,6 +150,7 @@ def train(
 
 
 @app.command()
+@_verb("train")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     data: Annotated[str | None, typer.Option(
@@ -102,14 +166,17 @@ def evaluate(
 
     result = evaluate_fn(Run.load(run), data)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples): {shown}")
+    skipped = f", {result['unlabeled']} without a label skipped" if result["unlabeled"] else ""
+    _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples{skipped}): {shown}")
 
 
 @app.command()
+@_verb("export", kept=_nothing_at("out", "bundle was"))
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    force: Annotated[bool, _force("bundle")] = False,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Export a run to a lossless ONNX inference bundle (BatchNorm folded, parity checked).
@@ -122,7 +189,8 @@ def export(
     from trainfer.exporting import export as export_fn
     from trainfer.runtime import read_manifest
 
-    path = export_fn(run, out, force=force)
+    with _spinner("exporting and checking parity", show=not quiet and not as_json):
+        path = export_fn(run, out, force=force)
     m = read_manifest(path)
     human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
              f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
@@ -132,7 +200,8 @@ def export(
     _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"]}, as_json, human)
 
 
-@app.command()
+@app.command(epilog="Variants (--variant NAME):\n\n" + _variants.help_text())
+@_verb("optimize", kept=_nothing_at("out", "bundle was"))
 def optimize(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write (the chosen variant).")] = ...,
@@ -141,11 +210,15 @@ def optimize(
         min=0.0)] = 0.5,
     batch_size: Annotated[int, typer.Option(help="Deployment batch size the speed is judged at.", min=1)] = 1,
     variants: Annotated[list[str] | None, typer.Option(
-        "--variant", help="Only these variants (repeatable); onnx-fp32 is always included.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads for every measurement (default: all cores).")] = None,
+        "--variant", help="Only these variants (repeatable; listed below); onnx-fp32 is always included.")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime and torch threads for every measurement")] = None,
     full: Annotated[bool, typer.Option("--full", help="Longer measurements (1,000 calls and 10 s each).")] = False,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after pruning.", min=1)] = 5,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    force: Annotated[bool, _force("bundle")] = False,
+    quiet: QuietFlag = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Every column of the table (size, validation accuracy, p90, params, FLOPs); the default "
+                       "fits 100 terminal columns.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Try int8 quantization, structured pruning and both; keep the fastest variant within the budget.
@@ -161,8 +234,8 @@ def optimize(
     from trainfer.exporting.optimize import optimize as optimize_fn
 
     console = Console(stderr=True, highlight=False)
-    show = not as_json and sys.stdout.isatty()
-    with console.status("optimizing", spinner="dots") if show else _nullcontext() as status:
+    show = not quiet and not as_json and sys.stdout.isatty()
+    with console.status("optimizing", spinner="dots") if show else nullcontext() as status:
         def log(msg: str) -> None:
             if status is not None:
                 status.update(msg)
@@ -176,7 +249,7 @@ def optimize(
     from trainfer.reporting.tables import STATUS, optimize_table
 
     console = _console()
-    console.print(optimize_table(record))
+    console.print(optimize_table(record, wide=wide))
     for r in record["variants"]:
         if r.get("reason"):
             console.print(f"{STATUS[r['status']]} {r['name']}: {r['reason']}")
@@ -184,55 +257,70 @@ def optimize(
                                    f"bundle: {record['bundle']} (recommended threads: {record['recommended_threads']})")
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 @app.command()
+@_verb(kept=_nothing_at("out", "predictions were"))
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     input: Annotated[Path, typer.Argument(help="CSV, Parquet, .npz (array X), an image, or a folder of images.")],
     out: Annotated[Path, typer.Option(help="Where to write predictions: .csv or .json.")] = Path("predictions.csv"),
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
+    force: Annotated[bool, _force("predictions file")] = False,
+    threads: Annotated[int | None, _threads("onnxruntime threads")] = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory.", min=1)] = 4096,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    id_column: Annotated[str | None, typer.Option(help="Input column copied first into the output to identify "
+                                                       "rows (default: as described above).")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Batch inference from a file: predictions in input order, with the id column when there is one.
+    """Batch inference from a file: one output row per input row, in input order.
+
+    Columns written (.csv; .json: the same as records): the id column when the
+    input has one (the one training identified rows with: data.id_column, or
+    a column named id in any case; --id-column names another; path for images),
+    then prediction (the label, or the value), then prob_<label> per class
+    (classification). No other input column is copied; extra columns are
+    ignored (the target too).
+
+    The model's columns are found by name, in any order; a missing one is an
+    error naming it. Missing values (empty, NA, NaN, null) are imputed as in
+    training: the median, or the most frequent category. A category never seen
+    in training goes to the model's unknown slot. An infinite or non-numeric
+    number is an error naming its row and column.
+
+    --out is written under a temporary name, then renamed: never half-written.
+    An existing --out is replaced only with --force.
 
     Example: trainfer predict bundles/digits new_rows.csv --out preds.csv
     """
     from trainfer.runtime.files import predict as predict_fn
 
+    options: dict[str, Any] = {"threads": threads, "chunk_size": chunk_size, "force": force, "id_column": id_column}
     if quiet or as_json or not sys.stdout.isatty():
-        report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size)
+        report = predict_fn(bundle, input, out, **options)
     else:
         from rich.progress import Progress
 
         with Progress() as bar:
             task = bar.add_task("predicting", total=None)
-            report = predict_fn(bundle, input, out, threads=threads, chunk_size=chunk_size,
+            report = predict_fn(bundle, input, out, **options,
                                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
 
 
 @app.command()
+@_verb("bench", kept=lambda args: "bench.json was not written")
 def bench(
     target: Annotated[Path, typer.Argument(help="A finished run directory, or a bundle.")],
     bundle: Annotated[Path | None, typer.Option(
         help="For a run: the bundle to measure (default: RUN/bundle, else a fresh onnx-fp32 export).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Short LoadGen runs (about a minute in all).")] = False,
-    threads: Annotated[int | None, typer.Option(help="Threads for inference and torch (default: bundle's).")] = None,
+    threads: Annotated[int | None, _threads("onnxruntime and torch threads")] = None,
     target_accuracy: Annotated[float | None, typer.Option(
         help="Report time-to-target: wall clock until validation accuracy reaches this value.")] = None,
     seeds: Annotated[int, typer.Option(help="With --target-accuracy: retrain with N seeds, olympic mean.",
                                        min=1)] = 1,
     server_latency_ms: Annotated[float | None, typer.Option(
         help="p99 bound for the Server scenario (default: 20x SingleStream p50, at least 10 ms).")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure training and inference side by side; write bench.json (into a run, or beside a bundle).
@@ -247,8 +335,8 @@ def bench(
     from trainfer.benching import bench_path
 
     console = _console()
-    show = not as_json and sys.stdout.isatty()
-    with console.status("benchmarking") if show else _nullcontext() as status:
+    show = not quiet and not as_json and sys.stdout.isatty()
+    with console.status("benchmarking") if show else nullcontext() as status:
         record = bench_fn(target, bundle=bundle, quick=quick, threads=threads, target_accuracy=target_accuracy,
                           seeds=seeds, server_latency_ms=server_latency_ms,
                           log=lambda m: status.update(m) if status is not None else None)
@@ -262,6 +350,7 @@ def bench(
 
 
 @app.command()
+@_verb("report", kept=lambda args: "report.html and infographic.png were not written")
 def report(
     run: Annotated[Path, typer.Argument(help="A run directory with bench.json (run `trainfer bench` first).")],
     out: Annotated[Path | None, typer.Option(help="Directory for report.html and infographic.png "
@@ -280,13 +369,17 @@ def report(
 
 
 @app.command("run")
+@_verb("optimize", "bench",
+       kept=lambda args: "the stages that finished kept their outputs; training continues with --resume")
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. examples/digits.yaml.")],
     out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<recipe name>).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="optimize's accuracy budget, in points.")] = 0.5,
     full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
+    force: Annotated[bool, _force("run (training run, bundle, measurements)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Everything in one go: train -> optimize -> bench -> report, with a progress line per stage.
@@ -304,11 +397,13 @@ def run_cmd(
     started = time.perf_counter()
 
     def on_stage(stage: str, msg: str) -> None:
+        if quiet:
+            return
         console.print(f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {msg}  "
                       f"({time.perf_counter() - started:.0f} s)")
 
     result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
-                    resume=resume, on_stage=on_stage)
+                    resume=resume, force=force, on_stage=on_stage)
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
         return
@@ -322,22 +417,30 @@ def run_cmd(
 
 
 @app.command()
+@_verb("serve")
 def serve(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (from export or optimize).")],
     name: Annotated[str | None, typer.Option(help="Model name in the URLs (default: bundle folder name).")] = None,
     host: Annotated[str, typer.Option(help="Interface; loopback by default, 0.0.0.0 exposes it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).", min=1)] = 1,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process (default: bundle's).")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.", min=1)] = 32,
+    port: Annotated[int, typer.Option(help="TCP port (1-65535); checked free before start-up.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the bundle).")] = 1,
+    threads: Annotated[int | None, _threads("onnxruntime threads per process")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per batch at most.")] = 32,
     max_delay_ms: Annotated[float, typer.Option(
         help="Extra wait for more requests before a batch runs; 0 runs as soon as the model is free, "
-             "batching the requests that arrived meanwhile.", min=0)] = 0.0,
-    max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.", min=1)] = 256,
-    timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.", min=1)] = 1000.0,
+             "batching the requests that arrived meanwhile.")] = 0.0,
+    max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.")] = 256,
+    timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.")] = 1000.0,
     api_key_file: Annotated[Path | None, typer.Option(help="File with one API key per line: clients send "
                                                          "'Authorization: Bearer KEY'.")] = None,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.", min=0)] = 8.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = 8.0,
+    header_timeout_s: Annotated[float, typer.Option(
+        help="A request's headers must arrive within this long of the connection opening (or of the "
+             "previous answer); else the connection is closed.")] = 10.0,
+    body_timeout_s: Annotated[float, typer.Option(
+        help="A request's whole body must arrive within this long of its headers (else 408), and a client "
+             "may stop reading a large answer for at most this long (else the connection is dropped).")] = 30.0,
+    keep_alive_s: Annotated[float, typer.Option(help="An idle kept-alive connection is closed after this long.")] = 5.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help=(
         "One line per request on stdout: time, client, request line, status, milliseconds "
         "(written in bulk every 0.2 s)."))] = True,
@@ -348,6 +451,12 @@ def serve(
     /v2/models/NAME/infer (JSON or binary tensors), /predict, /metrics (Prometheus), /docs.
     Requests are batched dynamically; no endpoint loads models or changes the server.
 
+    Inputs: a table of numbers takes one FP32 tensor "input" of rows x columns, the columns in training
+    order (GET /v2/models/NAME lists them under parameters.columns; /predict takes them by name);
+    a table with strings takes one tensor per column; images take UINT8 "input" of n x h x w x 3.
+    A missing number (NaN, null or "NaN") is imputed as in training; an infinity is refused.
+    Every limit and timeout must be above 0; a busy --port is an error before start-up.
+
     Example: trainfer serve bundles/digits --port 8000
     """
     from trainfer.runtime import load
@@ -356,28 +465,64 @@ def serve(
     load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
     serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,
              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms,
-             max_body_mb=max_body_mb, access_log=access_log)
+             max_body_mb=max_body_mb, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+             keep_alive_s=keep_alive_s, access_log=access_log)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; maps TrainferError to exit code 2."""
+    """Entry point of the console script. Every way a command can fail because of its input or its
+    environment ends in one ``error:`` line (and a ``hint:``) on stderr: exit 2, or 130 for Ctrl-C."""
     # At exit, the interpreter's last garbage collections walk every object torch created (~0.25 s per
     # command); frozen objects are skipped. atexit handlers still run, files are still flushed and closed.
     atexit.register(gc.freeze)
+    ce = _click_exceptions()
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
+    except ce.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(2)
+    except ce.UsageError as exc:
+        # click's own boxed panel would be a second error format; one line, and where to read more
+        where = exc.ctx.command_path if exc.ctx else "trainfer"
+        _fail(exc.format_message(), f"see `{where} --help`")
+    except ce.ClickException as exc:
+        _fail(exc.format_message(), None)
+    except typer.Abort:
+        _fail("interrupted", None, code=130)
+    except Interrupted as exc:
+        _fail(exc.message, exc.hint, code=130)
     except TrainferError as exc:
         _fail(exc.message, exc.hint)
+    except ModuleNotFoundError as exc:
+        extra = extra_for_missing(exc)
+        if extra is None:
+            raise  # not an optional dependency of ours: a bug, keep the traceback
+        _fail(f"{exc.name} is needed for this and is not installed", f"pip install 'trainfer[{extra}]'")
+    except OSError as exc:
+        # Writers turn their OS errors into OutputError; one that slips through still names its file.
+        if exc.filename is None:
+            raise
+        _fail(f"{exc.filename}: {exc.strerror or exc}", None)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", None, code=130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
-def _fail(message: str, hint: str | None) -> None:
+def _click_exceptions() -> Any:
+    # typer >= 0.22 carries its own copy of click, whose exceptions are not click's; older typer uses click
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(message: str, hint: str | None, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

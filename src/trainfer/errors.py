@@ -59,5 +59,10 @@ class InputError(TrainferError):
         return InputError(self.problem, self.hint, row=row, column=self.column)
 
 
+class OutputError(TrainferError):
+    """An output cannot be written where asked: the path is a file (or a directory), the disk is full or
+    read-only, or permission is missing. Names the path."""
+
+
 class MissingDependencyError(TrainferError):
     """An optional dependency is not installed."""

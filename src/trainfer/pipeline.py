@@ -15,7 +15,7 @@ STAGES = ("train", "optimize", "bench", "report")
 
 
 def run(recipe: str | Path, out: str | Path | None = None, *, overrides: list[str] | None = None,
-        max_accuracy_drop: float = 0.5, quick: bool = True, resume: bool = False,
+        max_accuracy_drop: float = 0.5, quick: bool = True, resume: bool = False, force: bool = False,
         on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """Run every stage; returns paths and headline figures. ``on_stage(stage, message)`` reports progress.
 
@@ -33,7 +33,7 @@ def run(recipe: str | Path, out: str | Path | None = None, *, overrides: list[st
     run_dir, bundle_dir = out / "run", out / "run" / "bundle"
 
     say("train", f"training {resolved.model.name} on {resolved.data.source}")
-    trained = train(resolved, out=run_dir, resume=resume, quiet=True)
+    trained = train(resolved, out=run_dir, resume=resume, force=force, quiet=True)
     say("optimize", "building and measuring variants")
     record = optimize(trained, bundle_dir, max_accuracy_drop=max_accuracy_drop, quick=quick, force=True,
                       log=lambda m: say("optimize", m))

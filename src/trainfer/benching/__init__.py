@@ -33,7 +33,7 @@ def bench(target: str | Path, *, bundle: str | Path | None = None, quick: bool =
           log: Any = None) -> dict[str, Any]:
     """Measure a run (training + its bundle + torch eager) or a bundle alone; write and return bench.json.
 
-    Example: ``trainfer.benching("runs/digits", quick=True)["inference"]["variants"]``.
+    Example: ``trainfer.bench("runs/digits", quick=True)["inference"]["variants"]``.
     """
     log = log or (lambda _m: None)
     target = Path(target)

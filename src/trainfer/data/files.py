@@ -9,7 +9,8 @@ import numpy as np
 
 from trainfer.data.dataset import Dataset
 from trainfer.errors import DataError, InputError
-from trainfer.features.image import IMAGE_SUFFIXES, read_image
+from trainfer.features.delimiter import csv_format
+from trainfer.features.image import IMAGE_SUFFIXES, pixels_in_range, read_image
 
 
 def read_table(path: Path) -> Any:
@@ -18,7 +19,8 @@ def read_table(path: Path) -> Any:
 
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
+            sep, decimal = csv_format(path)  # ';', tab or '|', and decimal commas, as `predict` reads them
+            return pd.read_csv(path, sep=sep, decimal=decimal)
         from trainfer._imports import require
 
         require("pyarrow")
@@ -45,15 +47,14 @@ def load_table(path: Path, target: str | None, id_column: str | None, drop: list
         id_column = next(c for c in columns if c.lower() == "id")  # ids identify rows, they don't predict
     if id_column is not None and id_column not in columns:
         raise DataError(f"id column {id_column!r} not found in {path.name}")
-    frame = frame[frame[target].notna()].reset_index(drop=True)  # rows without a label can't teach
-    if len(frame) == 0:
-        raise DataError(f"target column {target!r} in {path.name} has no values")
+    # Rows without a label are kept here: training refuses them and evaluate skips and counts them
+    # (data.check_targets, data.labelled), each naming rows by their number in this file.
     y = frame[target].to_numpy()
     ids = frame[id_column].to_numpy() if id_column else None
     X = frame.drop(columns=[c for c in [target, id_column, *drop] if c])
     if X.shape[1] == 0:
         raise DataError(f"{path.name} has no feature columns left besides the target {target!r}")
-    return Dataset(path.stem, "tabular", X, y, target=target, ids=ids, id_column=id_column)
+    return Dataset(path.stem, "tabular", X, y, target=target, ids=ids, id_column=id_column, origin=path.name)
 
 
 def load_npz(path: Path) -> Dataset:
@@ -70,9 +71,14 @@ def load_npz(path: Path) -> Dataset:
         import pandas as pd
 
         return Dataset(path.stem, "tabular", pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])]), y,
-                       target="y")
+                       target="y", origin=path.name)
     if X.ndim == 4 and X.shape[-1] == 3:
-        return Dataset(path.stem, "image", np.clip(X, 0, 255).astype(np.uint8), y, target="y")
+        try:
+            X = pixels_in_range(X)
+        except InputError as exc:
+            raise DataError(f"{path.name}: {exc.message}", hint=exc.hint) from None
+        # the same conversion as the runtime's ImageFeatures.to_uint8
+        return Dataset(path.stem, "image", np.clip(X, 0, 255).astype(np.uint8), y, target="y", origin=path.name)
     raise DataError(f"{path.name}: X must be (n, features) or images (n, h, w, 3), got shape {X.shape}")
 
 

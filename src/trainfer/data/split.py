@@ -39,11 +39,33 @@ def split_indices(y: np.ndarray, val: float, test: float, seed: int, stratify: b
     out = Split(*(np.sort(np.concatenate(parts[k])).astype(np.int64) for k in ("train", "val", "test")))
     for name in ("train", "val", "test"):
         if len(getattr(out, name)) == 0:
-            raise DataError(
-                f"the {name} split is empty ({n} rows in all)",
-                hint="use more data or raise data.val_fraction / data.test_fraction",
-            )
+            raise _empty_split(name, y, val, test, stratify)
     return out
+
+
+def min_rows(val: float, test: float) -> int:
+    """The fewest rows from which a split by these fractions gives val, test and train one row each."""
+    n = 3
+    while round(n * val) < 1 or round(n * test) < 1 or n - round(n * val) - round(n * test) < 1:
+        n += 1
+    return n
+
+
+def _empty_split(name: str, y: np.ndarray, val: float, test: float, stratify: bool) -> DataError:
+    need = min_rows(val, test)
+    fractions = f"data.val_fraction {val:g} and data.test_fraction {test:g}"
+    hint = "add rows, or raise data.val_fraction / data.test_fraction"
+    if not stratify:
+        return DataError(f"the {name} split is empty: {len(y)} rows are too few; with {fractions} "
+                         f"a split needs at least {need} rows", hint=hint)
+    # Each class is split on its own (stratified): the split is empty because no class gave it a row.
+    labels = np.asarray(y, dtype=object)
+    counts = sorted(((int((labels == c).sum()), c) for c in _classes(y)), key=lambda t: t[0])
+    small = [f"{c!r} ({k} row{'s' if k != 1 else ''})" for k, c in counts]
+    more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+    which = f"classes {', '.join(small[:5])}{more} are" if len(small) > 1 else f"class {small[0]} is"
+    return DataError(f"the {name} split is empty: {which} too small; with {fractions} each class needs at least "
+                     f"{need} rows", hint=f"{hint} for the small classes")
 
 
 def _classes(y: np.ndarray) -> list:

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainfer._atomic import os_error_in
 from trainfer._env import git_revision
 from trainfer.errors import ExportError
-from trainfer.exporting.fold import InferenceHead, fold_batchnorm, fold_input_affine
+from trainfer.exporting.fold import InferenceHead, InputAffine, fold_batchnorm, fold_input_affine
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
-from trainfer.exporting.writer import write_bundle
+from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.features import Features, Target
+from trainfer.runtime import default_threads, inference_session
 from trainfer.runtime.bundle import MODEL
 from trainfer.training import Run
 
@@ -33,14 +35,24 @@ def graph_inputs(features: Features, X_raw: Any) -> tuple[np.ndarray, np.ndarray
     return X_std, (features.inputs.encode(X_raw) if graph_standardizes(features) else X_std)
 
 
-def inference_module(model: torch.nn.Module, features: Features) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``model`` as the bundle computes it: BatchNorm folded, the input standardization folded in (when
-    the graph standardizes), softmax or de-standardization of the output on top."""
+def inference_module(model: torch.nn.Module, features: Features,
+                     fold_standardization: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` as the bundle computes it: BatchNorm folded, the input standardization (when the graph
+    standardizes) folded into the first layer or, with ``fold_standardization=False``, kept as its own float
+    Mul/Add in front of it; softmax or de-standardization of the output on top.
+
+    Only graphs that stay float may fold: the folded first layer's weights are W / std, which spans orders of
+    magnitude on tables whose columns have very different scales, and int8 would round most of them to zero.
+    A graph meant for the quantizer keeps the model's own weights in its first layer.
+    """
     body, folded, why = fold_batchnorm(model)
     info: dict[str, Any] = {"bn_folded": folded, "bn_fold_note": why, "standardization": "numpy"}
     if graph_standardizes(features):
         scale, shift = (torch.from_numpy(a).float() for a in features.inputs.affine)
-        body, into_first = fold_input_affine(body, scale, shift)
+        if fold_standardization:
+            body, into_first = fold_input_affine(body, scale, shift)
+        else:
+            body, into_first = torch.nn.Sequential(InputAffine(scale, shift), body).eval(), False
         info.update(standardization="in_graph", standardization_folded=into_first)
     t = features.target
     return InferenceHead(body, t.task, t.mean, t.std).eval(), info
@@ -56,9 +68,8 @@ def reference_outputs(model: torch.nn.Module, X: np.ndarray, target: Target) -> 
 
 
 def onnx_outputs(onnx_path: Path, X: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    """The graph's outputs on ``X``, from the session a bundle runs it on (same graph optimizations)."""
+    sess = inference_session(onnx_path, default_threads())
     return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
 
 
@@ -96,12 +107,21 @@ def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X_std:
 
 
 def export_model(model: torch.nn.Module, features: Features, X_std: np.ndarray, X_graph: np.ndarray,
-                 onnx_path: Path) -> dict[str, Any]:
-    """Fold, export and parity-check one torch model; returns the onnx info with the parity figures."""
-    module, fold_info = inference_module(model, features)
+                 onnx_path: Path, fold_standardization: bool = True) -> dict[str, Any]:
+    """Fold, export and parity-check one torch model; returns the onnx info with the parity figures.
+    ``fold_standardization=False`` for a graph that will be quantized (see inference_module)."""
+    module, fold_info = inference_module(model, features, fold_standardization)
     # A contiguous example: a strided one makes the exporter trace extra shape ops into the graph.
     example = torch.from_numpy(np.ascontiguousarray(X_graph[:2]))
-    info = export_onnx(module, example, onnx_path, output_name(features.task))
+    try:
+        info = export_onnx(module, example, onnx_path, output_name(features.task))
+    except ExportError as exc:
+        # Both exporters fail alike on a full or read-only disk; that is no tracing problem. The OS error is
+        # raised as is, for the bundle writer to report against the path the user chose.
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and os_error_in(cause) is not None:
+            raise cause from None
+        raise
     return {**info, **fold_info, "parity": check_parity(model, features.target, onnx_path, X_std, X_graph)}
 
 
@@ -110,6 +130,7 @@ def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Pa
 
     Example: ``trainfer.export("runs/digits", "bundles/digits")`` then ``trainfer.load("bundles/digits")``.
     """
+    check_bundle_out(out, force)  # before the work, not after
     run = run if isinstance(run, Run) else Run.load(run)
     X_std, X_graph = graph_inputs(run.features, run.load_split("test")[0])
 

@@ -14,31 +14,33 @@ import torch
 
 from trainfer._timing import FULL, QUICK, summarize, time_interleaved
 from trainfer.errors import MissingDependencyError, TrainferError
-from trainfer.exporting import compare, export_model, graph_inputs, manifest_fields, reference_outputs
+from trainfer.exporting import (
+    compare,
+    export_model,
+    graph_inputs,
+    graph_standardizes,
+    manifest_fields,
+    reference_outputs,
+)
 from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
-from trainfer.exporting.select import BASELINE, choose, drop_upper_bound, qualifies, quality_drop
+from trainfer.exporting.select import (
+    BASELINE,
+    choose,
+    drop_upper_bound,
+    qualifies,
+    quality_drop,
+    rmse_increase_upper_bound,
+)
 from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
-from trainfer.exporting.writer import write_bundle
+from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
-from trainfer.runtime import MODEL, default_threads
+from trainfer.runtime import MODEL, default_threads, inference_session
 from trainfer.training import Run
 from trainfer.training.metrics import compute_metrics, monitor
 
 THROUGHPUT_BATCH = 64
-
-
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _outputs(sess: Any, X: np.ndarray) -> np.ndarray:
@@ -52,6 +54,12 @@ def _score(out: np.ndarray, y: np.ndarray, run: Run) -> float:
         return float(np.mean(out.argmax(1) == y))
     std = (out.reshape(-1) - t.mean) / t.std  # compute_metrics expects standardized outputs
     return compute_metrics(std, y, t)["rmse"]
+
+
+def _errors(out: np.ndarray, y: np.ndarray, run: Run) -> np.ndarray:
+    """Per-row regression errors in standardized target units (the rmse's units do not matter for its ratio)."""
+    t = run.features.target
+    return (out.reshape(-1).astype(np.float64) - t.mean) / t.std - y.astype(np.float64)
 
 
 class _Bases:
@@ -82,10 +90,25 @@ class _Bases:
                                   self.epochs)
             path = self.work / f"{name}.onnx"
             info = export_model(model, run.features, self.X_std, self.X_graph, path)
-            return {"model": model, "onnx": path, "info": info, "params": count_parameters(model),
+            return {"name": name, "model": model, "onnx": path, "info": info, "params": count_parameters(model),
                     "flops": forward_flops(model, shape)}
         except TrainferError as exc:
             return {"error": exc}
+
+    def quant_source(self, ratio: float | None) -> tuple[Path, dict[str, Any]]:
+        """(graph, onnx info) a quantizer starts from: the base with its input standardization as its own float
+        Mul/Add, which the quantizer leaves alone, so that the first layer it quantizes holds the model's own
+        weights (folded, they are W / std: a range int8 cannot hold). Exported once per base, when needed."""
+        base = self.get(ratio)
+        if "quant_onnx" not in base:
+            if graph_standardizes(self.run.features):
+                path = self.work / f"{base['name']}-unfolded.onnx"
+                info = export_model(base["model"], self.run.features, self.X_std, self.X_graph, path,
+                                    fold_standardization=False)
+                base.update(quant_onnx=path, quant_info=info)
+            else:  # numpy standardizes (or there is nothing to standardize): the float graph is the source
+                base.update(quant_onnx=base["onnx"], quant_info=base["info"])
+        return base["quant_onnx"], base["quant_info"]
 
 
 def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float = 0.5, batch_size: int = 1,
@@ -96,14 +119,10 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
 
     Example: ``trainfer.optimize("runs/digits", "bundles/digits-fast", max_accuracy_drop=0.5)``.
     """
+    out = check_bundle_out(out, force)  # a file, no permission, no space, not a bundle: said before the work
     run = run if isinstance(run, Run) else Run.load(run)
     log = log or (lambda _msg: None)
     threads = int(threads or default_threads())
-    out = Path(out)
-    if out.exists() and not force:
-        from trainfer.errors import BundleError
-
-        raise BundleError(f"{out} already exists", hint="choose another --out, or pass --force to replace it")
     enc = run.features.target.encode
     # X: what the ONNX graphs take; X_std: what the torch models take (they differ when the graph standardizes)
     X, X_std = {}, {}
@@ -130,8 +149,12 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
             if r["status"] == "ok":
                 r["val_drop"] = quality_drop(ref[f"val_{metric}"], r[f"val_{metric}"], run.task)
                 r["test_drop"] = quality_drop(ref[f"test_{metric}"], r[f"test_{metric}"], run.task)
-                if run.task == "classification":
-                    r["val_drop_bound"] = drop_upper_bound(ref["_val_correct"], r["_val_correct"])
+                r["val_rows"] = len(y["val"])
+                if r["name"] == BASELINE:  # the reference has no doubt of itself
+                    continue
+                bound = drop_upper_bound(ref["_val_correct"], r["_val_correct"]) if run.task == "classification" \
+                    else rmse_increase_upper_bound(ref["_val_err"], r["_val_err"])
+                r["val_drop_bound"] = bound if np.isfinite(bound) else None  # None (JSON null): too few rows
 
         log("measuring latency and throughput (interleaved)")
         timing = QUICK if quick else FULL
@@ -173,11 +196,12 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
     row: dict[str, Any] = {"name": v.name, "status": "ok", "reason": None}
     try:
         base = bases.get(v.prune)
-        path = base["onnx"]
+        path, info = base["onnx"], base["info"]
         if v.quant is not None:
+            source, info = bases.quant_source(v.prune)
             path = work / f"{v.name}.onnx"
-            QUANTIZERS[v.quant](base["onnx"], path, work, calib)
-        sess = _session(path, threads)
+            QUANTIZERS[v.quant](source, path, work, calib)
+        sess = inference_session(path, threads)
         outs = {s: _outputs(sess, X[s]) for s in ("val", "test")}
         metric, _ = monitor(run.task)
         parity = compare(outs["test"], reference_outputs(base["model"], X_test_std, run.features.target), run.task)
@@ -186,7 +210,8 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
             "flops_note": "fp32 reference count (int8 ops are not counted)" if v.quant else None,
             f"val_{metric}": _score(outs["val"], y["val"], run), f"test_{metric}": _score(outs["test"], y["test"], run),
             "_val_correct": outs["val"].argmax(1) == y["val"] if run.task == "classification" else None,
-            "lossless": v.lossless, "onnx": {k: x for k, x in base["info"].items() if k != "parity"},
+            "_val_err": None if run.task == "classification" else _errors(outs["val"], y["val"], run),
+            "lossless": v.lossless, "onnx": {k: x for k, x in info.items() if k != "parity"},
             "parity": {**parity, "reference": "torch fp32" if v.prune is None else f"torch pruned-{int(v.prune*100)}"},
         })
         return row, sess
@@ -224,7 +249,7 @@ def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, X_std: np.ndarra
 def _thread_sweep(path: Path, x: np.ndarray, timing: dict[str, Any]) -> dict[int, dict[str, Any]]:
     counts = sorted({1, *[2**k for k in range(1, 8) if 2**k <= default_threads()], default_threads()})
     feed = {INPUT_NAME: np.ascontiguousarray(x)}
-    sessions = {str(t): _session(path, t) for t in counts}
+    sessions = {str(t): inference_session(path, t) for t in counts}
     samples = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
                                min_count=timing["min_count"] // 2, min_seconds=timing["min_seconds"] / 2)
     return {int(t): summarize(s) for t, s in samples.items()}

@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainfer.errors import BundleError
+from trainfer._atomic import check_output, make_temp_dir, output_error
+from trainfer.errors import OutputError
 from trainfer.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, manifest_bytes, sha256_file
 
 
+def check_bundle_out(out: str | Path, force: bool = False) -> Path:
+    """Refuse, before any work, a bundle --out that cannot be written or must not be replaced: --force
+    replaces a bundle, never a run or another directory that happens to be there."""
+    out = check_output(out, kind="dir", force=force)
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise OutputError(f"--force replaces a bundle only, and {out} holds other files (not a bundle)",
+                          hint="choose another --out")
+    return out
+
+
 def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool = False) -> Path:
-    """``fill(tmpdir)`` writes the bundle's files and returns the manifest fields; hashes are added here."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out} already exists", hint="choose another --out, or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    """``fill(tmpdir)`` writes the bundle's files and returns the manifest fields; hashes are added here.
+
+    An OS error on the way (disk full, read-only, no permission), even one an exporter re-raised as its own
+    error, becomes an OutputError naming ``out``; the temporary directory is removed, the old bundle kept.
+    """
+    out = check_bundle_out(out, force)
+    tmp: Path | None = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(out.parent, out.name)  # beside out: the final rename stays on one file system
         fields = fill(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -35,7 +48,11 @@ def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool 
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        err = output_error(exc, out) if isinstance(exc, Exception) else None
+        if err is not None:
+            raise err from None
         raise
     return out

@@ -13,8 +13,9 @@ import numpy as np
 
 from trainfer._atomic import write_json
 from trainfer.errors import RunError
+from trainfer.features.delimiter import csv_format, sniff_delimiter
 from trainfer.features.image import ImageFeatures, read_image, read_images
-from trainfer.features.tabular import TabularFeatures
+from trainfer.features.tabular import TabularFeatures, is_missing
 from trainfer.features.target import Target, infer_task
 
 FORMAT_VERSION = 1
@@ -73,5 +74,6 @@ class Features:
 
 
 __all__ = [
-    "Features", "ImageFeatures", "TabularFeatures", "Target", "infer_task", "read_image", "read_images",
+    "Features", "ImageFeatures", "TabularFeatures", "Target", "csv_format", "infer_task", "is_missing", "read_image",
+    "read_images", "sniff_delimiter",
 ]

@@ -23,7 +23,7 @@ def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
@@ -31,6 +31,44 @@ def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
         raise InputError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"cannot decode image {path}: {exc}", hint="remove or replace the corrupt file") from None
+
+
+def to_rgb(img: Any) -> Any:
+    """A PIL image as 8-bit RGB, scaled by its bit depth.
+
+    Pillow's own convert("RGB") clips 16- and 32-bit grayscale ("I;16", "I") at 255, which turns a
+    16-bit PNG white; float images ("F") are taken as 0..1 when they fit there, else as 0..255.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "I":  # 32-bit integers: PNG and TIFF store 16-bit samples this way in older Pillows
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        else:
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")  # uint8 (h, w): mode "L"
+    return img.convert("RGB")
+
+
+def pixels_in_range(arr: np.ndarray) -> np.ndarray:
+    """``arr`` if its pixel values lie in 0..255; else an InputError, never a silent clip (a 16-bit image
+    clipped at 255 turns white)."""
+    if arr.dtype == np.uint8 or arr.size == 0:
+        return arr
+    if arr.dtype.kind not in "iufb":
+        raise InputError(f"image array must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError("image array holds NaN or infinity; send pixel values in 0..255")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -0.5 or hi > 255.5:  # half a level of slack for values that went through float arithmetic
+        raise InputError(f"pixel values must lie in 0..255, found {lo:g}..{hi:g}",
+                         hint="scale 16-bit images to 8 bits first (e.g. values / 257)" if hi <= 65535.5 else None)
+    return arr
 
 
 def read_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray:
@@ -75,14 +113,13 @@ class ImageFeatures:
         if isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike)):
             return read_images(X, self.size)
         if isinstance(X, (list, tuple)) and X and hasattr(X[0], "convert"):  # PIL images
-            X = np.stack([np.asarray(im.convert("RGB")) for im in X])
+            X = np.stack([np.asarray(to_rgb(im)) for im in X])
         arr = np.asarray(X)
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise InputError(f"expected images as (n, height, width, 3) or file paths, got shape {arr.shape}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise InputError("image array holds NaN or infinity; send pixel values in 0..255")
+        arr = pixels_in_range(arr)
         if arr.shape[1:3] != (self.size, self.size):
             arr = _resize(arr, self.size)
         return np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr

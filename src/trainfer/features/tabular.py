@@ -2,11 +2,22 @@
 
 Numeric columns: impute the median, then standardize. Categorical columns: impute the most
 frequent value, then one-hot with one extra "unknown" slot for values never seen in training.
+
+Missing means the same on every path (CSV, Parquet, DataFrame, list of dicts, JSON rows, v2 tensors):
+None, NaN, NaT, an empty or blank string, or one of pandas' default missing-value markers ("NA",
+"null", ...). The decision is made here, where the features are applied, so every reader agrees.
+
+Date/time columns (a datetime dtype, date/datetime objects, or ISO 8601 strings such as 2024-01-31
+or 2024-01-31T12:30:00+02:00 in every non-missing row) are numeric features: seconds since
+1970-01-01 UTC (a time without a zone is taken as UTC). At inference a date/time column takes the
+same kinds of value, or a number of epoch seconds.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -39,14 +50,20 @@ class TabularFeatures:
 
     # ---- fit -------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, frame: Any) -> TabularFeatures:
-        """Fit on a pandas DataFrame of raw feature columns (train split only)."""
+    def fit(cls, frame: Any, whole: Any | None = None) -> TabularFeatures:
+        """Fit on a pandas DataFrame of raw feature columns (train split only).
+
+        ``whole``: all rows of the data, when given, decides which columns are dates (as the file's own
+        column types decide which are numbers), so one odd value outside the train split cannot make a
+        date column fail on that value later.
+        """
         columns = []
         for name in frame.columns:
             series = frame[name]
             values = series.to_numpy()
-            if _is_numeric(values) and series.dtype.kind != "b":
-                v = values.astype(np.float64)
+            dates = _holds_datetimes(values if whole is None else whole[name].to_numpy())
+            if dates or (_is_numeric(values) and series.dtype.kind != "b"):
+                v = _epoch_seconds(values, str(name)) if dates else values.astype(np.float64)
                 finite = v[np.isfinite(v)]
                 fill = float(np.median(finite)) if len(finite) else 0.0
                 v = np.where(np.isfinite(v), v, fill)
@@ -54,9 +71,10 @@ class TabularFeatures:
                 columns.append({
                     "name": str(name), "type": "numeric", "fill": fill,
                     "mean": float(v.mean()), "std": std if std > 1e-12 else 1.0,
+                    **({"datetime": True} if dates else {}),
                 })
             else:
-                present = [_category(x) for x in values.tolist() if not _missing(x)]
+                present = [_category(x) for x in values.tolist() if not is_missing(x)]
                 uniq, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True) \
                     if present else (np.array([]), np.array([]))
                 order = np.argsort(-counts, kind="stable")
@@ -126,7 +144,7 @@ class TabularFeatures:
         j = k = 0
         for spec, values, index in zip(self.columns, cols, self._cat_index, strict=False):
             if spec["type"] == "numeric":
-                v = _to_float(values, spec["name"])
+                v = _epoch_seconds(values, spec["name"]) if spec.get("datetime") else _to_float(values, spec["name"])
                 bad = np.isinf(v)
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
@@ -141,7 +159,7 @@ class TabularFeatures:
             else:
                 unknown = len(spec["categories"])
                 for i, x in enumerate(values.tolist() if hasattr(values, "tolist") else values):
-                    key = spec["fill"] if _missing(x) else _category(x)
+                    key = spec["fill"] if is_missing(x) else _category(x)
                     out[i, j + index.get(key, unknown)] = 1.0
                 j += unknown + 1
         return out
@@ -218,8 +236,19 @@ def _check_float32_range(standardized: np.ndarray, column: str) -> None:
                          row=int(np.flatnonzero(bad)[0]), column=column)
 
 
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or str(x) in ("nan", "NaN", "<NA>", "NaT")
+# pandas' default missing-value markers (what read_csv turns into NaN) and NaT: the same text means missing
+# whether it arrives in a CSV, a Parquet string column, a DataFrame or a JSON request.
+_MISSING_TEXT = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                           "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "NaT"])
+
+
+def is_missing(x: Any) -> bool:
+    """Whether one raw value counts as missing (imputed for features, unlabeled for targets)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return True
+    if isinstance(x, (bytes, bytearray)):
+        x = x.decode("utf-8", "replace")
+    return str(x).strip() in _MISSING_TEXT
 
 
 def _category(x: Any) -> str:
@@ -234,7 +263,7 @@ def _to_float(values: np.ndarray, column: str) -> np.ndarray:
         return values.astype(np.float64)
     out = np.empty(len(values), dtype=np.float64)
     for i, x in enumerate(values.tolist()):
-        if _missing(x) or (isinstance(x, str) and x.strip() == ""):
+        if is_missing(x):
             out[i] = np.nan
             continue
         if isinstance(x, bool):
@@ -244,4 +273,64 @@ def _to_float(values: np.ndarray, column: str) -> np.ndarray:
             out[i] = float(x)
         except (TypeError, ValueError):
             raise InputError(f"expected a number, got {x!r}", row=i, column=column) from None
+    return out
+
+
+# ISO 8601 dates and date-times, as CSV files and JSON clients write them.
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?")
+
+
+def _holds_datetimes(values: np.ndarray) -> bool:
+    """A datetime dtype, or at least one value and every non-missing one a date/time (object or ISO string)."""
+    if values.dtype.kind == "M":
+        return True
+    if values.dtype.kind != "O":
+        return False
+    seen = False
+    for x in values.tolist():
+        if is_missing(x):
+            continue
+        if not (isinstance(x, (_dt.date, np.datetime64)) or (isinstance(x, str) and _parse_iso(x) is not None)):
+            return False
+        seen = True
+    return seen
+
+
+def _parse_iso(text: str) -> _dt.datetime | None:
+    text = text.strip()
+    if not _ISO.fullmatch(text):
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text)
+    except ValueError:  # e.g. 2024-02-30
+        return None
+
+
+def _epoch_seconds(values: np.ndarray, column: str) -> np.ndarray:
+    """Date/times -> float64 seconds since 1970-01-01 UTC; missing -> NaN; numbers are taken as epoch seconds."""
+    if values.dtype.kind == "M":  # microseconds: exact enough, and no overflow before the year 294247
+        us = values.astype("datetime64[us]")
+        out = us.astype(np.int64).astype(np.float64) / 1e6
+        out[np.isnat(us)] = np.nan
+        return out
+    if values.dtype.kind in "iuf":
+        return values.astype(np.float64)
+    out = np.empty(len(values), dtype=np.float64)
+    for i, x in enumerate(values.tolist()):
+        if is_missing(x):
+            out[i] = np.nan
+        elif isinstance(x, np.datetime64):
+            out[i] = np.nan if np.isnat(x) else x.astype("datetime64[us]").astype(np.int64) / 1e6
+        elif isinstance(x, _dt.datetime):  # pandas' Timestamp too
+            out[i] = (x if x.tzinfo is not None else x.replace(tzinfo=_dt.timezone.utc)).timestamp()
+        elif isinstance(x, _dt.date):
+            out[i] = _dt.datetime(x.year, x.month, x.day, tzinfo=_dt.timezone.utc).timestamp()
+        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+            out[i] = float(x)
+        else:
+            parsed = _parse_iso(x) if isinstance(x, str) else None
+            if parsed is None:
+                raise InputError(f"expected a date/time such as 2024-01-31 or 2024-01-31T12:30:00, got {x!r}",
+                                 row=i, column=column)
+            out[i] = (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.timezone.utc)).timestamp()
     return out

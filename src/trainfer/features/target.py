@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,11 @@ class Target:
     def n_outputs(self) -> int:
         return len(self.labels) if self.task == "classification" else 1
 
-    def encode(self, y: np.ndarray) -> np.ndarray:
-        """Raw targets -> int64 class indices, or float32 standardized values."""
+    def encode(self, y: np.ndarray, where: Callable[[int], str] | None = None) -> np.ndarray:
+        """Raw targets -> int64 class indices, or float32 standardized values.
+
+        ``where(i)`` names row ``i`` in an error as the user finds it (default: "row i").
+        """
         if self.task == "classification":
             index = {label: i for i, label in enumerate(self.labels)}
             out = np.empty(len(y), dtype=np.int64)
@@ -46,7 +50,8 @@ class Target:
                 key = _plain(v)
                 if key not in index:
                     raise DataError(
-                        f"row {i}: label {key!r} was not seen in training (known: {self.labels[:10]})"
+                        f"{where(i) if where else f'row {i}'}: label {key!r} was not seen in training "
+                        f"(known: {self.labels[:10]})"
                     )
                 out[i] = index[key]
             return out

@@ -10,7 +10,7 @@ from typing import Any
 from trainfer._atomic import write_text, write_with
 from trainfer.errors import RunError
 from trainfer.reporting import charts
-from trainfer.reporting.fmt import get, ms, si
+from trainfer.reporting.fmt import duration_ms, get, si
 from trainfer.reporting.infographic import draw
 from trainfer.reporting.ledger import rows
 
@@ -39,7 +39,7 @@ def _variant_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
 def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write report.html and infographic.png for a benchmarked run; returns their paths.
 
-    Example: ``trainfer.benching("runs/digits", quick=True); trainfer.reporting("runs/digits")``.
+    Example: ``trainfer.bench("runs/digits", quick=True); trainfer.report("runs/digits")``.
     """
     run = Path(run)
     bench_file = run / "bench.json"
@@ -90,10 +90,10 @@ def _scenarios(bench: dict[str, Any]) -> str:
         off = ", ".join(f"batch {o['batch_size']}: {si(o['throughput_per_s'], '/s')} ({o['validity']})"
                         for o in r["offline"])
         srv = r["server"]
-        out.append(f"<tr><td>{html.escape(name)}</td><td>{ms(r['latency_ms_p50'])} / {ms(r['latency_ms_p90'])} / "
-                   f"{ms(r['latency_ms_p99'])} ({r['single_stream']['validity']})</td><td>{html.escape(off)}</td>"
-                   f"<td>{si(srv['max_qps_within_bound'], 'QPS')} within p99 ≤ {srv['latency_bound_ms_p99']:.3g} ms"
-                   f"</td></tr>")
+        lat = " / ".join(duration_ms(r[f"latency_ms_{q}"]) for q in ("p50", "p90", "p99"))
+        out.append(f"<tr><td>{html.escape(name)}</td><td>{lat} ({r['single_stream']['validity']})</td>"
+                   f"<td>{html.escape(off)}</td><td>{si(srv['max_qps_within_bound'], 'QPS')} within p99 ≤ "
+                   f"{duration_ms(srv['latency_bound_ms_p99'])}</td></tr>")
     return "\n".join(out)
 
 

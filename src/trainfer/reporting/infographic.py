@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from trainfer.reporting.charts import INFER, TRAIN
-from trainfer.reporting.fmt import get, ms, seconds, si
+from trainfer.reporting.fmt import duration_ms, get, seconds, si
 
 WIDTH, HEIGHT, DPI = 1600, 900, 100
 
@@ -30,7 +30,8 @@ def draw(bench: dict[str, Any], title: str, path: Path) -> None:
     ]
     right = [
         ("compute", f"{si(bench['inference']['flops_per_sample'], 'FLOP')} / prediction (fwd)"),
-        ("latency", f"p50 {ms(get(bench, v + '.latency_ms_p50'))}, p90 {ms(get(bench, v + '.latency_ms_p90'))}"),
+        ("latency", f"p50 {duration_ms(get(bench, v + '.latency_ms_p50'))}, "
+                    f"p90 {duration_ms(get(bench, v + '.latency_ms_p90'))}"),
         ("data", "one unlabelled input"),
         ("output", "a prediction + probabilities"),
         ("energy", f"{si(get(bench, 'energy.inference_j_per_prediction.value'), 'J')} / prediction "

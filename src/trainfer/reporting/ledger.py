@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainfer.reporting.fmt import get, ms, seconds, si
+from trainfer.reporting.fmt import count, duration_ms, get, seconds, si
 
 # A cell part is plain text, or (bench.json key, formatter).
 Part = str | tuple[str, Callable[[Any], str]]
@@ -22,6 +22,10 @@ def _j(v: Any) -> str:
 
 def _n(v: Any) -> str:
     return "—" if v is None else f"{v:,.0f}"
+
+
+def _threads(v: Any) -> str:
+    return count(v, "thread")
 
 
 def _mb(v: Any) -> str:
@@ -47,13 +51,13 @@ def rows(bench: dict[str, Any], bundle_key: str) -> list[tuple[str, list[Part], 
          [("inference.flops_per_sample", _flops), " per prediction (forward only)"]),
         ("Time required",
          [("training.wall_s", seconds), " wall clock, ", ("training.samples_per_s", _per_s),
-          " samples, step ", ("training.step_ms", ms)],
-         ["p50 ", (f"{v}.latency_ms_p50", ms), ", p90 ", (f"{v}.latency_ms_p90", ms), " per prediction; ",
-          (f"{v}.throughput_per_s", _per_s), " predictions offline; cold start ",
+          " samples, step ", ("training.step_ms", duration_ms)],
+         ["p50 ", (f"{v}.latency_ms_p50", duration_ms), ", p90 ", (f"{v}.latency_ms_p90", duration_ms),
+          " per prediction; ", (f"{v}.throughput_per_s", _per_s), " predictions offline; cold start ",
           ("inference.cold_start.bundle.time_to_first_prediction_s", seconds)]),
         ("Hardware used",
-         [("training.device", str), ", ", ("training.threads", _n), " threads (torch)"],
-         [("env.cpu_model", str), ", ", ("inference.threads", _n), " threads (onnxruntime, no torch)"]),
+         [("training.device", str), ", ", ("training.threads", _threads), " (torch)"],
+         [("env.cpu_model", str), ", ", ("inference.threads", _threads), " (onnxruntime, no torch)"]),
         ("Data requirement",
          [("training.labelled_samples", _n), " labelled samples (train + validation), seen ",
           ("training.samples_seen", _n), " times in all"],

@@ -2,36 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from trainfer.reporting.fmt import count, duration_ms, get, seconds, si
 
 STATUS = {"kept": "✅ kept", "over_budget": "❎ over budget", "failed": "❌ failed", "skipped": "➖ skipped"}
 
 
-def optimize_table(record: dict[str, Any]) -> Any:
-    """The variants table as a rich Table (also used by `trainfer run`)."""
+# The optimize table's columns: (header, cell from a row and the record, in the default narrow table).
+# Narrow fits 100 terminal columns with the longest variant name; --wide adds size, accuracies, p90, params, FLOPs.
+def _columns(record: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str], bool]]:
+    m = record["metric"]
+    short = {"accuracy": "acc"}.get(m, m)
+
+    def num(key: str, fmt: str, scale: float = 1.0) -> Callable[[dict[str, Any]], str]:
+        return lambda r: "—" if r.get(key) is None else format(r[key] * scale, fmt)
+
+    return [
+        ("size MB", num("size_mb", ".3f"), False),
+        (f"val {short}", num(f"val_{m}", ".4f"), False),
+        (f"test {short}", num(f"test_{m}", ".4f"), True),
+        ("val drop", num("val_drop", "+.2f"), True),
+        ("95% bound", num("val_drop_bound", "+.2f"), True),
+        ("p50", lambda r: duration_ms(r.get("latency_ms_p50")), True),
+        ("p90", lambda r: duration_ms(r.get("latency_ms_p90")), False),
+        ("vs torch", lambda r: "—" if r.get("speedup_vs_torch") is None else f"{r['speedup_vs_torch']:.2f}x", True),
+        ("params", num("params", ",.0f"), False),
+        ("MFLOPs", num("flops", ".3f", 1e-6), False),
+    ]
+
+
+def optimize_table(record: dict[str, Any], wide: bool = False) -> Any:
+    """The variants table as a rich Table (also used by `trainfer run`): by default the columns that decide
+    (fits 100 terminal columns); ``wide`` adds size, validation accuracy, p90, parameters and FLOPs."""
+    from rich import box
     from rich.table import Table
 
-    m, unit = record["metric"], record["drop_unit"]
-    table = Table(title=f"optimize: budget {record['max_accuracy_drop']} {unit}, {record['threads']} threads")
-    for col in ("variant", "status", "size MB", f"val {m}", f"test {m}", f"val drop ({unit})", "95% bound", "p50 ms",
-                "p90 ms",
-                "speedup vs torch", "params", "MFLOPs"):
-        if col == "variant":  # names are what people search the table for: never cut them
-            width = max(len(r["name"]) for r in record["variants"])
-            table.add_column(col, no_wrap=True, min_width=width)
-        else:
-            table.add_column(col, justify="left" if col == "status" else "right")
-
-    def f(v: Any, fmt: str) -> str:
-        return "—" if v is None else format(v, fmt)
-
+    table = Table(title=f"optimize: budget {record['max_accuracy_drop']} {record['drop_unit']}, "
+                        f"{count(record['threads'], 'thread')}; ★ chosen",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    # names are what people search the table for: never cut them
+    table.add_column("variant", no_wrap=True, min_width=max(len(r["name"]) for r in record["variants"]))
+    table.add_column("status", no_wrap=True)
+    columns = [(head, cell) for head, cell, narrow in _columns(record) if wide or narrow]
+    for head, _ in columns:
+        table.add_column(head, justify="right", no_wrap=True)
     for r in record["variants"]:
-        status = STATUS.get(r["status"], r["status"]) + (" ★ chosen" if r.get("chosen") else "")
-        table.add_row(r["name"], status, f(r.get("size_mb"), ".3f"), f(r.get(f"val_{m}"), ".4f"),
-                      f(r.get(f"test_{m}"), ".4f"), f(r.get("val_drop"), "+.2f"), f(r.get("val_drop_bound"), "+.2f"),
-                      f(r.get("latency_ms_p50"), ".4f"),
-                      f(r.get("latency_ms_p90"), ".4f"), f(r.get("speedup_vs_torch"), ".2f"),
-                      f(r.get("params"), ","), f(None if r.get("flops") is None else r["flops"] / 1e6, ".3f"))
+        status = STATUS.get(r["status"], r["status"]) + (" ★" if r.get("chosen") else "")
+        table.add_row(r["name"], status, *[cell(r) for _, cell in columns])
     return table
 
 
@@ -39,9 +58,7 @@ def bench_table(record: dict[str, Any]) -> Any:
     """The headline figures of bench.json as a rich Table (also used by `trainfer run`)."""
     from rich.table import Table
 
-    from trainfer.reporting.fmt import get, ms, seconds, si
-
-    t = Table(title=f"trainfer bench ({record['mode']}, {record['inference']['threads']} threads)")
+    t = Table(title=f"trainfer bench ({record['mode']}, {count(record['inference']['threads'], 'thread')})")
     t.add_column("")
     t.add_column("training", style="dark_orange3")
     for name in record["inference"]["variants"]:
@@ -53,11 +70,11 @@ def bench_table(record: dict[str, Any]) -> Any:
     t.add_row("FLOPs / sample", si(tr.get("flops_per_sample"), "FLOP") + " (fwd+bwd)",
               *[si(f, "FLOP") + " (fwd)" for f in fwd.values()])
     t.add_row("time", f"{seconds(tr.get('wall_s'))} wall, {si(tr.get('samples_per_s'), '/s')} samples",
-              *[f"p50 {ms(v['latency_ms_p50'])}, p90 {ms(v['latency_ms_p90'])}" for v in vs])
+              *[f"p50 {duration_ms(v['latency_ms_p50'])}, p90 {duration_ms(v['latency_ms_p90'])}" for v in vs])
     t.add_row("throughput", si(tr.get("samples_per_s"), " samples/s"),
               *[f"{si(v['throughput_per_s'], '/s')} (batch {v['throughput_batch_size']})" for v in vs])
     t.add_row("server", "", *[f"{si(v['server']['max_qps_within_bound'], 'QPS')} ≤ "
-                                  f"{v['server']['latency_bound_ms_p99']:.3g} ms p99" for v in vs])
+                                  f"{duration_ms(v['server']['latency_bound_ms_p99'])} p99" for v in vs])
     e = record["energy"]
     t.add_row("energy", f"{si(get(e, 'training_j.value'), 'J')} ({get(e, 'training_j.method')})",
               *[f"{si(get(e, 'inference_j_per_prediction.value'), 'J')}/prediction "

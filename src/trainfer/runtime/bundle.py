@@ -52,11 +52,8 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     """
     bundle = Path(bundle)
     path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise BundleError(f"bundle {bundle} not found (expected a directory with {MANIFEST} and {MODEL})",
-                          hint="create one with `trainfer export RUN --out BUNDLE`")
     if not path.is_file():
-        raise BundleError(f"{MANIFEST} is missing from bundle {bundle}")
+        raise _not_a_bundle(bundle)
     raw = path.read_bytes()
     found = _SELF_HASH.findall(raw)
     if len(found) != 1:
@@ -81,3 +78,27 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
             raise BundleError(f"{name} in bundle {bundle} does not match its sha256 in the manifest",
                               hint="the file was modified or corrupted; re-export the bundle")
     return manifest
+
+
+# Files that only a training run directory holds (see trainfer.training); runtime must not import training.
+_RUN_FILES = ("summary.json", "recipe.yaml", "metrics.jsonl", "checkpoints")
+
+
+def _not_a_bundle(path: Path) -> BundleError:
+    """Why ``path`` is not a bundle, and what to pass instead: a run is exported first; the output of
+    ``trainfer run`` holds its bundle one or two levels down."""
+    export_hint = f"export it first: trainfer export {path} --out BUNDLE (or trainfer optimize for a faster one)"
+    if not path.exists():
+        return BundleError(f"bundle {path} not found (expected a directory with {MANIFEST} and {MODEL})",
+                           hint="create one with `trainfer export RUN --out BUNDLE`")
+    if not path.is_dir():
+        return BundleError(f"bundle {path} is a file; a bundle is a directory with {MANIFEST} and {MODEL}",
+                           hint="pass the --out directory of `trainfer export` or `trainfer optimize`")
+    for inner in (path / "bundle", path / "run" / "bundle"):
+        if (inner / MANIFEST).is_file():
+            return BundleError(f"{path} is not a bundle; it holds one at {inner}", hint=f"pass {inner}")
+    if any((path / name).exists() for name in _RUN_FILES):
+        return BundleError(f"{path} is a training run, not a bundle: a run is exported before it predicts or serves",
+                           hint=export_hint)
+    return BundleError(f"{MANIFEST} is missing from bundle {path}",
+                       hint="a bundle is the --out directory of `trainfer export` or `trainfer optimize`")

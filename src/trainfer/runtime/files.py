@@ -1,8 +1,11 @@
 """Batch prediction from files: read the input in chunks, predict, stream the output to disk.
 
 Memory stays bounded by the chunk size (npz arrays excepted: numpy loads them whole). The output
-keeps the input's order and carries its id column when it has one. pandas is imported only for
-CSV/Parquet input; the runtime's core stays numpy + onnxruntime.
+keeps the input's order. Its columns: the id column when the input has one (the column the training data
+identified rows with, or else one named ``id`` in any case; ``path`` for images), ``prediction`` (the label,
+or the value for regression), and ``prob_<label>`` per class for classification. Other input columns are
+read only if the model uses them and are not copied. pandas is imported only for CSV/Parquet input; the
+runtime's core stays numpy + onnxruntime.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from trainfer._atomic import write_with
+from trainfer._atomic import check_output, write_with
 from trainfer.errors import InputError
+from trainfer.features.delimiter import csv_format
 from trainfer.features.image import IMAGE_SUFFIXES
 from trainfer.runtime.predictor import Predictor
 
@@ -26,27 +30,33 @@ _NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.
        "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
-def _table_chunks(path: Path, id_column: str | None, size: int,
-                  text_columns: list[str]) -> tuple[int, Iterator[Chunk]]:
+def _table_chunks(path: Path, trained_id: str | None, size: int, text_columns: list[str],
+                  chosen_id: str | None = None) -> tuple[int, Iterator[Chunk], str | None]:
     import pandas as pd
 
     if path.suffix.lower() == ".csv":
         total = _count_csv_rows(path)
         # pandas guesses types per chunk: ids like 0007 and category codes like 01 must stay text in every
         # chunk, and one missing id must not turn the other ids into floats.
-        header = list(pd.read_csv(path, nrows=0).columns)
+        sep, dec = csv_format(path)  # ';', tab or '|' files and decimal commas read as training reads them
+        header = [str(c) for c in pd.read_csv(path, nrows=0, sep=sep, decimal=dec).columns]
+        id_column = id_column_of(header, trained_id, chosen_id, path)
         dtype = {c: str for c in [*text_columns, id_column] if c in header}
         if id_column in header:
             na = {c: _NA for c in header if c != id_column}  # the id's text is copied verbatim
-            reader: Any = pd.read_csv(path, chunksize=size, dtype=dtype, keep_default_na=False, na_values=na)
+            reader: Any = pd.read_csv(path, chunksize=size, dtype=dtype, keep_default_na=False, na_values=na,
+                                      sep=sep, decimal=dec)
         else:
-            reader = pd.read_csv(path, chunksize=size, dtype=dtype)
+            reader = pd.read_csv(path, chunksize=size, dtype=dtype, sep=sep, decimal=dec)
     else:
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
-        reader = (b.to_pandas() for b in pf.iter_batches(batch_size=size))
+        id_column = id_column_of([str(c) for c in pf.schema_arrow.names], trained_id, chosen_id, path)
+        # pandas' own Parquet files keep a named index (e.g. an id) in their metadata, and to_pandas() moves
+        # it out of the columns again: it is a column here, like any other, so the id is found and carried.
+        reader = (_index_as_columns(b.to_pandas()) for b in pf.iter_batches(batch_size=size))
 
     def gen() -> Iterator[Chunk]:
         for frame in reader:
@@ -54,7 +64,32 @@ def _table_chunks(path: Path, id_column: str | None, size: int,
             ids = frame[id_column].tolist() if id_column and id_column in frame.columns else None
             yield frame, ids
 
-    return total, gen()
+    return total, gen(), id_column
+
+
+def id_column_of(header: list[str], trained_id: str | None, chosen: str | None = None,
+                 path: Path | None = None) -> str | None:
+    """The input column that identifies rows: ``chosen`` (it must exist), else the training data's id column,
+    else one named ``id``; the exact name first, then in any case (another tool may write ``ID`` or ``Id``)."""
+    if chosen is not None:
+        if chosen not in header:
+            shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
+            raise InputError(f"--id-column {chosen!r} is not a column of {path.name if path else 'the input'}",
+                             hint=f"columns are: {shown}")
+        return chosen
+    wanted = [c for c in (trained_id, "id") if c]
+    for name in wanted:
+        if name in header:
+            return name
+    for name in wanted:
+        found = [c for c in header if c.lower() == name.lower()]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _index_as_columns(frame: Any) -> Any:
+    return frame.reset_index() if any(n is not None for n in frame.index.names) else frame
 
 
 def _count_csv_rows(path: Path) -> int:
@@ -78,19 +113,23 @@ def _image_chunks(root: Path, size: int) -> tuple[int, Iterator[Chunk]]:
     return len(files), ((files[i:i + size], ids[i:i + size]) for i in range(0, len(files), size))
 
 
-def open_input(pred: Predictor, path: Path, chunk_size: int) -> tuple[int, Iterator[Chunk], str | None]:
-    """(row count, chunk iterator, id column name) for any supported input."""
+def open_input(pred: Predictor, path: Path, chunk_size: int,
+               id_column: str | None = None) -> tuple[int, Iterator[Chunk], str | None]:
+    """(row count, chunk iterator, id column name) for any supported input; ``id_column`` picks a table's id."""
     if not path.exists():
         raise InputError(f"input {path} not found")
+    suffix = path.suffix.lower()
+    if id_column is not None and suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError("--id-column is for CSV and Parquet input (images are named by their path; .npz has no ids)")
+    _check_kind(pred, path, "image" if path.is_dir() or suffix in IMAGE_SUFFIXES else
+                "tabular" if suffix in (".csv", ".parquet", ".pq") else None)
     if path.is_dir():
         total, chunks = _image_chunks(path, chunk_size)
         return total, chunks, "path"
-    suffix = path.suffix.lower()
     if suffix in (".csv", ".parquet", ".pq"):
-        id_col = pred.features.id_column or "id"
         inputs = pred.features.inputs
         text = [c["name"] for c in getattr(inputs, "columns", []) if c["type"] == "categorical"]
-        total, chunks = _table_chunks(path, id_col, chunk_size, text)
+        total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text, id_column)
         return total, chunks, id_col
     if suffix == ".npz":
         total, chunks = _npz_chunks(path, chunk_size)
@@ -100,14 +139,40 @@ def open_input(pred: Predictor, path: Path, chunk_size: int) -> tuple[int, Itera
     raise InputError(f"unsupported input {path.name}", hint="use .csv, .parquet, .npz, an image or a folder of images")
 
 
-def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk_size: int = 4096,
-                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Predict every row of ``input_path`` into ``out`` (.csv or .json); returns a small report."""
-    input_path, out = Path(input_path), Path(out)
-    fmt = out.suffix.lower()
-    if fmt not in (".csv", ".json"):
+def _check_kind(pred: Predictor, path: Path, given: str | None) -> None:
+    """A table given to an image model (or images to a table model) is named as such, before any row is read."""
+    kind = pred.features.kind
+    if given is None or given == kind:
+        return
+    what = "a folder of images" if path.is_dir() else "an image" if given == "image" else "a table"
+    if kind == "tabular":
+        names = pred.features.inputs.column_names
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        raise InputError(f"bundle {pred.path.name} takes a table with columns [{shown}], not images; "
+                         f"{path} is {what}", hint="pass a .csv or .parquet file (or .npz array X) with those columns")
+    raise InputError(f"bundle {pred.path.name} takes images, not a table; {path} is {what}",
+                     hint="pass an image, a folder of images, or an .npz with an array X of images")
+
+
+def check_predictions_out(out: str | Path, force: bool = False) -> Path:
+    """Refuse an output that cannot be written before any row is predicted: wrong suffix, a directory, an
+    existing file without ``force``, or a place that cannot be written."""
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".json") and not out.is_dir():
         raise InputError(f"--out must end in .csv or .json, got {out.name}")
-    total, chunks, id_name = open_input(pred, input_path, chunk_size)
+    return check_output(out, kind="file", force=force)
+
+
+def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk_size: int = 4096,
+                 on_progress: Callable[[int, int], None] | None = None, force: bool = False,
+                 id_column: str | None = None) -> dict[str, Any]:
+    """Predict every row of ``input_path`` into ``out`` (.csv or .json); returns a small report.
+
+    ``out`` must not exist unless ``force``; it is written under a temporary name and renamed when complete.
+    """
+    input_path, out = Path(input_path), check_predictions_out(out, force)
+    fmt = out.suffix.lower()
+    total, chunks, id_name = open_input(pred, input_path, chunk_size, id_column)
     labels = pred.labels if pred.task == "classification" else []
     columns = ["prediction", *[f"prob_{label}" for label in labels]]
     written = 0
@@ -160,12 +225,17 @@ def _plain(v: Any) -> Any:
 
 
 def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predictions.csv", *,
-            threads: int | None = None, chunk_size: int = 4096,
+            threads: int | None = None, chunk_size: int = 4096, force: bool = False, id_column: str | None = None,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """``trainfer predict``: load ``bundle`` (hashes verified) and predict every row of a file into ``out``.
+
+    ``out`` (.csv or .json) is checked before the bundle is loaded; an existing one is replaced only with
+    ``force=True``. See the module docstring for the columns written.
 
     Example: ``trainfer.predict("bundles/digits", "rows.csv", "preds.csv")["rows"]``
     """
     from trainfer.runtime.predictor import load
 
-    return predict_file(load(bundle, threads=threads), input_path, out, chunk_size, on_progress=on_progress)
+    check_predictions_out(out, force)
+    return predict_file(load(bundle, threads=threads), input_path, out, chunk_size, on_progress=on_progress,
+                        force=force, id_column=id_column)

@@ -22,6 +22,22 @@ def default_threads() -> int:
     return affinity_cpus()
 
 
+def inference_session(model_path: str | Path, threads: int) -> Any:
+    """The onnxruntime session every trainfer graph runs on: the bundle's Predictor, the graphs optimize times
+    and sweeps threads on, and the export parity check. One place, so that what optimize measures is what the
+    bundle ships: ``threads`` intra-op threads, one inter-op thread, sequential execution, every graph
+    optimization, the CPU provider, and onnxruntime's own logging limited to errors."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
 class Predictor:
     """A loaded bundle. ``trainfer.load("bundles/digits").predict(rows)``.
 
@@ -31,22 +47,14 @@ class Predictor:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.manifest = read_manifest(self.path)  # verifies every hash before anything is loaded
         self.features = Features.from_dict(self.manifest["preprocessing"])
         self.task = self.manifest["task"]
         # An optimized bundle records the thread count its sweep found fastest; the caller's choice wins.
         self.threads = int(threads or self.manifest.get("runtime", {}).get("threads") or default_threads())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path / MODEL), opts, providers=["CPUExecutionProvider"])
+            self.session = inference_session(self.path / MODEL, self.threads)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
             raise BundleError(f"{MODEL} in {self.path} cannot be loaded by onnxruntime: {exc}") from None
         self.input_name = self.session.get_inputs()[0].name

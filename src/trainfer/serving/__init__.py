@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from trainfer.runtime import load
 from trainfer.serving.app import ServeConfig, create_app, read_api_keys
+from trainfer.serving.limits import LIMITS, check_limits, check_port
 
 _ENV = "TRAINFER_SERVE"  # how `--workers N` hands the settings to each worker process
 
@@ -32,8 +34,12 @@ def _freeze_heap() -> None:
 
 
 def _factory() -> Any:  # uvicorn --factory entry point for multi-process serving
+    from trainfer.serving.connection import HeaderTimeoutProtocol
+
     spec = json.loads(os.environ[_ENV])
     cfg = ServeConfig(**{**spec["config"], "api_keys": tuple(spec["config"]["api_keys"])})
+    HeaderTimeoutProtocol.header_timeout_s = cfg.header_timeout_s
+    HeaderTimeoutProtocol.write_timeout_s = cfg.body_timeout_s
     app = build_app(spec["bundle"], cfg, spec["threads"])
     _freeze_heap()
     return app
@@ -44,6 +50,9 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
           access_log: bool = True, **limits: Any) -> None:
     """Serve ``bundle`` until interrupted; SIGTERM/SIGINT drain requests in flight before exiting.
 
+    ``limits``: the ServeConfig fields (max_batch_size, max_delay_ms, max_queue, timeout_ms, max_body_mb,
+    header_timeout_s, body_timeout_s, keep_alive_s), each checked against its range before start-up.
+
     Example: ``serve("bundles/digits", port=8000, max_batch_size=32, max_delay_ms=2)``.
     """
     import signal
@@ -51,13 +60,24 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
 
     import uvicorn
 
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; exit 0 for a clean stop.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from trainfer.serving.connection import HeaderTimeoutProtocol
+
+    # every bad value in one message (ServeConfig checks its own fields again, for create_app's callers)
+    check_limits(workers=workers, threads=threads, port=port, **{k: v for k, v in limits.items() if k in LIMITS})
     bundle = Path(bundle)
     keys = read_api_keys(api_key_file) if api_key_file else ()
     config = ServeConfig(name=name or bundle.resolve().name, api_keys=keys, access_log=access_log, **limits)
+    check_port(host, port)
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; exit 0 for a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    HeaderTimeoutProtocol.header_timeout_s = config.header_timeout_s
+    HeaderTimeoutProtocol.write_timeout_s = config.body_timeout_s  # a client's pause in reading an answer
+    # The drain waits for what is in flight; each stage of a request has its own bound (body, queue,
+    # model), so the drain's own limit only has to cover their sum.
+    drain_s = math.ceil(config.body_timeout_s + config.timeout_ms / 1e3) + 30
     # The app writes its own access log (uvicorn's costs ~50 us of CPU per request: see asgi.AccessLog).
-    common = {"host": host, "port": port, "access_log": False, "timeout_graceful_shutdown": 30,
+    common = {"host": host, "port": port, "access_log": False, "timeout_graceful_shutdown": drain_s,
+              "timeout_keep_alive": config.keep_alive_s, "http": "trainfer.serving.connection:HeaderTimeoutProtocol",
               "log_level": "info", "server_header": False}  # no "server: uvicorn" advertised
     if workers > 1:
         os.environ[_ENV] = json.dumps({"bundle": str(bundle), "threads": threads,

@@ -5,6 +5,7 @@ runtime only: no torch in the server process."""
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,10 @@ from trainfer.errors import InputError, TrainferError
 from trainfer.runtime import Predictor
 from trainfer.serving.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, busy, error
 from trainfer.serving.batching import Batcher, Expired, QueueFull
-from trainfer.serving.protocol import HEADER, Schema, encode_infer, outputs, parse_infer
+from trainfer.serving.limits import check_limits
+from trainfer.serving.openapi import document
+from trainfer.serving.protocol import HEADER, Schema, encode_infer, load_json, outputs, parse_infer
+from trainfer.serving.rows import predict_images, predict_rows
 
 log = logging.getLogger("trainfer.serving")
 
@@ -38,6 +42,14 @@ class ServeConfig:
     api_keys: tuple[str, ...] = ()
     access_log: bool = True
     offload: str = "auto"  # the batcher's: run batches in a thread, inline on the event loop, or choose
+    header_timeout_s: float = 10.0  # a request's headers, from the connection's start or the previous answer
+    body_timeout_s: float = 30.0  # a request's whole body, from its headers
+    keep_alive_s: float = 5.0  # an idle kept-alive connection
+
+    def __post_init__(self) -> None:
+        check_limits(**{k: getattr(self, k) for k in ("max_batch_size", "max_delay_ms", "max_queue", "timeout_ms",
+                                                      "max_body_mb", "header_timeout_s", "body_timeout_s",
+                                                      "keep_alive_s")})
 
 
 def read_api_keys(path: str | Path) -> tuple[str, ...]:
@@ -81,14 +93,51 @@ class _Metrics:
             self.inference.observe(value)
 
 
-class PredictRequest(BaseModel):
-    rows: list[dict[str, Any]] = Field(..., min_length=1, description="rows of named raw features")
-
-
 class PredictResponse(BaseModel):
     labels: list[Any] | None = None
     probabilities: list[list[float]] | None = None
     predictions: list[float] | None = None
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = Field(None, description="columns: the order of an all-numeric 'input'")
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
 
 
 class InferTensor(BaseModel):
@@ -130,7 +179,6 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
 
     app = FastAPI(title=f"trainfer: {config.name}", version="1", lifespan=lifespan,
                   description="Open Inference Protocol v2 (KServe/Triton) and a simple /predict, for one bundle.")
-    _document_infer_request(app)
 
     if predictor.features.kind == "image":
         # Pixels are checked per request; normalizing runs once per batch (numpy's fixed cost per call,
@@ -138,6 +186,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
         check, run = predictor.features.inputs.to_uint8, lambda raw: predictor.run(predictor.prepare(raw))
     else:
         check, run = predictor.prepare, predictor.run
+    _document(app, schema, bool(config.api_keys))
 
     async def _predict_rows(rows: Any) -> np.ndarray:
         try:
@@ -146,7 +195,14 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
             raise
         except TrainferError as exc:
             raise InputError(exc.message) from None
-        return await state["batcher"].submit(x)
+        out = await state["batcher"].submit(x)
+        if not math.isfinite(out.sum()):  # one sum: the common all-finite case costs one numpy call
+            # A float32 graph overflows on inputs far outside the training range (e.g. 1e38 where
+            # training saw 0..16): NaN probabilities would be an answer that means nothing.
+            row = int(np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))[0])
+            raise InputError("the model's output is not a finite number: an input is far outside the "
+                             "range seen in training (check the units)", row=row)
+        return out
 
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> dict[str, bool]:
@@ -156,27 +212,30 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
     async def ready() -> dict[str, bool]:
         return {"ready": "batcher" in state}
 
-    @app.get("/v2", tags=["v2"])
+    @app.get("/v2", tags=["v2"], response_model=ServerMetadata)
     async def server_metadata() -> dict[str, Any]:
         from trainfer import __version__
 
         return {"name": "trainfer", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @app.get("/v2/models/{name}", tags=["v2"])
+    @app.get("/v2/models/{name}", tags=["v2"], response_model=ModelMetadata, response_model_exclude_none=True)
     async def model_metadata(name: str) -> Response:
         if name != config.name:
             return error(404, f"unknown model {name!r}; this server serves {config.name!r}")
-        return JSONResponse({"name": config.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                             "inputs": schema.inputs, "outputs": schema.outputs})
+        meta = {"name": config.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                "inputs": schema.inputs, "outputs": schema.outputs}
+        if schema.parameters:
+            meta["parameters"] = schema.parameters
+        return JSONResponse(meta)
 
-    @app.get("/v2/models/{name}/ready", tags=["v2"])
+    @app.get("/v2/models/{name}/ready", tags=["v2"], response_model=ModelReady)
     async def model_ready(name: str) -> Response:
         if name != config.name:
             return error(404, f"unknown model {name!r}; this server serves {config.name!r}")
         return JSONResponse({"name": name, "ready": "batcher" in state})
 
-    @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+    @app.post("/v2/models/{name}/infer", tags=["v2"], response_model=InferResponse, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": {"$ref": _REF + "InferRequest"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def infer(name: str, request: Request) -> Response:
         # Documents the endpoint; requests for the served model are answered by FastInfer before routing.
@@ -208,21 +267,27 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
             return Answer(payload, b"application/json")
         return Answer(payload, b"application/octet-stream", ((_HEADER_KEY, str(head_len).encode()),))
 
-    @app.post("/predict", tags=["simple"], response_model=PredictResponse)
-    async def predict(body: PredictRequest) -> Response:
+    @app.post("/predict", tags=["simple"], response_model=PredictResponse, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": {"$ref": _REF + "PredictRequest"}}}}})
+    async def predict(request: Request) -> Response:
+        # The body is read here rather than by FastAPI: a JSON body is taken whatever its Content-Type
+        # (curl -d sends application/x-www-form-urlencoded), and errors name the row and column.
         try:
-            rows: Any = body.rows
+            rows: Any = predict_rows(_predict_json(await request.body(), request.headers.get("content-type")), schema)
             if predictor.features.kind == "image":
-                rows = np.asarray([r.get("image") for r in body.rows], dtype=np.float64)
+                rows = predict_images(rows, predictor.features.inputs.size)
             out = await _predict_rows(rows)
         except InputError as exc:
             return error(400, exc.message)
-        except (ValueError, TypeError):
-            return error(400, "each row needs an 'image' field holding a height x width x 3 array of 0..255")
         except QueueFull:
             return busy()
         except Expired:
             return error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+        except StarletteHTTPException:
+            raise  # the body's size or time limit: answered by the handler below
+        except Exception:  # as on the hot path: a JSON 500, the details in the log
+            log.exception("inference failed")
+            return error(500, "inference failed; the server log has the details")
         named = outputs(out, schema)
         if predictor.task == "classification":
             res = {"labels": [_plain(v) for v in named["label"]], "probabilities": named["probabilities"].tolist()}
@@ -251,30 +316,43 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
 
     metrics.queue.set_function(lambda: depth() or 0)  # read at each scrape, not kept up to date per request
     inner = FastInfer(app, f"/v2/models/{config.name}/infer", infer_response, HEADER)
-    body_limit = BodyLimit(inner, int(config.max_body_mb * 1024 * 1024), config.max_body_mb)
+    body_limit = BodyLimit(inner, int(config.max_body_mb * 1024 * 1024), config.max_body_mb, config.body_timeout_s)
     # Outermost: a refused request costs no body reading and no routing.
-    return Guard(body_limit, [k.encode() for k in config.api_keys], metrics.request, depth, config.max_queue, access)
+    return Guard(body_limit, [k.encode() for k in config.api_keys], metrics.request, depth, config.max_queue, access,
+                 config.body_timeout_s)
 
 
 _HEADER_KEY = HEADER.lower().encode()
+_REF = "#/components/schemas/"
 
 
-def _document_infer_request(app: FastAPI) -> None:
-    """Put the v2 request schema (and the models it refers to) into the OpenAPI components, since the
-    infer endpoint reads its body itself (JSON or binary) and FastAPI cannot derive it."""
+def _document(app: FastAPI, schema: Schema, keys: bool) -> None:
+    """/openapi.json: FastAPI's, with the v2 request schema (the infer endpoint reads its body itself,
+    JSON or binary, so FastAPI cannot derive it) and made true to what the server sends (openapi.py).
+    Built on the first request for it, not at start-up."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = default()
-            request = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            request = InferRequest.model_json_schema(ref_template=_REF + "{model}")
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(request.pop("$defs", {}))
             schemas["InferRequest"] = request
-            app.openapi_schema = spec
+            app.openapi_schema = document(spec, schema, keys)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _predict_json(body: bytes, content_type: str | None) -> Any:
+    try:
+        return load_json(body)
+    except InputError:
+        if content_type and "json" not in content_type.lower():
+            raise InputError(f"the body is not JSON (it came as Content-Type: {content_type}); send "
+                             '{"rows": [...]} with the header Content-Type: application/json') from None
+        raise
 
 
 def _plain(v: Any) -> Any:

@@ -114,13 +114,59 @@ class AccessLog:
             self.dropped += len(lines)
 
 
+class Sweeper:
+    """Deadlines for awaits on a client (a body to receive): ``wait`` raises TimeoutError when the await
+    outlives its deadline.
+
+    One check every SWEEP_S interrupts every late await (a task cancel, turned back into TimeoutError):
+    a timer per request, or asyncio.timeout() around each receive, cost 1.5-3.5 us of the ~100 us a
+    request takes in the app; this costs a dict entry. A deadline is thus kept to within SWEEP_S."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Task, float] = {}  # tasks in an await -> its deadline
+        self._late: set[asyncio.Task] = set()  # cancelled by _sweep: their wait() raises TimeoutError
+        self._sweeping = False
+
+    async def wait(self, awaitable: Awaitable[Any], deadline: float) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = deadline
+        if not self._sweeping:
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise
+            self._late.discard(task)
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._waiting.pop(task, None)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in list(self._waiting.items()):
+            if now >= deadline:
+                del self._waiting[task]
+                self._late.add(task)
+                task.cancel()
+        if self._waiting:
+            loop.call_later(SWEEP_S, self._sweep)
+        else:
+            self._sweeping = False
+
+
 class Guard:
     """API keys, load shedding, request metrics and the access log for every HTTP request."""
 
     def __init__(self, app: ASGIApp, keys: list[bytes], observe: Callable[[str, int, float], None],
-                 depth: Callable[[], int | None], max_queue: int, access: AccessLog | None) -> None:
+                 depth: Callable[[], int | None], max_queue: int, access: AccessLog | None,
+                 linger_s: float = 30.0) -> None:
         self.app, self.keys, self.observe, self.depth, self.max_queue = app, keys, observe, depth, max_queue
-        self.access = access
+        self.access, self.linger_s = access, linger_s
         self._endpoints: dict[str, str] = {}  # path -> label, for the first paths seen (bounded: paths are not)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -137,7 +183,10 @@ class Guard:
 
         refusal = self._refusal(scope)
         try:
-            await (self.app if refusal is None else refusal)(scope, receive, send_status)
+            if refusal is None:
+                await self.app(scope, receive, send_status)
+            else:  # answered before its body is read: a client still sending it must see the answer too
+                await answer_early(refusal, scope, receive, send_status, self.linger_s)
         finally:  # also for a request whose client went away
             seconds = time.perf_counter() - t0
             if scope.get("trainfer.disconnected"):
@@ -172,38 +221,107 @@ class Guard:
         return None
 
 
-class BodyLimit:
-    """Refuse bodies over the limit with 413: by Content-Length up front, and by counting the bytes of
-    a chunked body as the endpoint reads it (so it sees every body, whatever the endpoint)."""
+LINGER_BYTES = 64 << 20  # the most of a refused body read and discarded so that its client sees the 413
+SWEEP_S = 0.25  # how often deadlines on clients are checked: a 408 comes at most this late
 
-    def __init__(self, app: ASGIApp, max_bytes: int, mb: float) -> None:
+
+class BodyLimit:
+    """Bound every request body: in size (413, by Content-Length up front, and by counting the bytes of a
+    chunked body as the endpoint reads it, so it sees every body, whatever the endpoint) and in time (408
+    when the whole body has not arrived ``timeout_s`` after the headers: a stalled client holds no task,
+    and a SIGTERM drain never waits on it longer).
+
+    A refused body is read and discarded up to ``LINGER_BYTES`` before the connection closes (a lingering
+    close, as nginx does): closing a socket with unread data resets it, and a client still sending, such
+    as urllib, then gets a broken pipe instead of the 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, mb: float, timeout_s: float = 30.0) -> None:
         self.app, self.max_bytes, self.message = app, max_bytes, f"request body over the {mb:g} MB limit"
+        self.timeout_s = timeout_s
+        self.sweeper = Sweeper()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length, chunked = None, False
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = value
-            elif key == b"transfer-encoding":
-                chunked = True
+        length, chunked, _ = body_headers(scope)
+        if length is None and not chunked:
+            return await self.app(scope, receive, send)  # no body (a GET): nothing to bound
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await error(413, self.message)(scope, receive, send)
-        if length is not None and not chunked:  # the HTTP parser reads no more than Content-Length bytes
-            return await self.app(scope, receive, send)
-        seen = 0  # a chunked body (some parsers let chunked win over a Content-Length): count it
+            return await answer_early(error(413, self.message), scope, receive, send, self.timeout_s)
+        seen = 0
+        done = False
 
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def bounded() -> Message:
+            nonlocal seen, done
+            if done:  # the whole body is in: a later receive() waits for a disconnect, unbounded
+                return await receive()
+            if loop.time() >= deadline:
+                raise self._too_slow()
+            try:
+                message = await self.sweeper.wait(receive(), deadline)
+            except TimeoutError:
+                raise self._too_slow() from None
             if message["type"] == "http.request":
+                done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
+                # Count even beside a Content-Length: some parsers let chunked win over it.
                 if seen > self.max_bytes:
-                    raise StarletteHTTPException(413, self.message)
+                    if not done:
+                        await _discard(receive, deadline)
+                    raise StarletteHTTPException(413, self.message, {"Connection": "close"})
             return message
 
-        return await self.app(scope, counted, send)
+        return await self.app(scope, bounded, send)
+
+    def _too_slow(self) -> StarletteHTTPException:
+        return StarletteHTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                      {"Connection": "close"})
+
+def body_headers(scope: Scope) -> tuple[bytes | None, bool, bool]:
+    """(Content-Length, chunked, waits for "100 Continue") of a request."""
+    length, chunked, expect = None, False, False
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = value
+        elif key == b"transfer-encoding":
+            chunked = True
+        elif key == b"expect":
+            expect = value.lower() == b"100-continue"
+    return length, chunked, expect
+
+
+async def answer_early(response: JSONResponse, scope: Scope, receive: Receive, send: Send, linger_s: float) -> None:
+    """Send ``response`` to a request whose body is still unread, then read and drop that body (up to
+    LINGER_BYTES and ``linger_s``) before the connection closes: a lingering close, as nginx does.
+    Closing a socket with unread data resets it, and a client still sending (urllib, curl) then gets a
+    broken pipe instead of the answer. A client waiting for "100 Continue" sends nothing more once it
+    has the answer, and one that announced more than we would read gets the answer at once."""
+    length, chunked, expect = body_headers(scope)
+    if expect or (length is None and not chunked) or (
+            not chunked and (length is None or not length.isdigit() or int(length) > LINGER_BYTES)):
+        return await response(scope, receive, send)
+    deadline = asyncio.get_running_loop().time() + linger_s
+    headers = [(k, v) for k, v in response.raw_headers if k != b"connection"] + [(b"connection", b"close")]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": True})
+    await _discard(receive, deadline)
+    await send({"type": "http.response.body", "body": b""})  # completes the answer: then the connection closes
+
+
+async def _discard(receive: Receive, deadline: float) -> None:
+    """Read and drop the rest of a body: until its end, LINGER_BYTES, the deadline or a disconnect."""
+    read = 0
+    try:
+        async with asyncio.timeout_at(deadline):
+            while read <= LINGER_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                read += len(message.get("body", b""))
+    except TimeoutError:
+        return
 
 
 Handler = Callable[[bytes, "str | None"], Awaitable["Answer | JSONResponse"]]
@@ -229,8 +347,8 @@ class FastInfer:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-        except StarletteHTTPException as exc:  # BodyLimit counted past the limit
-            return await error(exc.status_code, str(exc.detail))(scope, receive, send)
+        except StarletteHTTPException as exc:  # BodyLimit: past the size limit or the time limit
+            return await error(exc.status_code, str(exc.detail), exc.headers)(scope, receive, send)
         header = None
         for key, value in scope["headers"]:
             if key == self.header:

@@ -8,6 +8,7 @@ from typing import Any
 from trainfer.config import Recipe, build_recipe
 from trainfer.training.evaluate import evaluate
 from trainfer.training.loop import train_run
+from trainfer.training.outputs import check_run_out, replacing
 from trainfer.training.run import Run
 
 
@@ -21,6 +22,7 @@ def train(
     epochs: int | None = None,
     seed: int | None = None,
     resume: bool = False,
+    force: bool = False,
     quiet: bool = True,
     overrides: list[str] | None = None,
 ) -> Run:
@@ -29,18 +31,21 @@ def train(
     Example: ``run = trainfer.train(data="digits", model="mlp", epochs=30, out="runs/digits")``.
     ``recipe`` is a YAML path, a dict or a Recipe; keyword shortcuts and ``overrides``
     (``["train.lr=0.01"]``) change its values. With ``resume=True`` the run continues from its
-    last checkpoint, using the recipe recorded in ``out``.
+    last checkpoint, using the recipe recorded in ``out``. With ``force=True`` an existing run at ``out`` is
+    replaced once the new one is complete (it is put back if training fails).
     """
     shortcuts = {"data.source": data, "data.target": target, "model.name": model, "train.epochs": epochs,
                  "seed": seed}
     out = Path(out)
+    check_run_out(out, resume=resume, force=force)
     if resume and (out / "recipe.yaml").is_file():
         resolved = _resume_recipe(out, recipe, shortcuts, overrides)
         if (out / "summary.json").is_file():
             return Run.load(out)  # already complete: nothing to do
     else:
         resolved = build_recipe(recipe, overrides, **shortcuts)
-    train_run(resolved, out, resume=resume, quiet=quiet)
+    with replacing(out, force and not resume):
+        train_run(resolved, out, resume=resume, quiet=quiet)
     return Run.load(out)
 
 

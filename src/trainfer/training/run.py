@@ -35,7 +35,13 @@ class Run:
     def load(cls, path: str | Path) -> Run:
         path = Path(path)
         if not path.is_dir():
+            if path.exists():
+                raise RunError(f"{path} is a file, not a run directory",
+                               hint="pass the --out directory of `trainfer train`")
             raise RunError(f"run directory {path} not found", hint="pass the --out directory of `trainfer train`")
+        if (path / "manifest.json").is_file() and not (path / "summary.json").exists():
+            raise RunError(f"{path} is a bundle, not a training run",
+                           hint="export and optimize take the run directory (the --out of `trainfer train`)")
         if not (path / "summary.json").is_file():
             raise RunError(f"run {path} is incomplete (no summary.json)",
                            hint=f"finish it with: trainfer train --out {path} --resume")
