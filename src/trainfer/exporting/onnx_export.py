@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trainfer._atomic import os_error_in
 from trainfer.errors import ExportError
 
 INPUT_NAME = "input"
@@ -51,6 +52,8 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
             _check_loadable(path)
             return {"exporter": name, "opset": used_opset, "fallback_reason": "; ".join(reasons) or None}
         except Exception as exc:  # any exporter failure: try the other one before giving up
+            if os_error_in(exc) is not None:
+                raise  # disk full, read-only, no permission: not the exporter's fault; the writer names the path
             text = str(exc).splitlines()[0] if str(exc) else ""
             reasons.append(f"{name}: {type(exc).__name__}: {text}"[:300])
     raise ExportError(f"ONNX export failed with both exporters: {'; '.join(reasons)}",
