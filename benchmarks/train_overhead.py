@@ -32,7 +32,7 @@ from trainfer.data import Prepared, prepare
 from trainfer.models import build_model
 from trainfer.training.schedule import lr_at
 
-GOAL_OVERHEAD_PCT = 5.0
+GOAL_OVERHEAD_PCT = 3.0  # issue 10.31 (was 5)
 
 
 def make_recipe(n_samples: int, epochs: int, batch: int, threads: int) -> Recipe:
@@ -48,17 +48,19 @@ def make_recipe(n_samples: int, epochs: int, batch: int, threads: int) -> Recipe
     })
 
 
-def run_trainfer(recipe: Recipe, n_train: int) -> tuple[float, float, float]:
-    """(samples/s over the loop wall time incl. eval + checkpoints, loop seconds, train-phase seconds)."""
+def run_trainfer(recipe: Recipe, n_train: int) -> tuple[float, float, float, float]:
+    """(samples/s over the loop wall time incl. eval + checkpoints, loop seconds, train-phase seconds,
+    CPU seconds of the epochs: the process's user + sys time, as trainfer's summary records it)."""
     with tempfile.TemporaryDirectory(prefix="bench-trainfer-") as tmp:
         run = trainfer.train(recipe, out=Path(tmp) / "run", quiet=True)
         records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     loop_s = float(run.summary["timings"]["train_loop_s"])
     epochs = int(run.summary["epochs_run"])
-    return n_train * epochs / loop_s, loop_s, sum(r["train_s"] for r in records)
+    return n_train * epochs / loop_s, loop_s, sum(r["train_s"] for r in records), float(
+        run.summary["timings"]["train_cpu_s"])
 
 
-def run_baseline(recipe: Recipe, data: Prepared) -> tuple[float, float, float]:
+def run_baseline(recipe: Recipe, data: Prepared) -> tuple[float, float, float, float]:
     """What a competent engineer writes by hand: per-step lr, fwd, loss, bwd, clip, step; val per epoch."""
     cfg = recipe.train
     torch.manual_seed(recipe.seed)
@@ -74,7 +76,7 @@ def run_baseline(recipe: Recipe, data: Prepared) -> tuple[float, float, float]:
     steps = -(-n // bs)  # same step count as trainfer (its drop-a-batch-of-one rule never fires here)
     total = steps * cfg.epochs
     train_s = 0.0
-    t_loop = time.perf_counter()
+    t_loop, cpu0 = time.perf_counter(), time.process_time()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -97,8 +99,14 @@ def run_baseline(recipe: Recipe, data: Prepared) -> tuple[float, float, float]:
             correct = sum(int((model(Xv[j:j + ebs]).argmax(1) == yv[j:j + ebs]).sum())
                           for j in range(0, len(Xv), ebs))
         _ = correct / len(Xv)  # the number early stopping would compare
-    loop_s = time.perf_counter() - t_loop
-    return n * cfg.epochs / loop_s, loop_s, train_s
+    loop_s, cpu_s = time.perf_counter() - t_loop, time.process_time() - cpu0
+    return n * cfg.epochs / loop_s, loop_s, train_s, cpu_s
+
+
+def _bootstrap_ci(ratios: list[float]) -> list[float]:
+    """95% bootstrap interval of the median ratio: says whether PASS/FAIL is more than noise."""
+    boots = np.median(np.random.default_rng(0).choice(ratios, size=(2000, len(ratios))), axis=1)
+    return [float(v) for v in np.percentile(boots, [2.5, 97.5])]
 
 
 def main() -> None:
@@ -130,17 +138,18 @@ def main() -> None:
     for r in range(rounds):
         # Alternate who goes first (A B, B A, ...) so slow drift on a shared machine favours neither side.
         order = ("trainfer", "baseline") if r % 2 == 0 else ("baseline", "trainfer")
-        res: dict[str, tuple[float, float, float]] = {}
+        res: dict[str, tuple[float, float, float, float]] = {}
         for side in order:
             res[side] = run_trainfer(recipe, n_train) if side == "trainfer" else run_baseline(recipe, data)
-        (tf_sps, tf_loop, tf_train), (bl_sps, bl_loop, bl_train) = res["trainfer"], res["baseline"]
+        (tf_sps, tf_loop, tf_train, tf_cpu), (bl_sps, bl_loop, bl_train, bl_cpu) = res["trainfer"], res["baseline"]
         raw.append({"trainfer_samples_per_s": tf_sps, "baseline_samples_per_s": bl_sps,
                     "trainfer_loop_s": tf_loop, "baseline_loop_s": bl_loop,
                     "trainfer_train_phase_s": tf_train, "baseline_train_phase_s": bl_train,
-                    "ratio": tf_sps / bl_sps, "train_phase_ratio": bl_train / tf_train})
+                    "trainfer_cpu_s": tf_cpu, "baseline_cpu_s": bl_cpu,
+                    "ratio": tf_sps / bl_sps, "train_phase_ratio": bl_train / tf_train, "cpu_ratio": bl_cpu / tf_cpu})
         print(f"  round {r + 1}: trainfer {tf_sps:6.0f}/s ({tf_loop:.2f} s loop, {tf_train:.2f} s steps)"
               f" | baseline {bl_sps:6.0f}/s ({bl_loop:.2f} s loop, {bl_train:.2f} s steps)"
-              f" | ratio {tf_sps / bl_sps:.3f}")
+              f" | ratio {tf_sps / bl_sps:.3f}, cpu ratio {bl_cpu / tf_cpu:.3f}")
 
     def med(key: str) -> float:
         return statistics.median(x[key] for x in raw)
@@ -152,9 +161,12 @@ def main() -> None:
     ratios = [x["ratio"] for x in raw]
     cv = statistics.pstdev(ratios) / statistics.mean(ratios) if len(ratios) > 1 else 0.0
     passed = overhead <= GOAL_OVERHEAD_PCT
-    # Bootstrap 95% interval of the median ratio: says whether PASS/FAIL is more than noise.
-    boots = np.median(np.random.default_rng(0).choice(ratios, size=(2000, len(ratios))), axis=1)
-    ci = [float(v) for v in np.percentile(boots, [2.5, 97.5])]
+    ci = _bootstrap_ci(ratios)
+    # CPU time (user + sys) of the same loops: other jobs on a shared machine stretch wall time far more than
+    # the CPU time a loop needs, so this ratio stays readable when the wall-time ratios scatter.
+    cpu_ratios = [x["cpu_ratio"] for x in raw]
+    cpu_ratio, cpu_ci = statistics.median(cpu_ratios), _bootstrap_ci(cpu_ratios)
+    cpu_overhead = 100 * (1 / cpu_ratio - 1)
     goal_ratio = 1 / (1 + GOAL_OVERHEAD_PCT / 100)
     conclusive = ci[0] >= goal_ratio or ci[1] < goal_ratio
     # Diagnostic only: best round of each side. Contention only ever slows a run down, so on a busy
@@ -166,6 +178,8 @@ def main() -> None:
           f" ratio CV {100 * cv:.1f}%")
     print(f"ratio 95% CI [{ci[0]:.3f}, {ci[1]:.3f}] vs goal ratio {goal_ratio:.3f}:"
           f" {'conclusive' if conclusive else 'inconclusive'}; best-vs-best ratio {best_ratio:.3f}")
+    print(f"cpu time: ratio {cpu_ratio:.3f} -> overhead {cpu_overhead:+.1f}%, 95% CI [{cpu_ci[0]:.3f}, {cpu_ci[1]:.3f}]"
+          f" ({'within' if cpu_overhead <= GOAL_OVERHEAD_PCT else 'over'} the goal)")
     print(f"train phase only (steps, no eval/checkpoint): ratio {train_ratio:.3f} -> overhead"
           f" {train_overhead:+.1f}%; the rest of the loop adds {overhead - train_overhead:+.1f} points")
     if cv > 0.05:
@@ -177,6 +191,7 @@ def main() -> None:
         "ratio": ratio, "overhead_pct": overhead, "train_phase_ratio": train_ratio,
         "train_phase_overhead_pct": train_overhead, "ratio_cv": cv, "ratio_ci95": ci,
         "conclusive": conclusive, "best_vs_best_ratio": best_ratio,
+        "cpu_ratio": cpu_ratio, "cpu_overhead_pct": cpu_overhead, "cpu_ratio_ci95": cpu_ci,
         "goal_overhead_pct": GOAL_OVERHEAD_PCT, "pass": passed, "rounds": rounds, "threads": threads,
         "config": {"quick": args.quick, "dataset": "synthetic-classification", "n_samples": n_samples,
                    "n_train": n_train, "n_val": len(data.y["val"]), "n_features": 64,

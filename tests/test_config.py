@@ -110,3 +110,36 @@ def test_scientific_notation_in_options_is_a_number() -> None:
     from trainfer.data import load_dataset
 
     assert len(load_dataset(r.data)) == 2000
+
+
+def _float_fields() -> list[str]:
+    """Every float hyperparameter of the recipe, as a dotted key (found from the schema, not listed by hand)."""
+    import typing
+
+    keys = []
+    for section, field in Recipe.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and hasattr(sub, "model_fields"):
+            for name, f in sub.model_fields.items():
+                if float in (f.annotation, *typing.get_args(f.annotation)):
+                    keys.append(f"{section}.{name}")
+    return keys
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", ".inf", ".nan", "Infinity", "1e999"])
+def test_non_finite_hyperparameters_are_refused_with_the_key_named(value: str) -> None:
+    keys = _float_fields()
+    assert "train.lr" in keys and "train.grad_clip" in keys and "data.val_fraction" in keys
+    for key in keys:
+        with pytest.raises(ConfigError) as info:
+            build_recipe(None, [f"{key}={value}"])
+        assert key in info.value.message and "finite" in info.value.message, (key, info.value.message)
+
+
+def test_non_finite_hyperparameters_in_a_recipe_file_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lr: .inf\n  weight_decay: .nan\n")
+    with pytest.raises(ConfigError) as info:
+        build_recipe(path)
+    assert "2 problems" in info.value.message
+    assert "train.lr" in info.value.message and "train.weight_decay" in info.value.message

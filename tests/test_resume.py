@@ -159,3 +159,30 @@ def test_the_best_epochs_checkpoint_is_kept_until_a_better_one_and_holds_its_wei
     save_tensors(tmp_path / "best-0002.safetensors", {"weight": weights[2], "bias": model.bias})
     old = best_weights(tmp_path, {"best_file": "best-0002.safetensors"})
     assert set(old) == {"weight", "bias"} and torch.equal(old["weight"], weights[2])
+
+
+def test_background_checkpoints_are_snapshots_and_a_failed_write_is_raised(tmp_path: Path) -> None:
+    import torch
+
+    from trainfer.training.checkpoint import CheckpointWriter, load_checkpoint, snapshot
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    state: dict = {"history": [{"epoch": 1}]}
+    with CheckpointWriter(tmp_path / "ckpt") as writer:
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        writer.save(snapshot(1, model, opt, state, True, {str(tmp_path / "metrics.jsonl"): "one\n"}))
+        with torch.no_grad():  # training goes on while the write is in flight: the checkpoint must not see it
+            model.weight.fill_(2.0)
+    saved, tensors = load_checkpoint(tmp_path / "ckpt")
+    assert saved["epoch"] == 1 and saved["history"] == [{"epoch": 1}]
+    assert torch.equal(tensors["model.weight"], torch.ones(2, 3))
+    assert (tmp_path / "metrics.jsonl").read_text() == "one\n"
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the checkpoints should go\n")
+    writer = CheckpointWriter(blocked)
+    writer.save(snapshot(2, model, opt, state, False))
+    with pytest.raises(OSError):
+        writer.close()  # the loop sees the failure (at the next save or at the end), not a silent thread

@@ -16,7 +16,9 @@ from trainfer.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an lr of inf or a clip of nan passes every bound check (nan compares false)
+    # and only shows up later as NaN weights; refuse it here, with the key named, for every float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):

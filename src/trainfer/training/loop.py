@@ -7,6 +7,7 @@ subclass a trainer.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,8 +23,16 @@ from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
-from trainfer.training.checkpoint import best_weights, load_checkpoint, restore, save_checkpoint, save_tensors
+from trainfer.training.checkpoint import (
+    CheckpointWriter,
+    best_weights,
+    load_checkpoint,
+    restore,
+    save_tensors,
+    snapshot,
+)
 from trainfer.training.metrics import compute_metrics, monitor
+from trainfer.training.optim import SGD, AdamW, set_deterministic
 from trainfer.training.progress import Progress
 from trainfer.training.schedule import lr_at
 
@@ -89,9 +98,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        opt: torch.optim.Optimizer = AdamW(groups, lr=cfg.lr)
     else:
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        opt = SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if task == "classification":
         loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     else:
@@ -114,14 +123,21 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
                              "elapsed_s": 0.0, "cpu_s": 0.0, "energy_j": 0.0, "energy_method": None}
     ckpt = load_checkpoint(ckpt_dir) if resume else None
+    # Held nothing before this call: removed again if the run diverges before its first checkpoint.
+    fresh_dir = ckpt is None and (not out.exists() or not any(out.iterdir()))
     if ckpt is not None:
         state, tensors = ckpt
         restore(model, opt, state, tensors)
     else:
         _start_run_dir(out, recipe, data, resume)
+    # Each step's batch size, to turn the per-step mean losses into the epoch's mean per sample.
+    sizes = [bs] * (steps_per_epoch - 1) + [min(bs, n_train - (steps_per_epoch - 1) * bs)]
+    seen = sum(sizes)
+    step_sizes = torch.tensor(sizes, dtype=torch.float64, device=device)
 
     prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    set_deterministic(True)
     # Deterministic kernels, but no NaN-filling of every new tensor (its default): that cost ~2% per step
     # and only guards reads of uninitialized memory, which the loop never does.
     prev_fill = torch.utils.deterministic.fill_uninitialized_memory
@@ -130,6 +146,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
     progress = Progress(cfg.epochs, steps_per_epoch, enabled=not quiet)
+    writer = CheckpointWriter(ckpt_dir)
+    best_model: dict[str, torch.Tensor] | None = None  # the best epoch's weights this call, as checkpointed
     t_loop = time.perf_counter()
     try:
         with progress:
@@ -143,9 +161,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state.
                 perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(recipe.seed * 100003 + epoch))
                 perm = perm.to(device)
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device, dtype=torch.long)
-                seen = 0
+                # Per-step results stay on the device and are read once an epoch: no host sync per step.
+                step_losses: list[torch.Tensor] = []
+                step_preds: list[torch.Tensor] = []
                 for i in range(steps_per_epoch):
                     step = (epoch - 1) * steps_per_epoch + i
                     lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup_fraction)
@@ -161,18 +179,27 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     if cfg.grad_clip is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
-                    loss_sum.add_(loss.detach(), alpha=len(idx))  # one op per step, not two
+                    step_losses.append(loss.detach())
                     if task == "classification":
-                        correct += (out_b.detach().argmax(1) == yb).sum()
-                    seen += len(idx)
+                        step_preds.append(out_b.argmax(1))  # integer output: no autograd, one op
                     progress.step()
+                losses = torch.stack(step_losses)
+                bad = _first_non_finite(losses)
+                if bad is not None:
+                    raise _diverged(cfg, epoch, bad, steps_per_epoch, f"the loss became {float(losses[bad])}")
                 train_s = time.perf_counter() - t0
 
-                val = compute_metrics(predict_outputs(model, data.X["val"], device, cfg.eval_batch_size,
-                                                      cfg.precision), data.y["val"], features.target)
-                record = {"epoch": epoch, "train_loss": float(loss_sum) / seen}
+                with np.errstate(invalid="ignore", over="ignore"):  # NaN outputs: checked just below
+                    val = compute_metrics(predict_outputs(model, data.X["val"], device, cfg.eval_batch_size,
+                                                          cfg.precision), data.y["val"], features.target)
+                if not np.isfinite(val["loss"]):
+                    # Every step's loss was finite, so the last step's update broke the weights.
+                    raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
+                                    f"the validation loss became {val['loss']} after the update")
+                record = {"epoch": epoch, "train_loss": float(losses.double() @ step_sizes) / seen}
                 if task == "classification":
-                    record["train_accuracy"] = float(correct) / seen
+                    hits = torch.cat(step_preds) == y_train[perm[:seen]]
+                    record["train_accuracy"] = int(hits.sum()) / seen
                 record.update({f"val_{k}": v for k, v in val.items()})
                 record.update(lr=lr, samples_per_s=seen / train_s, train_s=train_s,
                               epoch_s=time.perf_counter() - t0)
@@ -189,26 +216,57 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 state["cpu_s"] += meter.cpu_s
                 state["energy_j"] += meter.joules
                 state["energy_method"] = meter.method
-                save_checkpoint(ckpt_dir, epoch, model, opt, state, improved)
-                # Rewritten whole from the checkpointed history, so it never holds an epoch twice.
-                write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+                # Rewritten whole from the checkpointed history (after state.json), so it never holds an
+                # epoch twice; written while the next epoch trains.
+                metrics = "".join(json.dumps(r) + "\n" for r in state["history"])
+                snap = snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics})
+                if improved:
+                    best_model = {k[len("model."):]: v for k, v in snap["tensors"].items() if k.startswith("model.")}
+                writer.save(snap)
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
+    except BaseException as exc:
+        writer.close()  # the last checkpoint is whole before an error or Ctrl-C goes up
+        if isinstance(exc, RunError) and fresh_dir and not (ckpt_dir / "state.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # diverged before any good epoch: nothing worth keeping
+        raise
     finally:
-        torch.use_deterministic_algorithms(prev_det)
+        set_deterministic(prev_det, warn_only=prev_warn)
         torch.utils.deterministic.fill_uninitialized_memory = prev_fill
         torch.set_num_threads(prev_threads)  # API callers get their process settings back
     t_loop = time.perf_counter() - t_loop
 
-    # -- finish: the best epoch's weights become the model; summary.json last marks the run complete
-    best = best_weights(ckpt_dir, state)
-    model.load_state_dict(best)
-    save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
-    summary = _summary(model, data, device, cfg, state, n_params, threads,
-                       {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
-                        "train_cpu_s": state["cpu_s"],
-                        "total_s": time.perf_counter() - t_start})
-    write_json(out / "summary.json", summary)
+    # -- finish: the best epoch's weights become the model; summary.json last marks the run complete.
+    # The last checkpoint is still being written meanwhile; the best weights come from memory unless the
+    # best epoch was checkpointed before a resume.
+    try:
+        best = best_model if best_model is not None else best_weights(ckpt_dir, state)
+        model.load_state_dict(best)
+        save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
+        summary = _summary(model, data, device, cfg, state, n_params, threads,
+                           {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
+                            "train_cpu_s": state["cpu_s"],
+                            "total_s": time.perf_counter() - t_start})
+        writer.wait()  # every checkpoint is on disk before the run is marked complete
+        write_json(out / "summary.json", summary)
+    finally:
+        writer.close()
     return summary
+
+
+def _first_non_finite(losses: torch.Tensor) -> int | None:
+    """Index of the first NaN/inf among an epoch's step losses, or None (the epoch's one host sync)."""
+    bad = ~torch.isfinite(losses)
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _diverged(cfg: Any, epoch: int, step: int, steps_per_epoch: int, what: str) -> RunError:
+    """The error that stops a diverged run before its epoch is checkpointed (the last good one stays last)."""
+    clip = f"lower train.grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip is not None else \
+        "enable clipping with train.grad_clip=1.0"
+    kept = f"the checkpoint of epoch {epoch - 1} is kept (--resume continues from it as recorded)" if epoch > 1 \
+        else "nothing was kept"
+    return RunError(f"training diverged: {what} at epoch {epoch}, step {step + 1} of {steps_per_epoch}",
+                    hint=f"lower train.lr (now {cfg.lr:g}) or {clip}, and train again; {kept}")
 
 
 def _improved(score: float, loss: float, state: dict[str, Any], mode: str, min_delta: float) -> bool:
