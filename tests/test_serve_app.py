@@ -216,3 +216,21 @@ def test_access_log_survives_a_dead_reader_and_writes_whole_lines_in_small_chunk
     log.flush()
     assert len(writes) > 1 and all(len(w) <= 4096 and w.endswith("\n") for w in writes)
     assert sum(w.count("\n") for w in writes) == 100
+
+
+def test_every_spelling_of_a_missing_number_over_predict_is_imputed_like_null(digits_bundle: Path) -> None:
+    # A CSV cell may be empty, blank or "NA"; /predict must impute them as the file path does, not refuse them.
+    predictor = trainfer.load(digits_bundle, threads=1)
+    names = [c["name"] for c in predictor.features.inputs.columns]
+    row = {n: float(i % 7) for i, n in enumerate(names)}
+    spellings = [None, "", " ", "NA", "NaN", "null"]
+    bodies = [{"rows": [{**row, names[3]: s}]} for s in spellings]
+    expected = predictor.predict_proba([{**row, names[3]: None}])[0]
+
+    async def go() -> list[Any]:
+        async with _lifespan(create_app(predictor, ServeConfig(name="digits", access_log=False))) as client:
+            return [await client.post("/predict", json=b) for b in bodies]
+
+    for spelling, r in zip(spellings, asyncio.run(go()), strict=True):
+        assert r.status_code == 200, (spelling, r.text)
+        np.testing.assert_allclose(r.json()["probabilities"][0], expected, atol=1e-6)

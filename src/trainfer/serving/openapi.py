@@ -83,8 +83,13 @@ def predict_request(schema: Schema) -> dict[str, Any]:
             if c["type"] == "numeric":
                 number: dict[str, Any] = {"type": "number"}
                 number["minimum"], number["maximum"] = bounds(c["mean"], c["std"])
-                props[c["name"]] = {"anyOf": [number, {"type": "null"}],
-                                    "description": "a number; null if missing (imputed as in training)"}
+                if c.get("datetime"):
+                    props[c["name"]] = {"anyOf": [number, {"type": "string", "format": "date-time"}, {"type": "null"}],
+                                        "description": "a date and time (ISO 8601, or seconds since 1970 UTC); null "
+                                                       "if missing (imputed as in training)"}
+                else:
+                    props[c["name"]] = {"anyOf": [number, {"type": "null"}],
+                                        "description": "a number; null if missing (imputed as in training)"}
             else:
                 kinds = ["string", "number", "null"]
                 if any(v in ("True", "False") for v in c["categories"]):

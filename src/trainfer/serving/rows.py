@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from trainfer.errors import InputError
+from trainfer.features import is_missing
 from trainfer.serving.protocol import Schema, far_message, flatten, in_range, json_type
 
 
@@ -32,7 +33,8 @@ def predict_images(rows: list[dict[str, Any]], size: int) -> np.ndarray:
 
 def predict_rows(req: Any, schema: Schema) -> list[dict[str, Any]]:
     """The rows of a ``/predict`` body ``{"rows": [{"feature": value, ...}, ...]}``, each value checked
-    against its column: a number (or null, NaN or "NaN" if missing) for a numeric column; a string, a
+    against its column: a number (or null, "", "NaN" if missing) for a numeric column, also ISO 8601 text for
+    a date column; a string, a
     number or null for a categorical one (true/false only where training saw booleans). A list, an
     object or a boolean elsewhere is never a feature value: InputError naming the row and column."""
     if not isinstance(req, dict) or "rows" not in req:
@@ -56,7 +58,9 @@ def predict_rows(req: Any, schema: Schema) -> list[dict[str, Any]]:
                 continue
             if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= sys.float_info.max:
                 continue
-            if isinstance(v, str) and (not numeric or v in _NAN):
+            # a date column takes ISO 8601 text (the features parse it and name a bad one); any column takes
+            # the spellings of "missing" that a CSV cell may have, imputed as on every other path
+            if isinstance(v, str) and (not numeric or spec.get("datetime") or is_missing(v)):
                 continue
             got = (repr(v) if isinstance(v, str) and len(v) <= 40 else "an integer beyond float64"
                    if isinstance(v, int) and not isinstance(v, bool) else json_type(v))
@@ -64,5 +68,3 @@ def predict_rows(req: Any, schema: Schema) -> list[dict[str, Any]]:
             raise InputError(f"expected {want}, got {got}", row=i, column=name)
     return rows
 
-
-_NAN = ("NaN", "nan")
