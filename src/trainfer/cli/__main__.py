@@ -1,0 +1,5 @@
+"""`python -m trainfer.cli`, as the console script."""
+
+from trainfer.cli import main
+
+main()

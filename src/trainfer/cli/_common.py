@@ -1,0 +1,101 @@
+"""What every verb shares: the typer app, common options, progress displays and the `_verb` wrapper
+(its pip extras checked before any work, Ctrl-C turned into one line saying what was kept)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trainfer._imports import require_extras
+from trainfer.errors import TrainferError
+
+app = typer.Typer(
+    name="trainfer",
+    help="Train a model, hand it off to a fast torch-free inference bundle, and measure both phases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+# One rule for every verb: progress can be silenced with -q, an existing output is replaced only with --force,
+# and --threads means the same thing with the same default everywhere.
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (results are still printed).")]
+THREADS_DEFAULT = "default: the bundle's recommended threads when it records them, else every CPU this process may use"
+
+
+def _force(what: str) -> Any:
+    return typer.Option("--force", help=f"Replace an existing {what} at --out (without it, an existing one is "
+                                        "refused before any work starts).")
+
+
+def _threads(what: str) -> Any:
+    # metavar: typer's "<int range>" widened the metavar column and cut long option names at 80 columns
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1, metavar="<int>")
+
+
+def _spinner(message: str, show: bool) -> Any:
+    """A spinner on stderr while a verb works, when a person watches (stderr is a terminal)."""
+    if not show or not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False).status(message, spinner="dots")
+
+
+def _console() -> Any:
+    """stdout console; wide when not a terminal, so tables in logs are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+class Interrupted(TrainferError):
+    """Ctrl-C during a command; the message says what was kept."""
+
+
+def _verb(*extras: str, kept: Callable[[dict[str, Any]], str] | None = None) -> Callable[[Any], Any]:
+    """Wrap a command: check its pip extras before any work (an `error:` naming the extra, not a traceback
+    from deep inside), and turn Ctrl-C into one line saying what was kept (``kept(arguments)``)."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            require_extras(*extras)
+            try:
+                return fn(**kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted: " + (kept(kwargs) if kept else "nothing was written")) from None
+        return command
+    return wrap
+
+
+def _train_kept(args: dict[str, Any]) -> str:
+    out = Path(args["out"])
+    if (out / "summary.json").is_file():  # --force put the finished run back: the new one was dropped
+        return f"the finished run at {out} is unchanged; the new run was discarded"
+    try:
+        epoch = json.loads((out / "checkpoints" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return f"no checkpoint yet in {out}; `trainfer train --out {out} --resume` starts it again"
+    return f"last checkpoint epoch {epoch} in {out}; `trainfer train --out {out} --resume` continues"
+
+
+def _nothing_at(option: str, what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda args: f"no {what} written at {args[option]} (writes are atomic)"
+
+
+def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(record, default=str))
+    else:
+        _console().print(human)
+
+

@@ -1,0 +1,127 @@
+"""Training verbs: train, evaluate, and run (the whole path in one go)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _force, _train_kept, _verb, app
+
+
+@app.command()
+@_verb("train", kept=_train_kept)
+def train(
+    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model, train sections.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Built-in dataset (digits, iris, wine, breast_cancer, synthetic-classification, "
+             "synthetic-regression, synthetic-images) or a path: .csv, .parquet, .npz, or an image folder "
+             "root/<class>/*.png.")] = None,
+    target: Annotated[str | None, typer.Option(help="Column to predict (CSV/Parquet).")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp, cnn, or a custom builder package.module:function.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
+    force: Annotated[bool, _force("run directory")] = False,
+    quiet: QuietFlag = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
+    )] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a model on your data and write a run directory.
+
+    The run holds recipe.yaml, features.json, metrics.jsonl (one line per epoch), checkpoints/
+    (one per epoch, for --resume), model.safetensors (the best epoch) and summary.json.
+
+    Example: trainfer train --data digits --model mlp --epochs 30 --out runs/digits --seed 0
+    """
+    from trainfer.training import train as train_fn
+
+    show = not quiet and not as_json and sys.stdout.isatty()
+    run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
+                   resume=resume, force=force, quiet=not show, overrides=set_ or [])
+    s = run.summary
+    test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
+    human = (
+        f"[bold]trained[/] {run.recipe.model.name} on {run.recipe.data.source}: test {test}\n"
+        f"best epoch {s['best_epoch']} of {s['epochs_run']}"
+        f"{' (early stop)' if s['stopped_early'] else ''}, {s['params']:,} parameters, "
+        f"{s['timings']['total_s']:.1f} s, {s['samples_per_s']:,.0f} samples/s\n"
+        f"{s['overfitting']['line']}\nrun: {run.path}"
+    )
+    _emit({"run": str(run.path), **s}, as_json, human)
+
+
+@app.command()
+@_verb("train")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    data: Annotated[str | None, typer.Option(
+        help="Labelled data with the training columns; default: the run's own test split.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Score a run on its test split, or on new labelled data.
+
+    Example: trainfer evaluate runs/digits --json
+    """
+    from trainfer.training import Run
+    from trainfer.training import evaluate as evaluate_fn
+
+    result = evaluate_fn(Run.load(run), data)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    skipped = f", {result['unlabeled']} without a label skipped" if result["unlabeled"] else ""
+    _emit(result, as_json, f"{result['data']} ({result['split']}, {result['samples']} samples{skipped}): {shown}")
+
+
+
+@app.command("run")
+@_verb("optimize", "bench",
+       kept=lambda args: "the stages that finished kept their outputs; training continues with --resume")
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. examples/digits.yaml.")],
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<recipe name>).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="optimize's accuracy budget, in points.")] = 0.5,
+    full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
+    force: Annotated[bool, _force("run (training run, bundle, measurements)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
+    quiet: QuietFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Everything in one go: train -> optimize -> bench -> report, with a progress line per stage.
+
+    Example: trainfer run examples/digits.yaml
+    """
+    import time
+
+    from rich.console import Console
+
+    from trainfer.pipeline import STAGES
+    from trainfer.pipeline import run as run_fn
+
+    console = Console(stderr=True, highlight=False)  # stage lines on stderr: stdout stays clean for --json
+    started = time.perf_counter()
+
+    def on_stage(stage: str, msg: str) -> None:
+        if quiet:
+            return
+        console.print(f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {msg}  "
+                      f"({time.perf_counter() - started:.0f} s)")
+
+    result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
+                    resume=resume, force=force, on_stage=on_stage)
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
+        return
+    from trainfer.reporting.tables import bench_table, optimize_table
+
+    c = _console()
+    c.print(optimize_table(result["optimize"]))
+    c.print(bench_table(result["bench"]))
+    c.print(f"[bold]done[/] in {time.perf_counter() - started:.0f} s\nreport: {result['report']}\n"
+            f"infographic: {result['infographic']}\nbundle: {result['bundle']}")
