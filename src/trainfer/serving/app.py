@@ -247,6 +247,18 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
                             media_type=answer.content_type.decode())
         return answer
 
+    def failure(exc: Exception) -> JSONResponse:
+        """What a prediction raised, as its answer: the same on the v2 hot path and on /predict. Called
+        inside the except block, so a 500 logs the traceback."""
+        if isinstance(exc, InputError):
+            return error(400, exc.message)
+        if isinstance(exc, QueueFull):
+            return busy()
+        if isinstance(exc, Expired):
+            return error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
+        log.exception("inference failed")
+        return error(500, "inference failed; the server log has the details")
+
     async def infer_response(body: bytes, header: str | None) -> Answer | JSONResponse:
         try:
             if header is not None and not header.isdigit():
@@ -254,15 +266,8 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
             rows, req = parse_infer(body, int(header) if header is not None else None, schema)
             out = await _predict_rows(rows)
             payload, head_len = encode_infer(outputs(out, schema), req, config.name, schema)
-        except InputError as exc:
-            return error(400, exc.message)
-        except QueueFull:
-            return busy()
-        except Expired:
-            return error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
-        except Exception:  # the hot path is outside FastAPI's error handling: answer 500 and keep serving
-            log.exception("inference failed")
-            return error(500, "inference failed; the server log has the details")
+        except Exception as exc:  # the hot path is outside FastAPI's error handling: answer and keep serving
+            return failure(exc)
         if head_len is None:
             return Answer(payload, b"application/json")
         return Answer(payload, b"application/octet-stream", ((_HEADER_KEY, str(head_len).encode()),))
@@ -277,17 +282,10 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
             if predictor.features.kind == "image":
                 rows = predict_images(rows, predictor.features.inputs.size)
             out = await _predict_rows(rows)
-        except InputError as exc:
-            return error(400, exc.message)
-        except QueueFull:
-            return busy()
-        except Expired:
-            return error(504, f"request waited longer than {config.timeout_ms:g} ms for the model")
         except StarletteHTTPException:
             raise  # the body's size or time limit: answered by the handler below
-        except Exception:  # as on the hot path: a JSON 500, the details in the log
-            log.exception("inference failed")
-            return error(500, "inference failed; the server log has the details")
+        except Exception as exc:
+            return failure(exc)
         named = outputs(out, schema)
         if predictor.task == "classification":
             res = {"labels": [_plain(v) for v in named["label"]], "probabilities": named["probabilities"].tolist()}
