@@ -249,16 +249,16 @@ def test_single_image_input(cli: Cli, cnn_bundle: Path, tmp_path: Path) -> None:
 def test_bad_value_in_chunked_csv_reports_the_absolute_row(cli: Cli, csv_bundle: Path, frame50,
                                                            tmp_path: Path) -> None:
     bad = frame50.astype({"x1": object})
-    bad.loc[12, "x1"] = "twelve"  # data row 12 (0-based, header not counted): in the third chunk of 5
+    bad.loc[12, "x1"] = "twelve"  # data row 13 counted from 1 below the header, as training counts: chunk 3 of 5
     path = tmp_path / "bad.csv"
     bad.to_csv(path, index=False)
     out = tmp_path / "p.csv"
     line = cli.fails("predict", csv_bundle, path, "--out", out, "--chunk-size", "5")
-    assert "row 12" in line and "'x1'" in line and "twelve" in line
+    assert "bad.csv data row 13 (counted from 1 below the header)" in line and "'x1'" in line and "twelve" in line
     assert not out.exists() and not list(tmp_path.glob(".*tmp")), "a half-written output was left behind"
     # the same row number whatever the chunk size
-    assert "row 12" in cli.fails("predict", csv_bundle, path, "--out", out, "--chunk-size", "4096")
-    assert "row 12" in cli.fails("predict", csv_bundle, path, "--out", out, "--chunk-size", "1")
+    assert "data row 13 " in cli.fails("predict", csv_bundle, path, "--out", out, "--chunk-size", "4096")
+    assert "data row 13 " in cli.fails("predict", csv_bundle, path, "--out", out, "--chunk-size", "1")
 
 
 def test_infinity_in_chunked_csv_reports_the_absolute_row(cli: Cli, csv_bundle: Path, frame50,
@@ -267,7 +267,7 @@ def test_infinity_in_chunked_csv_reports_the_absolute_row(cli: Cli, csv_bundle: 
     bad.loc[33, "x2"] = np.inf
     bad.to_csv(tmp_path / "inf.csv", index=False)
     line = cli.fails("predict", csv_bundle, tmp_path / "inf.csv", "--out", tmp_path / "p.csv", "--chunk-size", "10")
-    assert "row 33" in line and "'x2'" in line
+    assert "data row 34 " in line and "'x2'" in line
 
 
 def test_missing_column_in_csv_is_a_user_error(cli: Cli, csv_bundle: Path, frame50, tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def predict_file(pred: Predictor, input_path: str | Path, out: str | Path, chunk
                 try:
                     x = pred.prepare(rows)
                 except InputError as exc:
-                    raise exc.shifted(written) from None
+                    raise _in_file(exc, input_path, written) from None
                 out_arr = pred.run(x)
                 preds = _decode(pred, out_arr)
                 if written == 0:
@@ -239,3 +239,15 @@ def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predi
     check_predictions_out(out, force)
     return predict_file(load(bundle, threads=threads), input_path, out, chunk_size, on_progress=on_progress,
                         force=force, id_column=id_column)
+
+
+def _in_file(exc: InputError, path: Path, offset: int) -> InputError:
+    """An error about row ``exc.row`` of a chunk, restated with the row's number in the file, counted as
+    training's data errors count them (from 1; below the header in a CSV)."""
+    if exc.row is None or path.is_dir():  # an image folder's errors name the file already
+        return exc.shifted(offset)
+    n = offset + exc.row + 1
+    where = (f"{path.name} data row {n} (counted from 1 below the header)" if path.suffix.lower() == ".csv"
+             else f"{path.name} row {n} (counted from 1)")
+    column = f", column {exc.column!r}" if exc.column is not None else ""
+    return InputError(f"{where}{column}: {exc.problem}", exc.hint)
