@@ -141,3 +141,16 @@ def test_export_of_non_finite_weights_says_so(iris_run: Path, tmp_path: Path,
     result = run_main(["export", iris_run, "--out", tmp_path / "b2"], capsys)
     line = assert_user_error(result, mentions=["not finite"])
     assert name.split(".")[0] in line and not (tmp_path / "b2").exists()
+
+
+def test_a_diverged_force_run_puts_the_old_run_back_and_does_not_advise_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    trainfer.train(data="iris", epochs=2, out=out, overrides=TINY)
+    summary = (out / "summary.json").read_bytes()
+    result = run_main(["train", "--data", "iris", "--epochs", "3", "--out", out, "--force", "--set", "train.lr=1e9",
+                       "--set", "train.grad_clip=null", *[a for t in TINY for a in ("--set", t)]], capsys)
+    assert_user_error(result, mentions=["diverged"])
+    assert (out / "summary.json").read_bytes() == summary, "the previous run must be back, unchanged"
+    hint = result.stderr.strip().splitlines()[-1]
+    assert "put back" in hint and "--resume" not in hint and "train.lr" in hint, hint

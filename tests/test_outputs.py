@@ -327,3 +327,15 @@ def test_an_os_error_elsewhere_names_that_file_too(tmp_path: Path) -> None:
         _atomic.write_with(tmp_path / "f.bin", writer)
     assert info.value.message == (f"cannot write /tmp/scratch-of-a-library (while writing {tmp_path / 'f.bin'}): "
                                   "no space left on device")
+
+
+def test_resume_into_a_folder_that_holds_no_run_is_refused_and_touches_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Cleaning up after a failed write must never treat a user's folder as a run directory.
+    folder = tmp_path / "thesis"
+    (folder / "data").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "data" / "x.csv").write_text("a,b\n1,2\n")
+    result = run_main(["train", "--data", "iris", "--epochs", "1", "--out", folder, "--resume"], capsys)
+    assert_user_error(result, mentions=["--resume", "no run"])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["data", "data/x.csv", "thesis.tex"]
