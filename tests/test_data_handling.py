@@ -125,6 +125,19 @@ def test_sniff_delimiter(tmp_path: Path, sep: str, header: str) -> None:
     assert sniff_delimiter(path) == sep
 
 
+@pytest.mark.parametrize(("sep", "text"), [
+    (";", "id;name;price (EUR, net);label\n1;a;2,5;x\n2;b;3,75;y\n"),       # a comma inside a column name
+    ("\t", "weight, kg\tlabel\n1,5\tx\n2,25\ty\n"),                       # the same, with decimal commas
+    (",", "name (a;b;c),x\n1,2\n3,4\n"),                                    # a ';' inside a comma file's name
+    (",", 'a,b,"c;d;e"\n1,2,"x;y;z"\n'),                                     # quoted ';' in a comma file
+    ("|", "a|b|c\n1,5|2|x\n"),
+])
+def test_sniff_delimiter_is_not_fooled_by_commas_in_names_or_numbers(tmp_path: Path, sep: str, text: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert sniff_delimiter(path) == sep
+
+
 @pytest.mark.parametrize("sep", [";", "\t", "|"])
 def test_a_csv_with_another_delimiter_trains_like_a_comma_csv(tmp_path: Path, sep: str) -> None:
     comma = _table(tmp_path)
