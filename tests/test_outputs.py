@@ -339,3 +339,18 @@ def test_resume_into_a_folder_that_holds_no_run_is_refused_and_touches_nothing(
     result = run_main(["train", "--data", "iris", "--epochs", "1", "--out", folder, "--resume"], capsys)
     assert_user_error(result, mentions=["--resume", "no run"])
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["data", "data/x.csv", "thesis.tex"]
+
+
+def test_optimize_with_its_scratch_space_full_names_the_disk_not_the_baseline(
+        csv_run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    def full(*_a: object, **_k: object) -> None:  # optimize exports its variants into a scratch directory
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/trainfer-optimize-x/onnx-fp32.onnx")
+
+    monkeypatch.setattr(torch.onnx, "export", full)
+    result = run_main(["optimize", csv_run_dir, "--out", tmp_path / "b", "--variant", "int8-dynamic"], capsys)
+    line = assert_user_error(result, mentions=["no space left"])
+    assert "baseline could not be built" not in line and "Errno" not in line, line
+    assert not (tmp_path / "b").exists()

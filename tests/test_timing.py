@@ -104,3 +104,23 @@ def test_paired_ratio_pairs_the_blocks_of_each_round() -> None:
     b = np.array([1, 1, 10, 10], dtype=float)
     assert _timing.paired_ratio(a, b, block=2) == pytest.approx(2.0)
     assert list(_timing.per_round_ratios(a, b, block=2)) == [2.0, 2.0]
+
+
+def test_optimize_times_as_many_rounds_as_the_selection_rule_needs(csv_run) -> None:
+    # A slow model meets the call count and the window in a few rounds; select refuses fewer than
+    # MIN_ROUNDS, so optimize would always keep onnx-fp32 ("cannot tell") for such models.
+    import time
+
+    from trainfer._timing import MIN_ROUNDS
+    from trainfer.exporting import graph_inputs
+    from trainfer.exporting.optimize import _latency
+
+    class Slow:
+        def run(self, _outputs: object, _feed: object) -> None:
+            time.sleep(0.002)
+
+    X_std, X = graph_inputs(csv_run.features, csv_run.load_split("val")[0])
+    block = 2
+    samples = _latency({"a": Slow(), "b": Slow()}, csv_run, X, X_std, 1, 1,
+                       {"min_count": 1, "min_seconds": 0.0, "block": block, "warmup": 0})
+    assert len(samples["a"]) // block >= MIN_ROUNDS and len(samples["b"]) == len(samples["a"]), len(samples["a"])

@@ -68,9 +68,11 @@ def interleave(fns: dict[str, Callable[[], Any]], min_count: int = 100, min_seco
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], min_count: int = 100, min_seconds: float = 2.0,
-                     warmup: int = 10, block: int = BLOCK, max_seconds: float | None = None) -> dict[str, np.ndarray]:
+                     warmup: int = 10, block: int = BLOCK, max_seconds: float | None = None,
+                     min_rounds: int = 1) -> dict[str, np.ndarray]:
     """Per-call wall times in seconds for each callable: ``interleave(...).samples``."""
-    return interleave(fns, min_count, min_seconds, warmup, block, max_seconds=max_seconds).samples
+    return interleave(fns, min_count, min_seconds, warmup, block, min_rounds=min_rounds,
+                      max_seconds=max_seconds).samples
 
 
 def summarize(seconds: np.ndarray | list[float]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainfer._timing import FULL, QUICK, summarize, time_interleaved
+from trainfer._atomic import output_error
+from trainfer._timing import FULL, MIN_ROUNDS, QUICK, summarize, time_interleaved
 from trainfer.errors import MissingDependencyError, TrainferError
 from trainfer.exporting import (
     compare,
@@ -144,6 +145,8 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
                 sessions[v.name] = sess
         ref = next((r for r in rows if r["name"] == BASELINE and r["status"] == "ok"), None)
         if ref is None:
+            if disk := rows[0].get("_os_error"):  # scratch space, not the model: say where and what to free
+                raise disk
             raise TrainferError(f"the onnx-fp32 baseline could not be built: {rows[0].get('reason')}")
         for r in rows:
             if r["status"] == "ok":
@@ -220,6 +223,9 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
     except Exception as exc:  # one variant failing must not stop the others; the table shows why
         msg = exc.message if isinstance(exc, TrainferError) else f"{type(exc).__name__}: {exc}"
         row.update(status="failed", reason=msg.splitlines()[0][:200] if msg else type(exc).__name__)
+        disk = output_error(exc, work)
+        if disk is not None:
+            row.update(reason=disk.message, _os_error=disk)
     return row, None
 
 
@@ -241,7 +247,9 @@ def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, X_std: np.ndarra
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return time_interleaved(fns, max_seconds=60, **timing)
+        # as many rounds as the selection rule needs to compare latencies (slow models reach the count
+        # and the window in fewer rounds, and would then always keep onnx-fp32 as "cannot tell")
+        return time_interleaved(fns, max_seconds=60, min_rounds=MIN_ROUNDS, **timing)
     finally:
         torch.set_num_threads(prev)
 
