@@ -878,7 +878,7 @@ async def _open_loop(port: int, body: bytes, headers: dict, rate: float,
         try:
             status, head, _ = await asyncio.wait_for(raw_post(port, INFER, body, headers), 30)
             results.append((status, time.perf_counter() - t, head.get("retry-after")))
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             results.append((type(exc).__name__, time.perf_counter() - t, None))
 
     async def probe(until: float) -> None:

@@ -37,7 +37,7 @@ def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool 
         fields = fill(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     **fields, "files": files}
         (tmp / MANIFEST).write_bytes(manifest_bytes(manifest))
         if out.exists():  # --force: move the old bundle aside first, so a crash never leaves neither

@@ -322,9 +322,9 @@ def _epoch_seconds(values: np.ndarray, column: str) -> np.ndarray:
         elif isinstance(x, np.datetime64):
             out[i] = np.nan if np.isnat(x) else x.astype("datetime64[us]").astype(np.int64) / 1e6
         elif isinstance(x, _dt.datetime):  # pandas' Timestamp too
-            out[i] = (x if x.tzinfo is not None else x.replace(tzinfo=_dt.timezone.utc)).timestamp()
+            out[i] = (x if x.tzinfo is not None else x.replace(tzinfo=_dt.UTC)).timestamp()
         elif isinstance(x, _dt.date):
-            out[i] = _dt.datetime(x.year, x.month, x.day, tzinfo=_dt.timezone.utc).timestamp()
+            out[i] = _dt.datetime(x.year, x.month, x.day, tzinfo=_dt.UTC).timestamp()
         elif isinstance(x, (int, float)) and not isinstance(x, bool):
             out[i] = float(x)
         else:
@@ -332,5 +332,5 @@ def _epoch_seconds(values: np.ndarray, column: str) -> np.ndarray:
             if parsed is None:
                 raise InputError(f"expected a date/time such as 2024-01-31 or 2024-01-31T12:30:00, got {x!r}",
                                  row=i, column=column)
-            out[i] = (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.timezone.utc)).timestamp()
+            out[i] = (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.UTC)).timestamp()
     return out

@@ -153,7 +153,7 @@ class Batcher:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch, expired = collate(self._queue, self.max_batch_size, time.monotonic(), self.timeout_s)
             for p in expired:
