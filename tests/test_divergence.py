@@ -154,3 +154,22 @@ def test_a_diverged_force_run_puts_the_old_run_back_and_does_not_advise_resume(
     assert (out / "summary.json").read_bytes() == summary, "the previous run must be back, unchanged"
     hint = result.stderr.strip().splitlines()[-1]
     assert "put back" in hint and "--resume" not in hint and "train.lr" in hint, hint
+
+
+def test_a_run_diverging_in_its_first_epoch_empties_but_keeps_a_folder_the_user_made(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    result = run_main(["train", "--data", "iris", "--epochs", "2", "--out", out, "--set", "train.lr=1e30",
+                       "--set", "train.grad_clip=null", *[a for t in TINY for a in ("--set", t)]], capsys)
+    assert "at epoch 1," in assert_user_error(result, mentions=["diverged"])
+    assert out.is_dir() and not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+
+
+def test_a_learning_rate_that_overflows_the_update_is_a_divergence_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    result = run_main(["train", "--data", "iris", "--epochs", "2", "--out", out, "--set", "train.lr=1e38",
+                       "--set", "train.grad_clip=null", *[a for t in TINY for a in ("--set", t)]], capsys)
+    line = assert_user_error(result, mentions=["diverged", "overflowed"])
+    assert "train.lr" in result.stderr and "at epoch 1, step " in line, line

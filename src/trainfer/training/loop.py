@@ -125,6 +125,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     ckpt = load_checkpoint(ckpt_dir) if resume else None
     # Held nothing before this call: removed again if the run diverges before its first checkpoint.
     fresh_dir = ckpt is None and (not out.exists() or not any(out.iterdir()))
+    existed = out.exists()  # an empty folder the user made stays (emptied), as the disk-error clean-up does
     if ckpt is not None:
         state, tensors = ckpt
         restore(model, opt, state, tensors)
@@ -178,7 +179,13 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     loss.backward()
                     if cfg.grad_clip is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
+                    try:
+                        opt.step()
+                    except RuntimeError as exc:  # lr / bias correction beyond float32: torch refuses the step
+                        if "overflow" not in str(exc):
+                            raise
+                        raise _diverged(cfg, epoch, i, steps_per_epoch, "the optimizer's update overflowed float32") \
+                            from None
                     step_losses.append(loss.detach())
                     if task == "classification":
                         step_preds.append(out_b.argmax(1))  # integer output: no autograd, one op
@@ -227,7 +234,14 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     except BaseException as exc:
         writer.close()  # the last checkpoint is whole before an error or Ctrl-C goes up
         if isinstance(exc, RunError) and fresh_dir and not (ckpt_dir / "state.json").is_file():
-            shutil.rmtree(out, ignore_errors=True)  # diverged before any good epoch: nothing worth keeping
+            # diverged before any good epoch: nothing worth keeping
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            for child in (out.iterdir() if existed else ()):
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
     finally:
         set_deterministic(prev_det, warn_only=prev_warn)
