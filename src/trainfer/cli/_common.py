@@ -98,8 +98,8 @@ def _preload(modules: tuple[str, ...]) -> None:
 
 def _train_kept(args: dict[str, Any]) -> str:
     out = Path(args["out"])
-    if (out / "summary.json").is_file():  # --force put the finished run back: the new one was dropped
-        return f"the finished run at {out} is unchanged; the new run was discarded"
+    if (out / "summary.json").is_file():  # --force put the old run back, or the new one had just finished
+        return f"the run at {out} is a finished one (its summary.json is there); `trainfer evaluate {out}` shows which"
     try:
         epoch = json.loads((out / "checkpoints" / "state.json").read_text())["epoch"]
     except (OSError, ValueError, KeyError):
