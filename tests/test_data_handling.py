@@ -382,3 +382,23 @@ def test_evaluate_counts_rows_without_a_label(dated: dict[str, Any], capsys: pyt
     frame.to_csv(path, index=False)
     assert_user_error(run_main(["evaluate", dated["run"].path, "--data", path], capsys),
                       mentions=["none of the 30 rows"])
+
+
+@pytest.mark.parametrize(("sep", "decimal"), [(",", "."), (";", ",")])
+def test_a_blank_cell_keeps_a_numeric_column_numeric_in_training_and_predict(tmp_path: Path, sep: str,
+                                                                            decimal: str) -> None:
+    # pandas keeps a column as text when one cell is " " (and then "1,71" stays text in a decimal-comma
+    # file): training made such a column a category, predict refused its numbers.
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.astype({"malic_acid": object})
+    frame.loc[5, "malic_acid"] = " "
+    path = tmp_path / "wine.csv"
+    frame.to_csv(path, index=False, sep=sep, decimal=decimal)
+    run = trainfer.train(data=str(path), target="target", epochs=2, out=tmp_path / "run",
+                         overrides=["model.hidden=[16]"])
+    kinds = {c["name"]: c["type"] for c in run.features.inputs.columns}
+    assert kinds["malic_acid"] == "numeric", kinds
+    bundle = trainfer.export(run, tmp_path / "bundle")
+    report = trainfer.predict(bundle, path, tmp_path / "p.csv", threads=1)
+    assert report["rows"] == len(frame)

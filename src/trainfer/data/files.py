@@ -9,7 +9,7 @@ import numpy as np
 
 from trainfer.data.dataset import Dataset
 from trainfer.errors import DataError, InputError
-from trainfer.features.delimiter import csv_format
+from trainfer.features.delimiter import csv_format, numbers_from_text
 from trainfer.features.image import IMAGE_SUFFIXES, pixels_in_range, read_image
 
 
@@ -20,7 +20,7 @@ def read_table(path: Path) -> Any:
     try:
         if path.suffix.lower() == ".csv":
             sep, decimal = csv_format(path)  # ';', tab or '|', and decimal commas, as `predict` reads them
-            return pd.read_csv(path, sep=sep, decimal=decimal)
+            return numbers_from_text(pd.read_csv(path, sep=sep, decimal=decimal), decimal)
         from trainfer._imports import require
 
         require("pyarrow")

@@ -8,6 +8,8 @@ import csv
 import itertools
 import os
 import re
+from collections.abc import Collection
+from typing import Any
 
 _QUOTED = re.compile(r'"[^"]*"')
 _POINT = re.compile(r"[-+]?\d*\.\d+([eE][-+]?\d+)?")
@@ -56,3 +58,34 @@ def csv_format(path: str | os.PathLike[str], lines: int = 200) -> tuple[str, str
         except csv.Error:  # pandas will say what is wrong with the file
             return sep, "."
     return sep, "," if comma and not point else "."
+
+
+def numbers_from_text(frame: Any, decimal: str = ".", skip: Collection[str] = ()) -> Any:
+    """``frame`` with each text column that holds only numbers and missing values made numeric.
+
+    pandas keeps a whole column as text when one cell is blank (" "), "-" aside, or when a decimal-comma
+    file has such a cell (then every "1,71" stays text too): training would make that column a category
+    and predict would refuse "1,71". A blank cell is missing wherever it comes from (``is_missing``), so
+    the column is numbers with one missing value, the same in training and in predict. ``skip``: columns
+    that must stay text (ids, columns trained as categories).
+    """
+    import pandas as pd
+
+    from trainfer.features.tabular import is_missing
+
+    for name in frame.columns:
+        col = frame[name]
+        if str(name) in skip or not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+            continue  # (pandas 3 reads text as its "str" dtype, older pandas as object)
+        missing = col.map(is_missing).astype(bool)
+        text = col[~missing].astype(str).str.strip()
+        if decimal == ",":
+            text = text.str.replace(",", ".", regex=False)
+        if text.empty:
+            continue
+        numbers = pd.to_numeric(text, errors="coerce")
+        if numbers.notna().all():
+            out = pd.Series(float("nan"), index=col.index, dtype="float64")
+            out[~missing] = numbers.astype("float64")
+            frame[name] = out
+    return frame

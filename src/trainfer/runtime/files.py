@@ -20,7 +20,7 @@ import numpy as np
 
 from trainfer._atomic import check_output, write_with
 from trainfer.errors import InputError
-from trainfer.features.delimiter import csv_format
+from trainfer.features.delimiter import csv_format, numbers_from_text
 from trainfer.features.image import IMAGE_SUFFIXES
 from trainfer.runtime.predictor import Predictor
 
@@ -34,6 +34,7 @@ def _table_chunks(path: Path, trained_id: str | None, size: int, text_columns: l
                   chosen_id: str | None = None) -> tuple[int, Iterator[Chunk], str | None]:
     import pandas as pd
 
+    dec = "."
     if path.suffix.lower() == ".csv":
         total = _count_csv_rows(path)
         # pandas guesses types per chunk: ids like 0007 and category codes like 01 must stay text in every
@@ -61,6 +62,8 @@ def _table_chunks(path: Path, trained_id: str | None, size: int, text_columns: l
     def gen() -> Iterator[Chunk]:
         for frame in reader:
             frame.columns = [str(c) for c in frame.columns]
+            if path.suffix.lower() == ".csv":  # as training reads it: " " or "1,71" beside a blank are numbers
+                frame = numbers_from_text(frame, dec, skip={*text_columns, id_column or ""})
             ids = frame[id_column].tolist() if id_column and id_column in frame.columns else None
             yield frame, ids
 
