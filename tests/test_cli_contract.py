@@ -121,3 +121,10 @@ def test_ctrl_c_during_training_says_what_was_kept(tmp_path: Path) -> None:
     epoch = json.loads(state.read_text())["epoch"]
     assert f"epoch {epoch} in {out}" in lines[0] and "--resume" in lines[0], (lines[0], epoch)
 
+
+
+def test_ctrl_c_before_anything_was_written_says_to_run_the_command_again(tmp_path: Path) -> None:
+    # `--resume` on a folder with no recorded recipe would train the default recipe, not the user's
+    from trainfer.cli._common import _train_kept
+
+    assert _train_kept({"out": tmp_path / "never-made"}) == "nothing was kept; run the same command again"

@@ -402,3 +402,36 @@ def test_a_blank_cell_keeps_a_numeric_column_numeric_in_training_and_predict(tmp
     bundle = trainfer.export(run, tmp_path / "bundle")
     report = trainfer.predict(bundle, path, tmp_path / "p.csv", threads=1)
     assert report["rows"] == len(frame)
+
+
+@pytest.mark.parametrize("column", ["target", "bmi"])
+def test_finite_values_too_large_to_standardize_are_refused_naming_the_column(
+        tmp_path: Path, column: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    frame[column] = frame[column] * 1e300  # finite, but their squares overflow: rmse nan, exit 0 before
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "run"
+    result = run_main(["train", "--data", path, "--target", "target", "--epochs", "2", "--out", out], capsys)
+    assert_user_error(result, out=out, mentions=[column, "too large"])
+
+
+@pytest.mark.parametrize("args", [["--set", "model.hidden=[0]"], ["--set", "model.hidden=[100000000]"],
+                                  ["--seed", "-1"], ["--seed", "99999999999999999999999"]])
+def test_sizes_and_seeds_out_of_range_are_refused_before_training(
+        tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert_user_error(run_main(["train", "--data", "iris", "--epochs", "1", "--out", out, *args], capsys), out=out)
+
+
+def test_predict_of_an_empty_file_is_one_error_line(digits_bundle: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    out = tmp_path / "p.csv"
+    assert_user_error(run_main(["predict", digits_bundle, empty, "--out", out], capsys), mentions=["empty.csv"])
+    assert not out.exists()
+    line = assert_user_error(run_main(["predict", digits_bundle, empty, "--out", out, "--threads", "100000"], capsys))
+    assert "--threads" in line

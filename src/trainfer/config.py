@@ -7,7 +7,7 @@ collects every problem and raises once, each line saying what to change.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,7 +35,9 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field("mlp", description="mlp, cnn, or package.module:function")
-    hidden: list[int] = Field(default_factory=lambda: [256, 128], description="mlp hidden sizes")
+    # 0 or negative widths crashed deep in torch; a million-unit layer tried to allocate tens of GB
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [256, 128],
+                                                                description="mlp hidden sizes")
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64], description="cnn stage widths")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     batchnorm: bool = True
@@ -62,7 +64,7 @@ class TrainConfig(_Strict):
 
 
 class Recipe(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # torch, numpy and the batch order all take it
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -41,7 +41,8 @@ def _force(what: str) -> Any:
 
 def _threads(what: str) -> Any:
     # metavar: typer's "<int range>" widened the metavar column and cut long option names at 80 columns
-    return typer.Option(help=f"{what} ({THREADS_DEFAULT}).", min=1, metavar="<int>")
+    # max: --threads 100000 made onnxruntime start 100,000 threads (16 GB) on a 2-core machine
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}; at most 256).", min=1, max=256, metavar="<int>")
 
 
 def _spinner(message: str, show: bool) -> Any:
@@ -103,7 +104,9 @@ def _train_kept(args: dict[str, Any]) -> str:
     try:
         epoch = json.loads((out / "checkpoints" / "state.json").read_text())["epoch"]
     except (OSError, ValueError, KeyError):
-        return f"no checkpoint yet in {out}; `trainfer train --out {out} --resume` starts it again"
+        if (out / "recipe.yaml").is_file():
+            return f"no checkpoint yet in {out}; `trainfer train --out {out} --resume` starts it again"
+        return "nothing was kept; run the same command again"
     return f"last checkpoint epoch {epoch} in {out}; `trainfer train --out {out} --resume` continues"
 
 

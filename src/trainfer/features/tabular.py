@@ -67,7 +67,12 @@ class TabularFeatures:
                 finite = v[np.isfinite(v)]
                 fill = float(np.median(finite)) if len(finite) else 0.0
                 v = np.where(np.isfinite(v), v, fill)
-                std = float(v.std())
+                with np.errstate(over="ignore", invalid="ignore"):
+                    std = float(v.std())
+                if not (np.isfinite(std) and np.isfinite(v.mean())):  # |x| ~ 1e300: squares overflow
+                    raise InputError(f"values too large to standardize (largest magnitude {np.abs(v).max():.3g})",
+                                     hint="rescale the column (e.g. to other units) so its values stay below "
+                                          "about 1e150", column=str(name))
                 columns.append({
                     "name": str(name), "type": "numeric", "fill": fill,
                     "mean": float(v.mean()), "std": std if std > 1e-12 else 1.0,

@@ -31,8 +31,13 @@ class Target:
                 )
             return cls(task=task, name=name, labels=labels)
         values = np.asarray(y, dtype=np.float64)
-        std = float(values.std()) or 1.0
-        return cls(task=task, name=name, mean=float(values.mean()), std=std)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, std = float(values.mean()), float(values.std())
+        if not (np.isfinite(mean) and np.isfinite(std)):  # finite values whose squares overflow (|y| ~ 1e300)
+            raise DataError(f"target {name or 'y'!r} holds values too large to standardize "
+                            f"(largest magnitude {np.abs(values).max():.3g})",
+                            hint="rescale the column (e.g. to other units) so its values stay below about 1e150")
+        return cls(task=task, name=name, mean=mean, std=std or 1.0)
 
     @property
     def n_outputs(self) -> int:

@@ -132,7 +132,14 @@ def open_input(pred: Predictor, path: Path, chunk_size: int,
     if suffix in (".csv", ".parquet", ".pq"):
         inputs = pred.features.inputs
         text = [c["name"] for c in getattr(inputs, "columns", []) if c["type"] == "categorical"]
-        total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text, id_column)
+        import pandas as pd
+
+        try:
+            total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text, id_column)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = "save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else None
+            raise InputError(f"cannot read {path}: {first}", hint=hint) from None
         return total, chunks, id_col
     if suffix == ".npz":
         total, chunks = _npz_chunks(path, chunk_size)
