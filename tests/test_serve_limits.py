@@ -36,7 +36,7 @@ def _small_infer() -> bytes:
 # ---- 26 and 11: every limit checked, the port tried, before anything starts ------------------------
 
 @pytest.mark.parametrize("args, mentions", [
-    (["--max-body-mb", "0"], ["--max-body-mb", "above 0"]),
+    (["--max-body-mb", "0"], ["--max-body-mb", "at least 0.001"]),
     (["--max-body-mb", "nan"], ["--max-body-mb"]),
     (["--max-body-mb", "1e9"], ["--max-body-mb", "at most"]),
     (["--max-batch-size", "0"], ["--max-batch-size"]),
@@ -50,6 +50,10 @@ def _small_infer() -> bytes:
     (["--header-timeout-s", "0"], ["--header-timeout-s"]),
     (["--body-timeout-s", "inf"], ["--body-timeout-s"]),
     (["--keep-alive-s", "-5"], ["--keep-alive-s"]),
+    # positive, yet every request would fail: 413 for any body, 504 for any wait, headers never in time
+    (["--max-body-mb", "1e-9"], ["--max-body-mb", "at least 0.001"]),
+    (["--timeout-ms", "0.001"], ["--timeout-ms", "at least 1"]),
+    (["--header-timeout-s", "0.001"], ["--header-timeout-s", "at least 0.1"]),
     (["--max-body-mb", "0", "--workers", "0"], ["--max-body-mb", "--workers"]),  # every problem at once
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("--") else None)
 def test_a_limit_out_of_range_is_one_error_before_start_up(digits_bundle: Path, args: list[str],

@@ -158,7 +158,8 @@ def predict(
             task = bar.add_task("predicting", total=None)
             report = predict_fn(bundle, input, out, **options,
                                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
-    _emit(report, as_json, f"[bold]predicted[/] {report['rows']} rows -> {report['out']}")
+    rows = report['rows']
+    _emit(report, as_json, f"[bold]predicted[/] {rows} row{'' if rows == 1 else 's'} -> {report['out']}")
 
 
 

@@ -29,11 +29,13 @@ LIMITS: dict[str, Limit] = {
     "max_batch_size": Limit(0, 1 << 20, True, "rows"),
     "max_delay_ms": Limit(0, 10_000, False, "ms", open_low=False),
     "max_queue": Limit(0, 1 << 20, True, "requests"),
-    "timeout_ms": Limit(0, 3_600_000, False, "ms"),
-    "max_body_mb": Limit(0, 4096, False, "MB"),
-    "header_timeout_s": Limit(0, 3600, False, "s"),
-    "body_timeout_s": Limit(0, 3600, False, "s"),
-    "keep_alive_s": Limit(0, 3600, False, "s"),
+    # lows: a value that passes every request's check yet fails every request is no limit (1e-9 MB
+    # answered every POST 413, 0.001 ms every request 504)
+    "timeout_ms": Limit(1, 3_600_000, False, "ms", open_low=False),
+    "max_body_mb": Limit(0.001, 4096, False, "MB", open_low=False),
+    "header_timeout_s": Limit(0.1, 3600, False, "s", open_low=False),
+    "body_timeout_s": Limit(0.1, 3600, False, "s", open_low=False),
+    "keep_alive_s": Limit(0.1, 3600, False, "s", open_low=False),
     "workers": Limit(0, 256, True, "processes"),
     "threads": Limit(0, 1024, True, "threads"),
     "port": Limit(1, 65535, True, "", open_low=False),
@@ -58,7 +60,8 @@ def check_limits(**values: float | int | None) -> None:
         if not (math.isfinite(value) and low_ok and value <= lim.high) or (lim.integer and value != int(value)):
             kind = "an integer" if lim.integer else "a number"
             low = f"above {lim.low:g}" if lim.open_low else f"at least {lim.low:g}"
-            problems.append(f"{_flag(name)} must be {kind} {low} and at most {lim.high:g}"
+            high = f"{lim.high:,.0f}" if lim.high >= 1e5 else f"{lim.high:g}"  # not "1.04858e+06 rows"
+            problems.append(f"{_flag(name)} must be {kind} {low} and at most {high}"
                             f"{' ' + lim.unit if lim.unit else ''}, not {value:g}")
     if problems:
         raise ConfigError("; ".join(problems), hint="the defaults in `trainfer serve --help` suit most servers")
