@@ -143,3 +143,15 @@ def test_non_finite_hyperparameters_in_a_recipe_file_are_refused(tmp_path: Path)
         build_recipe(path)
     assert "2 problems" in info.value.message
     assert "train.lr" in info.value.message and "train.weight_decay" in info.value.message
+
+
+def test_data_given_where_the_recipe_goes_says_to_use_data(tmp_path: Path) -> None:
+    from trainfer.config import load_recipe_file
+    from trainfer.errors import ConfigError
+
+    table = tmp_path / "wine.csv"
+    table.write_text("a,b\n1,2\n")
+    for given in (table, tmp_path):
+        with pytest.raises(ConfigError, match="looks like data") as info:
+            load_recipe_file(given)
+        assert info.value.hint and f"--data {given}" in info.value.hint
