@@ -41,8 +41,15 @@ def _force(what: str) -> Any:
 
 def _threads(what: str) -> Any:
     # metavar: typer's "<int range>" widened the metavar column and cut long option names at 80 columns
-    # max: --threads 100000 made onnxruntime start 100,000 threads (16 GB) on a 2-core machine
-    return typer.Option(help=f"{what} ({THREADS_DEFAULT}; at most 256).", min=1, max=256, metavar="<int>")
+    # Checked in a callback, not with min/max: typer's range column cut long option names at 80 columns.
+    return typer.Option(help=f"{what} ({THREADS_DEFAULT}; 1 to 256).", callback=_check_threads)
+
+
+def _check_threads(value: int | None) -> int | None:
+    # at most 256: --threads 100000 made onnxruntime start 100,000 threads (16 GB) on a 2-core machine
+    if value is not None and not 1 <= value <= 256:
+        raise typer.BadParameter(f"must be 1 to 256 threads, not {value}")
+    return value
 
 
 def _spinner(message: str, show: bool) -> Any:
