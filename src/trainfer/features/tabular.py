@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -263,22 +264,28 @@ def _category(x: Any) -> str:
     return str(x)
 
 
-def _to_float(values: np.ndarray, column: str) -> np.ndarray:
-    if values.dtype.kind in "iufb":
-        return values.astype(np.float64)
+def _each_value(values: np.ndarray, column: str, convert: Callable[[Any], float | None], want: str) -> np.ndarray:
+    """float64 of ``convert(x)`` for each value of an object column: missing -> NaN, and a value ``convert``
+    cannot take (None, or an error) -> InputError naming its row and column."""
     out = np.empty(len(values), dtype=np.float64)
     for i, x in enumerate(values.tolist()):
         if is_missing(x):
             out[i] = np.nan
             continue
-        if isinstance(x, bool):
-            out[i] = float(x)
-            continue
         try:
-            out[i] = float(x)
+            v = convert(x)
         except (TypeError, ValueError):
-            raise InputError(f"expected a number, got {x!r}", row=i, column=column) from None
+            v = None
+        if v is None:
+            raise InputError(f"expected {want}, got {x!r}", row=i, column=column) from None
+        out[i] = v
     return out
+
+
+def _to_float(values: np.ndarray, column: str) -> np.ndarray:
+    if values.dtype.kind in "iufb":
+        return values.astype(np.float64)
+    return _each_value(values, column, float, "a number")  # float(True) is 1.0, as for a bool dtype
 
 
 # ISO 8601 dates and date-times, as CSV files and JSON clients write them.
@@ -320,22 +327,20 @@ def _epoch_seconds(values: np.ndarray, column: str) -> np.ndarray:
         return out
     if values.dtype.kind in "iuf":
         return values.astype(np.float64)
-    out = np.empty(len(values), dtype=np.float64)
-    for i, x in enumerate(values.tolist()):
-        if is_missing(x):
-            out[i] = np.nan
-        elif isinstance(x, np.datetime64):
-            out[i] = np.nan if np.isnat(x) else x.astype("datetime64[us]").astype(np.int64) / 1e6
-        elif isinstance(x, _dt.datetime):  # pandas' Timestamp too
-            out[i] = (x if x.tzinfo is not None else x.replace(tzinfo=_dt.UTC)).timestamp()
-        elif isinstance(x, _dt.date):
-            out[i] = _dt.datetime(x.year, x.month, x.day, tzinfo=_dt.UTC).timestamp()
-        elif isinstance(x, (int, float)) and not isinstance(x, bool):
-            out[i] = float(x)
-        else:
-            parsed = _parse_iso(x) if isinstance(x, str) else None
-            if parsed is None:
-                raise InputError(f"expected a date/time such as 2024-01-31 or 2024-01-31T12:30:00, got {x!r}",
-                                 row=i, column=column)
-            out[i] = (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.UTC)).timestamp()
-    return out
+    return _each_value(values, column, _seconds, "a date/time such as 2024-01-31 or 2024-01-31T12:30:00")
+
+
+def _seconds(x: Any) -> float | None:
+    """One date/time as seconds since 1970 UTC (no zone: UTC); None when it is not one."""
+    if isinstance(x, np.datetime64):
+        return float("nan") if np.isnat(x) else float(x.astype("datetime64[us]").astype(np.int64)) / 1e6
+    if isinstance(x, _dt.datetime):  # pandas' Timestamp too
+        return (x if x.tzinfo is not None else x.replace(tzinfo=_dt.UTC)).timestamp()
+    if isinstance(x, _dt.date):
+        return _dt.datetime(x.year, x.month, x.day, tzinfo=_dt.UTC).timestamp()
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    parsed = _parse_iso(x) if isinstance(x, str) else None
+    if parsed is None:
+        return None
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.UTC)).timestamp()

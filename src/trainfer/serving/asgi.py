@@ -129,7 +129,8 @@ class Sweeper:
 
     async def wait(self, awaitable: Awaitable[Any], deadline: float) -> Any:
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:  # a programming error, not a client's: deadlines cancel tasks
+            raise RuntimeError("Sweeper.wait must be awaited inside an asyncio task")
         self._waiting[task] = deadline
         if not self._sweeping:
             self._sweeping = True
