@@ -214,10 +214,7 @@ def test_sigterm_with_a_stalled_client_exits_0_within_the_body_bound(digits_bund
             sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                          + body[:100])
             time.sleep(0.3)  # the request is in the app, waiting for the rest of its body
-            t0 = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            code = server.proc.wait(BODY_TIMEOUT_S + 15)  # type: ignore[union-attr]
-            took = time.monotonic() - t0
+            code, took = _sigterm(server, BODY_TIMEOUT_S + 15)
             _, got = _closed_within(sock, 1)
     finally:
         server.stop()
@@ -227,6 +224,14 @@ def test_sigterm_with_a_stalled_client_exits_0_within_the_body_bound(digits_bund
     assert took < BODY_TIMEOUT_S + 2, f"the drain waited {took:.1f} s on a stalled client\n{log[-2000:]}"
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
     assert got.startswith(b"HTTP/1.1 408 "), got[:300]
+
+
+def _sigterm(server: Server, limit_s: float) -> tuple[int, float]:
+    """SIGTERM the server; its exit code and how long the drain took."""
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    code = server.proc.wait(limit_s)  # type: ignore[union-attr]
+    return code, time.monotonic() - t0
 
 
 def test_an_idle_kept_alive_connection_is_closed(tight_server: Server) -> None:
@@ -270,10 +275,7 @@ def test_sigterm_with_a_client_that_never_reads_its_answer_exits_0_within_the_bo
                 assert time.monotonic() < deadline, "the big request never reached the model"
                 time.sleep(0.05)
             time.sleep(0.5)  # the answer is being written, and stalls
-            t0 = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            code = server.proc.wait(BODY_TIMEOUT_S + 20)  # type: ignore[union-attr]
-            took = time.monotonic() - t0
+            code, took = _sigterm(server, BODY_TIMEOUT_S + 20)
     finally:
         server.stop()
     log = server.log()
