@@ -30,6 +30,7 @@ class Run:
         self.features = features
         self.summary = summary
         self.model = model
+        self._dataset: Any = None  # the run's data, read once by load_split
 
     @classmethod
     def load(cls, path: str | Path) -> Run:
@@ -68,11 +69,14 @@ class Run:
         from trainfer.data import load_dataset
         from trainfer.errors import DataError
 
-        ds = load_dataset(self.recipe.data)
         recorded = self.split()
-        if ds.fingerprint() != recorded["fingerprint"]:
-            raise DataError(f"the data at {self.recipe.data.source!r} changed since the run was trained",
-                            hint="pass labelled data explicitly (e.g. --data) instead of the recorded split")
+        ds = self._dataset
+        if ds is None:  # read and checked once: optimize asks for three splits, bench and export for one
+            ds = load_dataset(self.recipe.data)
+            if ds.fingerprint() != recorded["fingerprint"]:
+                raise DataError(f"the data at {self.recipe.data.source!r} changed since the run was trained",
+                                hint="pass labelled data explicitly (e.g. --data) instead of the recorded split")
+            self._dataset = ds
         idx = np.asarray(recorded[name], dtype=np.int64)
         return ds.rows(idx), ds.y[idx]
 
