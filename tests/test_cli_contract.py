@@ -128,3 +128,13 @@ def test_ctrl_c_before_anything_was_written_says_to_run_the_command_again(tmp_pa
     from trainfer.cli._common import _train_kept
 
     assert _train_kept({"out": tmp_path / "never-made"}) == "nothing was kept; run the same command again"
+
+
+def test_ctrl_c_after_an_output_was_renamed_into_place_does_not_deny_it(tmp_path: Path) -> None:
+    from trainfer.cli._common import _nothing_at
+
+    kept = _nothing_at("out", "predictions were")
+    out = tmp_path / "p.csv"
+    assert kept({"out": out}).startswith("no predictions were written")
+    out.write_text("id,prediction\n")
+    assert "is whole" in kept({"out": out}) and "no predictions" not in kept({"out": out})

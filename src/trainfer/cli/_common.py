@@ -118,7 +118,12 @@ def _train_kept(args: dict[str, Any]) -> str:
 
 
 def _nothing_at(option: str, what: str) -> Callable[[dict[str, Any]], str]:
-    return lambda args: f"no {what} written at {args[option]} (writes are atomic)"
+    def kept(args: dict[str, Any]) -> str:
+        out = Path(args[option])
+        if out.exists():  # the interrupt came after the rename (or the old output is still in place)
+            return f"{out} is whole: writes are atomic, so it holds a complete output, never half of one"
+        return f"no {what} written at {out} (writes are atomic)"
+    return kept
 
 
 def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
