@@ -126,24 +126,25 @@ def check_output(path: str | Path, *, kind: str, force: bool = False, exists_hin
     if path.exists() and not force:
         raise OutputError(f"{option} {path} already exists",
                           hint=exists_hint or f"choose another {option}, or pass --force to replace it")
-    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):  # resumed or replaced in place
-        code = errno.EROFS if _read_only(path) else errno.EACCES
-        why, hint = _WHY[code]
-        raise OutputError(f"cannot write {path}: {why}", hint=hint)
+    if path.is_dir():  # resumed or replaced in place
+        _check_writable(path, path, "")
     # The nearest directory that exists must be writable: the output (or its parents) is created there.
     parent = path.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise OutputError(f"cannot create {path}: {parent} is a file, not a directory", hint=f"choose another {option}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        code = errno.EROFS if _read_only(parent) else errno.EACCES
-        why, hint = _WHY[code]
-        raise OutputError(f"cannot write {path}: {why} ({parent})", hint=hint)
+    _check_writable(parent, path, f" ({parent})")
     if _no_space(parent):
         why, hint = _WHY[errno.ENOSPC]
         raise OutputError(f"cannot write {path}: {why} ({parent})", hint=hint)
     return path
+
+
+def _check_writable(directory: Path, path: Path, where: str) -> None:
+    if not os.access(directory, os.W_OK | os.X_OK):
+        why, hint = _WHY[errno.EROFS if _read_only(directory) else errno.EACCES]
+        raise OutputError(f"cannot write {path}: {why}{where}", hint=hint)
 
 
 def _read_only(directory: Path) -> bool:
