@@ -666,7 +666,7 @@ def test_json_missing_numbers_as_null_nan_or_string(digits_server: Server, csv_s
     x = _digits_with_gaps(digits_X)
     want = digits_model.predict_proba(x)
     flat = x.reshape(-1).tolist()
-    for missing in (None, "NaN", float("nan")):  # json.dumps writes the NaN literal
+    for missing in (None, "NaN", float("nan"), "", "NA"):  # json.dumps writes the NaN literal; "" and NA: as /predict
         data = [missing if v != v else v for v in flat]
         r = httpx.post(f"{digits_server.url}/v2/models/digits/infer",
                        content=json_request("input", "FP32", list(x.shape), data), timeout=10)

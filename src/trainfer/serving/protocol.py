@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from trainfer.errors import InputError
+from trainfer.features import is_missing
 
 HEADER = "Inference-Header-Content-Length"
 # The farthest a number may lie from its training mean, in training standard deviations. Beyond it the
@@ -182,8 +183,8 @@ def _numbers(data: Any, name: str) -> np.ndarray:
 
 
 def _number_or_missing(v: Any) -> bool:
-    if isinstance(v, str):
-        return v in ("NaN", "nan")
+    if isinstance(v, str):  # the spellings of "missing" every other path imputes ("NaN", "", "NA", ...)
+        return is_missing(v)
     if isinstance(v, int) and not isinstance(v, bool):
         return abs(v) <= sys.float_info.max  # a JSON integer beyond float64 is not a number we can take
     return v is None or isinstance(v, float)
