@@ -60,14 +60,14 @@ def csv_format(path: str | os.PathLike[str], lines: int = 200) -> tuple[str, str
     return sep, "," if comma and not point else "."
 
 
-def numbers_from_text(frame: Any, decimal: str = ".", skip: Collection[str] = ()) -> Any:
+def numbers_from_text(frame: Any, decimal: str = ".", only: Collection[str] | None = None) -> Any:
     """``frame`` with each text column that holds only numbers and missing values made numeric.
 
     pandas keeps a whole column as text when one cell is blank (" "), "-" aside, or when a decimal-comma
     file has such a cell (then every "1,71" stays text too): training would make that column a category
     and predict would refuse "1,71". A blank cell is missing wherever it comes from (``is_missing``), so
-    the column is numbers with one missing value, the same in training and in predict. ``skip``: columns
-    that must stay text (ids, columns trained as categories).
+    the column is numbers with one missing value, the same in training and in predict. ``only``: the
+    columns to look at (predict: the bundle's numeric ones, so no chunk pays for text it will not read).
     """
     import pandas as pd
 
@@ -75,7 +75,8 @@ def numbers_from_text(frame: Any, decimal: str = ".", skip: Collection[str] = ()
 
     for name in frame.columns:
         col = frame[name]
-        if str(name) in skip or not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+        if (only is not None and str(name) not in only) or not (
+                col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
             continue  # (pandas 3 reads text as its "str" dtype, older pandas as object)
         missing = col.map(is_missing).astype(bool)
         text = col[~missing].astype(str).str.strip()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ _NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.
 
 
 def _table_chunks(path: Path, trained_id: str | None, size: int, text_columns: list[str],
-                  chosen_id: str | None = None) -> tuple[int, Iterator[Chunk], str | None]:
+                  chosen_id: str | None = None, numeric_columns: Collection[str] = ()
+                  ) -> tuple[int, Iterator[Chunk], str | None]:
     import pandas as pd
 
     dec = "."
@@ -63,7 +64,7 @@ def _table_chunks(path: Path, trained_id: str | None, size: int, text_columns: l
         for frame in reader:
             frame.columns = [str(c) for c in frame.columns]
             if path.suffix.lower() == ".csv":  # as training reads it: " " or "1,71" beside a blank are numbers
-                frame = numbers_from_text(frame, dec, skip={*text_columns, id_column or ""})
+                frame = numbers_from_text(frame, dec, only=numeric_columns)
             ids = frame[id_column].tolist() if id_column and id_column in frame.columns else None
             yield frame, ids
 
@@ -132,10 +133,11 @@ def open_input(pred: Predictor, path: Path, chunk_size: int,
     if suffix in (".csv", ".parquet", ".pq"):
         inputs = pred.features.inputs
         text = [c["name"] for c in getattr(inputs, "columns", []) if c["type"] == "categorical"]
+        numeric = {c["name"] for c in getattr(inputs, "columns", []) if c["type"] == "numeric"}
         import pandas as pd
 
         try:
-            total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text, id_column)
+            total, chunks, id_col = _table_chunks(path, pred.features.id_column, chunk_size, text, id_column, numeric)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             hint = "save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else None
