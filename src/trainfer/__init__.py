@@ -10,6 +10,7 @@ Public API (the same verbs as the CLI)::
     predictor.predict(rows)
     trainfer.predict("bundles/digits", "rows.csv", "preds.csv")
     trainfer.bench(run, quick=True); trainfer.report(run)
+    study = trainfer.tune("examples/digits.yaml", out="studies/digits", trials=30, workers=2)
 
 Heavy dependencies (torch) load on first use, never at import.
 """
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from trainfer.runtime.files import predict
     from trainfer.serving import serve
     from trainfer.training import Run, evaluate, train
+    from trainfer.tuning import Study, tune
 
 # public name -> module that defines it; imported lazily so `import trainfer` stays light. Every CLI verb
 # has a function of the same name here; the subpackages are named for the phase (benching, reporting,
@@ -51,6 +53,8 @@ _LAZY = {
     "bench": "trainfer.benching",
     "report": "trainfer.reporting",
     "run": "trainfer.pipeline",
+    "tune": "trainfer.tuning",
+    "Study": "trainfer.tuning",
 }
 
 
@@ -62,5 +66,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainfer' has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "Recipe", "Run", "TrainferError", "__version__", "bench", "evaluate", "export", "load",
-           "optimize", "predict", "report", "run", "serve", "train"]
+__all__ = ["Predictor", "Recipe", "Run", "Study", "TrainferError", "__version__", "bench", "evaluate", "export",
+           "load", "optimize", "predict", "report", "run", "serve", "train", "tune"]

@@ -17,6 +17,7 @@ _EXTRAS = {
     "onnx": "export",
     "onnxscript": "export",
     "torch_pruning": "optimize",
+    "optuna": "tune",
     "mlperf_loadgen": "bench",
     "matplotlib": "report",
     "fastapi": "serve",
@@ -26,7 +27,7 @@ _EXTRAS = {
     "orjson": "serve",
 }
 # what each extra brings (its own modules and those of the extras it includes), for up-front checks
-_INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report")}
+_INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report"), "tune": ("export",)}
 
 
 def extra_modules(extra: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainfer.errors import ConfigError
 
@@ -63,14 +63,122 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(1024, ge=1)
 
 
+class Distribution(_Strict):
+    """One search-space entry: exactly one of the four kinds, e.g. ``{log_uniform: [1e-4, 3e-2]}``."""
+
+    log_uniform: tuple[float, float] | None = Field(None, description="floats, sampled evenly in log scale")
+    uniform: tuple[float, float] | None = Field(None, description="floats, sampled evenly")
+    int_uniform: tuple[int, int] | None = Field(None, description="integers low..high, both included")
+    choice: list[Any] | None = Field(None, description="one of these values (any YAML value, e.g. [256, 128])")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [k for k in ("log_uniform", "uniform", "int_uniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of log_uniform: [low, high], uniform: [low, high], "
+                             f"int_uniform: [low, high] or choice: [values] (got {', '.join(given) or 'none'})")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice: [] is empty; list at least one value")
+        for kind in ("log_uniform", "uniform", "int_uniform"):
+            bounds = getattr(self, kind)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind}: [{bounds[0]}, {bounds[1]}] is empty or inverted; low must be below high")
+        if self.log_uniform is not None and self.log_uniform[0] <= 0:
+            raise ValueError(f"log_uniform needs a low above 0 (got {self.log_uniform[0]}); use uniform for 0")
+        return self
+
+    @property
+    def values(self) -> list[Any]:
+        """Values that stand for the whole range when checking it against the recipe: ends, or every choice."""
+        if self.choice is not None:
+            return list(self.choice)
+        return list(self.log_uniform or self.uniform or self.int_uniform or ())
+
+    def to_plain(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# Settings of a study that may sit beside the search space in `tune:` (CLI flags override them).
+TUNE_SETTINGS = ("trials", "timeout", "workers", "sampler", "pruner", "objectives", "pick", "study_name")
+
+
+class TuneConfig(_Strict):
+    """The `tune:` section: dotted recipe keys with a distribution each, and optional study settings.
+
+    ``tune: {train.lr: {log_uniform: [1e-4, 3e-2]}, model.hidden: {choice: [[128], [256, 128]]}, trials: 30}``
+    """
+
+    space: dict[str, Distribution] = Field(default_factory=dict, description="search space: recipe key -> range")
+    trials: int | None = Field(None, ge=1, description="trials this command runs (they add to the study's)")
+    timeout: float | None = Field(None, gt=0, description="stop starting trials after this many seconds")
+    workers: int | None = Field(None, ge=1, le=256, description="worker processes on the same study")
+    sampler: Literal["tpe", "random", "nsga2"] | None = None
+    pruner: Literal["median", "hyperband", "none"] | None = None
+    objectives: Literal["accuracy", "accuracy,flops", "accuracy,latency"] | None = None
+    pick: str | None = Field(None, description="'most-accurate' or 'fastest-within=POINTS'")
+    study_name: str | None = Field(None, min_length=1, max_length=128)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_space(cls, raw: Any) -> Any:
+        # The YAML is flat (`train.lr: {...}` beside `trials: 30`): dotted keys are the search space.
+        if not isinstance(raw, dict) or "space" in raw:
+            return raw
+        space = {k: v for k, v in raw.items() if "." in str(k)}
+        return {**{k: v for k, v in raw.items() if "." not in str(k)}, "space": space}
+
+    def flat(self) -> dict[str, Any]:
+        settings = {k: getattr(self, k) for k in TUNE_SETTINGS if getattr(self, k) is not None}
+        return {**{k: d.to_plain() for k, d in self.space.items()}, **settings}
+
+
 class Recipe(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)  # torch, numpy and the batch order all take it
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = Field(None, description="search space for `trainfer tune`; ignored by train")
+
+    @model_validator(mode="after")
+    def _space_fits_recipe(self) -> Recipe:
+        if self.tune is not None:
+            check_space(self, self.tune.space)
+        return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        raw = self.model_dump(mode="json", exclude={"tune"})
+        if self.tune is not None:
+            raw["tune"] = self.tune.flat()
+        return yaml.safe_dump(raw, sort_keys=False)
+
+    def without_tune(self) -> Recipe:
+        return self.model_copy(update={"tune": None})
+
+
+def check_space(recipe: Recipe, space: dict[str, Distribution]) -> None:
+    """Every key names a recipe value, and every end of its range (every choice) is valid there.
+
+    Raises ValueError with one line per problem, naming the key (pydantic adds the `tune` location).
+    """
+    base = recipe.model_dump(mode="json", exclude={"tune"})
+    problems = []
+    for key, dist in space.items():
+        parts = key.split(".")
+        node: Any = base
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            problems.append(f"tune.{key}: not a recipe value; use a dotted key such as train.lr or model.hidden")
+            continue
+        for value in dist.values:
+            try:
+                Recipe.model_validate(apply_overrides(base, [f"{key}={_dump_scalar(value)}"]))
+            except (ValidationError, ConfigError) as exc:
+                why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                problems.append(f"tune.{key}: {value!r} is not a valid value there ({why})")
+                break
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -124,9 +232,12 @@ def validate(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            where = ".".join(str(p) for p in err["loc"]).replace("tune.space.", "tune.") or "(top level)"
             if err["type"] == "extra_forbidden":
                 lines.append(f"{where}: unknown key; remove it or check its spelling")
+            elif err["type"] == "value_error":  # our own validators: the message names the key already
+                msg = err["msg"].removeprefix("Value error, ")
+                lines.append(msg if where == "(top level)" else f"{where}: {msg}")
             else:
                 got = err.get("input")
                 shown = "" if isinstance(got, dict) else f" (got {got!r})"

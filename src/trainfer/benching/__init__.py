@@ -151,7 +151,7 @@ def _training(run: Any, target_accuracy: float | None, seeds: int) -> dict[str, 
         "samples_seen": seen, "labelled_samples": s["samples"]["train"] + s["samples"]["val"],
         "epochs_run": s["epochs_run"], "best_epoch": s["best_epoch"], "params": s["params"],
         "device": s.get("device"), "threads": s.get("threads"), "peak_rss_mb": s.get("peak_rss_mb"),
-        "test": s["test"],
+        "test": s.get("test", {}),
     }
     if target_accuracy is not None:
         out["time_to_target"] = (time_to_target_seeds(run, target_accuracy, seeds) if seeds > 1

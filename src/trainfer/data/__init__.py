@@ -141,8 +141,12 @@ class Prepared:
     y: dict[str, np.ndarray]
 
 
-def prepare(cfg: DataConfig, seed: int, split: Split | None = None) -> Prepared:
-    """Load, split (or reuse a recorded split), fit preprocessing on train only, transform all splits."""
+def prepare(cfg: DataConfig, seed: int, split: Split | None = None,
+            splits: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+    """Load, split (or reuse a recorded split), fit preprocessing on train only, transform ``splits``.
+
+    A tuner asks for train and val only: the test rows are then never transformed or looked at.
+    """
     ds = load_dataset(cfg)
     ds.fingerprint()  # of the data exactly as loaded (cached), before the target is converted below
     task = resolve_task(cfg, ds)
@@ -155,7 +159,7 @@ def prepare(cfg: DataConfig, seed: int, split: Split | None = None) -> Prepared:
     target = Target.fit(ds.y[split.train], task, ds.target) if task == "regression" else target
     features = Features(inputs, target, ds.id_column)
     X, y = {}, {}
-    for name in ("train", "val", "test"):
+    for name in splits:
         idx = getattr(split, name)
         try:
             X[name] = features.transform(ds.rows(idx))

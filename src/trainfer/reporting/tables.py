@@ -88,3 +88,38 @@ def bench_table(record: dict[str, Any]) -> Any:
     if e.get("break_even_predictions", {}).get("value"):
         t.caption = f"break-even: {e['break_even_predictions']['value']:,.0f} predictions = the training run's energy"
     return t
+
+
+def study_table(summary: dict[str, Any], top: int = 8) -> Any:
+    """The best trials of a study (the Pareto front first when there are two objectives) as a rich Table."""
+    from rich import box
+    from rich.table import Table
+
+    metric, objectives = summary["metric"], summary["objectives"]
+    maximize = summary["directions"][0] == "maximize"
+    done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    front = {p["number"] for p in summary["pareto"]}
+    rows = sorted(done, key=lambda t: (t["number"] not in front if front else False,
+                                       -t["values"][0] if maximize else t["values"][0]))[:top]
+    table = Table(title=f"tune: top {len(rows)} of {summary['counts']['total']} trials"
+                        + ("; ◆ Pareto front" if front else "") + "; ★ best.yaml",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    keys = list(summary["space"])
+    for head in ("trial", f"val {metric}", "epochs", "MFLOPs", "time",
+                 *(["p50"] if "latency" in objectives else []), *[k.split(".")[-1] for k in keys]):
+        table.add_column(head, justify="right" if head != "trial" else "left", no_wrap=True)
+    for t in rows:
+        mark = ("★" if t["number"] == summary["best"]["number"] else "") + ("◆" if t["number"] in front else "")
+        cells = [f"{t['number']} {mark}".strip(), f"{t['values'][0]:.4f}", str(t.get("epochs_run") or "—"),
+                 "—" if t.get("flops") is None else f"{t['flops'] * 1e-6:.3f}", seconds(t.get("duration_s"))]
+        if "latency" in objectives:
+            cells.append(duration_ms(t.get("latency_ms")))
+        cells += [_param(t["params"].get(k)) for k in keys]
+        table.add_row(*cells)
+    return table
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "—" if value is None else str(value).replace(" ", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,21 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
     return out
 
 
+EpochHook = Callable[[dict[str, Any]], "str | None"]
+
+
 def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: bool = False, quiet: bool = True,
-        t_start: float | None = None) -> dict[str, Any]:
+        t_start: float | None = None, on_epoch: EpochHook | None = None,
+        splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Any]:
     """The loop itself, on a built model and prepared data; writes the run dir and returns the summary.
 
     Used by train_run, and by anything that needs to train an existing model (e.g. fine-tuning a
     pruned network) with the same loop, checkpoints and metrics.
+
+    Adapters hook in without subclassing: ``on_epoch(record)`` sees each epoch's metrics once its
+    checkpoint is queued; returning a reason (e.g. "pruned by the tuner") stops training there as early
+    stopping does, and summary.json records it as ``stopped_by``. ``splits`` are the splits scored in
+    summary.json: a tuner leaves out "test", which is then never read.
     """
     t_start = time.perf_counter() if t_start is None else t_start
     out = Path(out)
@@ -231,6 +241,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     best_model = {k[len("model."):]: v for k, v in snap["tensors"].items() if k.startswith("model.")}
                 writer.save(snap)
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
+                if on_epoch is not None and (reason := on_epoch(record)):
+                    state["stopped_by"] = reason
+                    break
     except BaseException as exc:
         writer.close()  # the last checkpoint is whole before an error or Ctrl-C goes up
         if isinstance(exc, RunError) and fresh_dir and not (ckpt_dir / "state.json").is_file():
@@ -256,7 +269,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         best = best_model if best_model is not None else best_weights(ckpt_dir, state)
         model.load_state_dict(best)
         save_tensors(out / "model.safetensors", best, meta={"format": "trainfer-model", "params": str(n_params)})
-        summary = _summary(model, data, device, cfg, state, n_params, threads,
+        summary = _summary(model, data, device, cfg, state, n_params, threads, splits,
                            {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
                             "train_cpu_s": state["cpu_s"],
                             "total_s": time.perf_counter() - t_start})
@@ -318,10 +331,10 @@ def _recorded_split(out: Path) -> Split | None:
 
 
 def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, state: dict[str, Any],
-             n_params: int, threads: int, timings: dict[str, float]) -> dict[str, Any]:
+             n_params: int, threads: int, names: Sequence[str], timings: dict[str, float]) -> dict[str, Any]:
     target = data.features.target
     splits = {name: compute_metrics(predict_outputs(model, data.X[name], device, cfg.eval_batch_size, cfg.precision),
-                                    data.y[name], target) for name in ("train", "val", "test")}
+                                    data.y[name], target) for name in names}
     metric_name, _ = monitor(target.task)
     gap = splits["train"][metric_name] - splits["val"][metric_name]
     if target.task == "regression":
@@ -332,12 +345,13 @@ def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, s
     epochs_run = history[-1]["epoch"] if history else 0
     return {
         "task": target.task,
-        "train": splits["train"], "val": splits["val"], "test": splits["test"],
+        **splits,
         "monitor": f"val_{metric_name}",
         "best_epoch": state["best_epoch"],
         "epochs_run": epochs_run,
         "epochs_max": cfg.epochs,
         "stopped_early": epochs_run < cfg.epochs,
+        "stopped_by": state.get("stopped_by") or ("early stopping" if epochs_run < cfg.epochs else None),
         "overfitting": {
             "train_minus_val": gap,
             "line": f"train {metric_name} {splits['train'][metric_name]:.4f} vs val "

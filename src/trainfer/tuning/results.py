@@ -1,0 +1,115 @@
+"""What a study leaves: summary.json (every trial, the Pareto front, importances), best.yaml and best/.
+
+summary.json holds everything the report draws, so `trainfer report STUDY_DIR` needs neither Optuna
+nor the database.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from trainfer._atomic import write_json, write_text
+from trainfer.config import Distribution, Recipe
+from trainfer.errors import ConfigError
+from trainfer.tuning.space import apply, decode
+
+COST_KEYS = {"flops": "flops", "latency": "latency_ms"}
+
+
+def parse_pick(pick: str | None) -> float | None:
+    """``most-accurate`` (None) or ``fastest-within=POINTS`` (the budget in points, as optimize's)."""
+    if pick in (None, "", "most-accurate"):
+        return None
+    head, sep, value = pick.partition("=")
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = -1.0
+    if head != "fastest-within" or not sep or not 0 <= budget < 100:
+        raise ConfigError(f"--pick {pick!r} is not understood",
+                          hint="use most-accurate, or fastest-within=POINTS, e.g. fastest-within=0.5")
+    return budget
+
+
+def trial_record(t: Any, space: dict[str, Distribution]) -> dict[str, Any]:
+    a = t.user_attrs
+    duration = (t.datetime_complete - t.datetime_start).total_seconds() \
+        if t.datetime_complete and t.datetime_start else None
+    return {"number": t.number, "state": t.state.name, "values": t.values, "params": decode(space, t.params),
+            "duration_s": duration, "started": t.datetime_start.isoformat() if t.datetime_start else None,
+            "intermediate": {int(k): v for k, v in sorted(t.intermediate_values.items())},
+            "run": a.get("run"), "params_count": a.get("params"), "flops": a.get("flops"),
+            "latency_ms": a.get("latency_ms"), "epochs_run": a.get("epochs_run"), "stopped_by": a.get("stopped_by"),
+            "val": a.get("val"), "fail_reason": a.get("fail_reason"), "host": a.get("host"),
+            "retry_of": t.system_attrs.get("trainfer_retried", t.system_attrs.get("failed_trial"))}
+
+
+def pick_best(done: list[dict[str, Any]], front: list[dict[str, Any]], objectives: list[str], maximize: bool,
+              task: str, budget: float | None) -> dict[str, Any]:
+    """The most accurate point (of the front when there are two objectives; ties: the cheaper), or with a budget
+    the cheapest point whose validation drop from the most accurate is within it (optimize's rule)."""
+    from trainfer.exporting.select import quality_drop
+
+    pool = front if len(objectives) > 1 else done
+    cost_key = COST_KEYS.get(objectives[-1], "flops")
+
+    def cost(r: dict[str, Any]) -> float:
+        return float(r.get(cost_key) or r.get("flops") or 0.0)
+
+    sign = -1.0 if maximize else 1.0
+    top = min(pool, key=lambda r: (sign * r["values"][0], cost(r), r["number"]))
+    if budget is None:
+        return top
+    ref = top["values"][0]
+    within = [r for r in pool if quality_drop(ref, r["values"][0], task) <= budget + 1e-9]
+    return min(within, key=lambda r: (cost(r), sign * r["values"][0], r["number"]))
+
+
+def importances(study: Any) -> tuple[dict[str, float], str | None]:
+    """Parameter importances by fANOVA (PED-ANOVA when it cannot run); empty before there is enough to judge."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 4:
+        return {}, None
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    for name, make in (("fANOVA", lambda: optuna.importance.FanovaImportanceEvaluator(seed=0)),
+                       ("PED-ANOVA", optuna.importance.PedAnovaImportanceEvaluator)):
+        try:
+            values = optuna.importance.get_param_importances(study, evaluator=make(), target=target)
+        except (RuntimeError, ValueError, ImportError):
+            continue
+        return {k: float(v) for k, v in values.items()}, name
+    return {}, None
+
+
+def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, Distribution]) -> dict[str, Any]:
+    """best.yaml (trainable as it is) and best/ (a copy of the trial's run, scored on the test split once)."""
+    import json
+
+    from trainfer.training import Run, evaluate
+
+    recipe = apply(base, best["params"])
+    write_text(root / "best.yaml", f"# trial {best['number']} of the study in {root}\n" + recipe.to_yaml())
+    dest = root / "best"
+    marker = dest / "trial.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("number") == best["number"] \
+            and (dest / "summary.json").is_file():
+        return json.loads((dest / "summary.json").read_text()).get("test", {})  # already scored
+    tmp = root / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root / best["run"], tmp)
+    result = evaluate(Run.load(tmp))  # the one time the test split is read
+    summary = json.loads((tmp / "summary.json").read_text())
+    summary["test"] = result["metrics"]
+    write_json(tmp / "summary.json", summary)
+    write_json(tmp / "trial.json", {"number": best["number"], "run": best["run"], "params": best["params"]})
+    old = root / ".best.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return result["metrics"]
