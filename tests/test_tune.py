@@ -1,0 +1,93 @@
+"""trainfer.tune through the public API: the loop's epoch hook, the tune: section, and a study that resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import trainfer
+from trainfer.config import build_recipe
+from trainfer.errors import ConfigError
+
+IRIS = {"data": {"source": "iris"}, "model": {"hidden": [16]}, "train": {"epochs": 6, "batch_size": 16}}
+SPACE = {"train.lr": {"log_uniform": [1e-3, 3e-2]}, "model.hidden": {"choice": [[8], [16, 8]]},
+         "train.batch_size": {"choice": [8, 16]}}
+
+
+def test_epoch_hook_stops_the_loop_and_summary_scores_only_the_asked_splits(tmp_path):
+    import torch
+
+    from trainfer.data import prepare
+    from trainfer.models import build_model
+    from trainfer.training.loop import fit
+
+    recipe = build_recipe(IRIS)
+    data = prepare(recipe.data, recipe.seed, splits=("train", "val"))
+    assert set(data.X) == {"train", "val"}  # the test rows were never transformed
+    torch.manual_seed(0)
+    model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+    seen = []
+
+    def hook(record):
+        seen.append(record["epoch"])
+        return "stopped by the test" if record["epoch"] == 2 else None
+
+    summary = fit(model, data, recipe, tmp_path / "run", on_epoch=hook, splits=("train", "val"))
+    assert seen == [1, 2]
+    assert summary["epochs_run"] == 2 and summary["stopped_by"] == "stopped by the test"
+    assert "test" not in summary and {"train", "val"} <= set(summary)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_tune_section_round_trips_and_is_left_out_of_trial_recipes():
+    from trainfer.tuning.space import apply
+
+    recipe = build_recipe({**IRIS, "tune": {**SPACE, "trials": 4, "sampler": "random"}})
+    again = build_recipe(yaml.safe_load(recipe.to_yaml()))
+    assert again == recipe
+    assert recipe.tune.trials == 4 and set(recipe.tune.space) == set(SPACE)
+    trial = apply(recipe, {"train.lr": 0.01, "model.hidden": [16, 8]})
+    assert trial.tune is None and "tune" not in yaml.safe_load(trial.to_yaml())
+    assert trial.train.lr == 0.01 and trial.model.hidden == [16, 8] and trial.train.epochs == 6
+
+
+@pytest.mark.parametrize(("space", "says"), [
+    ({"train.lrr": {"uniform": [0, 1]}}, "tune.train.lrr: not a recipe value"),
+    ({"train.lr": {"uniform": [0.2, 0.1]}}, "empty or inverted"),
+    ({"train.lr": {"log_uniform": [0.1, 0.1]}}, "empty or inverted"),
+    ({"model.hidden": {"choice": []}}, "is empty"),
+    ({"model.dropout": {"uniform": [0, 1.5]}}, "tune.model.dropout: 1.5 is not a valid value"),
+    ({"train.lr": {"log_uniform": [0, 1]}}, "low above 0"),
+    ({"train.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}, "exactly one of"),
+    ({"train": {"uniform": [0.1, 0.2]}}, "tune.train: unknown key"),
+])
+def test_a_bad_space_is_one_message_naming_the_key(space, says):
+    with pytest.raises(ConfigError) as err:
+        build_recipe({**IRIS, "tune": space})
+    assert says in err.value.message
+
+
+def test_a_study_resumes_adding_trials_and_its_best_recipe_trains(tmp_path):
+    study_dir = tmp_path / "study"
+    recipe = {**IRIS, "tune": SPACE}
+    first = trainfer.tune(recipe, out=study_dir, trials=3, sampler="random", pruner="none")
+    assert first.summary["counts"]["total"] == 3 and first.summary["counts"]["COMPLETE"] == 3
+    second = trainfer.tune(recipe, out=study_dir, trials=2, sampler="random", pruner="none")
+    counts = second.summary["counts"]
+    assert counts["total"] == 5 and second.summary["command"]["trials"] == 2
+    params = [json.dumps(t["params"], sort_keys=True) for t in second.summary["trials"]]
+    assert len(set(params)) == 5  # the second command's sampler did not replay the first's values
+    assert sorted(p.name for p in (study_dir / "trials").iterdir()) == [f"{i:04d}" for i in range(5)]
+    for t in second.summary["trials"]:  # every trial is an ordinary run, scored on train and val only
+        trial_summary = json.loads((study_dir / t["run"] / "summary.json").read_text())
+        assert "test" not in trial_summary and trial_summary["val"]["accuracy"] == t["values"][0]
+    best = second.best
+    assert best["values"][0] == max(t["values"][0] for t in second.summary["trials"])
+    assert set(json.loads((study_dir / "best" / "summary.json").read_text())["test"]) >= {"accuracy"}
+    assert json.loads((study_dir / "best" / "trial.json").read_text())["number"] == best["number"]
+    run = trainfer.train(study_dir / "best.yaml", out=tmp_path / "retrained")
+    assert run.recipe.train.lr == pytest.approx(best["params"]["train.lr"])
+    assert run.recipe.model.hidden == best["params"]["model.hidden"] and run.recipe.tune is None
