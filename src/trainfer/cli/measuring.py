@@ -6,7 +6,7 @@ import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,20 +56,35 @@ def bench(
     console.print(f"written: {bench_path(Path(target))}")
 
 
+def _report_kept(args: dict[str, Any]) -> str:
+    from trainfer.reporting.study import is_study_dir
+
+    if is_study_dir(Path(args["run"])):
+        return "report.html was not written (writes are atomic)"
+    return "report.html and infographic.png were not written"
+
+
 @app.command()
-@_verb("report", kept=lambda args: "report.html and infographic.png were not written")
+@_verb("report", kept=_report_kept)
 def report(
-    run: Annotated[Path, typer.Argument(help="A run directory with bench.json (run `trainfer bench` first).")],
-    out: Annotated[Path | None, typer.Option(help="Directory for report.html and infographic.png "
-                                                  "(default: the run).")] = None,
+    run: Annotated[Path, typer.Argument(help="A run directory with bench.json (run `trainfer bench` first), or a "
+                                             "study directory made by `trainfer tune`.")],
+    out: Annotated[Path | None, typer.Option(help="Directory for the report (default: the run or study "
+                                                  "directory).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Write report.html (self-contained) and infographic.png: training vs inference, measured.
+    """Write a self-contained report.html (SVG charts inside; the page loads nothing from elsewhere).
 
-    Example: trainfer report runs/digits
+    A run directory (with bench.json): training vs inference, measured, and infographic.png.
+    A study directory (made by `trainfer tune`): optimization history, parameter importances,
+    and the Pareto front (accuracy against FLOPs or latency) when the study has two objectives.
+    A study's report is drawn from its summary.json alone: neither Optuna nor the database is needed.
+    The study's best run (STUDY_DIR/best, once benchmarked) shows the study's charts in its report too.
+
+    Example: trainfer report runs/digits; trainfer report studies/digits
     """
     from trainfer.reporting import report as report_fn
 
     paths = report_fn(run, out)
     _emit({k: str(v) for k, v in paths.items()}, as_json,
-          f"[bold]report[/] {paths['report']}\n[bold]infographic[/] {paths['infographic']}")
+          "\n".join(f"[bold]{k}[/] {v}" for k, v in paths.items()))

@@ -1,4 +1,5 @@
-"""`trainfer report RUN`: a self-contained report.html and an infographic.png from bench.json."""
+"""`trainfer report RUN`: a self-contained report.html and an infographic.png from bench.json;
+`trainfer report STUDY_DIR`: a tuning study's report.html (reporting/study.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 from trainfer._atomic import write_text, write_with
 from trainfer.errors import RunError
-from trainfer.reporting import charts
+from trainfer.reporting import charts, study
 from trainfer.reporting.fmt import duration_ms, get, si
 from trainfer.reporting.infographic import draw
 from trainfer.reporting.ledger import rows
+from trainfer.reporting.page import STYLE, figure
 
 
 def _cell(bench: dict[str, Any], parts: list[Any]) -> str:
@@ -37,11 +39,14 @@ def _variant_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
-    """Write report.html and infographic.png for a benchmarked run; returns their paths.
+    """Write report.html and infographic.png for a benchmarked run; returns their paths. For a study dir
+    (from `trainfer tune`), report.html alone: the study's history, importances and Pareto front.
 
     Example: ``trainfer.bench("runs/digits", quick=True); trainfer.report("runs/digits")``.
     """
     run = Path(run)
+    if study.is_study_dir(run):
+        return study.report(run, out)
     bench_file = run / "bench.json"
     if not bench_file.is_file():
         raise RunError(f"{run} has no bench.json", hint=f"measure it first: trainfer bench {run}")
@@ -68,10 +73,11 @@ def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
         (get(bench, "energy.training_j_per_sample.value"), get(bench, "energy.inference_j_per_prediction.value")),
         e_method)))
     manifest = _manifest(bench)
+    origin = study.study_of_run(run)  # a study's best run: the study's charts go in too
     page = _PAGE.format(
-        title=html.escape(title), table=table,
-        charts="\n".join(f'<figure class="chart"><figcaption>{html.escape(c)}</figcaption>{svg}</figure>'
-                         for c, svg in figs),
+        style=STYLE, title=html.escape(title), table=table,
+        charts="\n".join(figure(c, svg) for c, svg in figs),
+        study=f"<h2>The tuning study this run came from</h2>\n{study.section(origin)}" if origin else "",
         scenarios=_scenarios(bench), provenance=_provenance(bench, summary, manifest),
         env=html.escape(json.dumps(bench["env"], indent=1)),
     )
@@ -111,17 +117,7 @@ def _provenance(bench: dict[str, Any], summary: dict[str, Any], manifest: dict[s
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>trainfer report: {title}</title>
-<style>
-body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #212529; }}
-h1 {{ margin-bottom: .2rem; }} .sub {{ color: #495057; margin-top: 0; }}
-table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; }}
-th, td {{ border: 1px solid #dee2e6; padding: .45rem .6rem; vertical-align: top; text-align: left; }}
-thead th {{ background: #f1f3f5; }} #ledger th {{ width: 16%; }}
-#ledger thead th:nth-child(2) {{ color: #d9480f; }} #ledger thead th:nth-child(3) {{ color: #1971c2; }}
-.num {{ font-weight: 600; }} figure.chart {{ margin: 1.5rem 0; }} figure.chart svg {{ max-width: 100%; height: auto; }}
-figcaption {{ font-weight: 600; margin-bottom: .3rem; }} code {{ font-size: 12px; word-break: break-all; }}
-pre {{ background: #f8f9fa; padding: .6rem; font-size: 12px; overflow-x: auto; }}
-</style></head>
+{style}</head>
 <body>
 <h1>Training vs Inference</h1>
 <p class="sub">{title}</p>
@@ -131,6 +127,7 @@ pre {{ background: #f8f9fa; padding: .6rem; font-size: 12px; overflow-x: auto; }
 </tbody></table>
 <h2>Charts</h2>
 {charts}
+{study}
 <h2>MLPerf LoadGen scenarios</h2>
 <table id="scenarios"><thead><tr><th>variant</th><th>SingleStream p50 / p90 / p99</th><th>Offline</th>
 <th>Server</th></tr></thead><tbody>
