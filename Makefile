@@ -1,8 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   the whole path on a built-in dataset (digits): train, optimize, bench, report
 #   make test   run the test suite
-# Both create .venv and install the project when missing; `make test` also installs Chromium (Debian's
-# package) for the report tests when it is missing and this user may install packages, else says how.
+# Both create .venv and install the project when missing; `make test` also installs Chromium (for the report
+# tests) and PostgreSQL (the storage tests start a server of their own), Debian's packages, when missing and
+# this user may install packages, else says how.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -23,9 +24,11 @@ demo: $(BIN)/.installed
 	rm -rf runs/demo-digits
 	$(BIN)/trainfer run examples/digits.yaml --out runs/demo-digits
 
-# The set-up step of `make test`: the Python packages, and the browser the report tests render in.
+# The set-up step of `make test`: the Python packages, the browser the report tests render in, and the
+# PostgreSQL server binaries the storage tests start.
 test: $(BIN)/.installed
 	scripts/ensure-chromium
+	scripts/ensure-postgresql
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
 

@@ -223,3 +223,13 @@ def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from _inference_fixtures import get_bundle
 
     return get_bundle(tmp_path_factory, "cnn")
+
+
+# ---- a real PostgreSQL server for the study-storage tests (started once per session, stopped at the end) ----
+
+@pytest.fixture(scope="session")
+def postgres():
+    from _pg_fixtures import running_postgres
+
+    with running_postgres() as server:
+        yield server

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,8 +125,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
     url = storage_url(study_dir, storage)
-    if storage is None or storage.startswith("sqlite"):
-        study_dir.mkdir(parents=True, exist_ok=True)  # SQLite creates its file, not the folder
+    if storage is None or storage.startswith(("sqlite", "journal:")):
+        study_dir.mkdir(parents=True, exist_ok=True)  # SQLite and the journal create their file, not the folder
     try:
         study = _open_study(url, conf["study_name"], directions(task, objs))
     except BaseException:
@@ -153,7 +155,9 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
                 space={k: d.to_plain() for k, d in space.items()}, objectives=objs, sampler=conf["sampler"],
                 pruner=conf["pruner"], seed=base.seed if seed is None else seed, threads=threads,
                 budget=conf["trials"], deadline=started + conf["timeout"] if conf["timeout"] else None,
-                claims=str(claims), workers=n_workers, extra={"start": len(study.trials)})
+                claims=str(claims), workers=n_workers,
+                # a shared database may see commands start at once: each draws its own sampler stream
+                extra={"start": len(study.trials), "salt": 0 if storage is None else os.getpid() + int(started)})
     first = len(study.trials)
     from trainfer.tuning.progress import StudyProgress
 
@@ -162,7 +166,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
             if n_workers == 1:
                 work(plan, 0, on_trial=progress.refresh)
             else:
-                _run_workers(plan, n_workers, progress)
+                _run_workers(plan, n_workers, progress, say)
         finally:
             shutil.rmtree(claims, ignore_errors=True)
     wall = time.time() - started
@@ -236,34 +240,84 @@ def _record(study_dir: Path, name: str, fingerprint: str, url: str, objectives: 
     write_text(root / "recipe.yaml", tuned.to_yaml())
 
 
-def _run_workers(plan: Plan, n: int, progress: Any) -> None:
-    """W processes on the study; each gets its share of the CPUs for torch, OpenMP and BLAS."""
-    path = Path(plan.claims) / "plan.json"
+def _run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
+    """W processes on the study; each gets its share of the CPUs for torch, OpenMP and BLAS.
+
+    A worker that dies (killed, crashed) does not stop the others: its running trial is failed at once and its
+    parameters queued again (a surviving worker runs them), a slot it claimed and never started goes back to
+    the pool, and the others run the rest of the budget. No replacement is started: what killed one worker (the
+    out-of-memory killer, an operator) would likely kill the next. Only when every worker failed is it an error.
+    """
+    say = say or (lambda _msg: None)
+    folder = Path(plan.claims)
+    path = folder / "plan.json"
     write_text(path, plan.to_json())
     env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "MKL_NUM_THREADS": str(plan.threads)}
-    procs = [subprocess.Popen([sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    # Each worker's stderr goes to a file: a pipe nobody reads until the end fills up and blocks the worker.
+    logs = [folder / f"worker-{i}.log" for i in range(n)]
+    procs = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=err))
     progress.workers = procs
+    seen: set[int] = set()
     try:
-        while any(p.poll() is None for p in procs):
+        while True:
+            running = [p for p in procs if p.poll() is None]
+            for i, p in enumerate(procs):
+                if p.returncode not in (None, 0) and i not in seen:
+                    seen.add(i)
+                    say(_worker_died(progress.study, p, logs[i], folder, int(plan.extra.get("start", 0))))
             progress.refresh()
+            if not running:
+                break
             time.sleep(1.0)
-        progress.refresh()
     except BaseException:
-        for p in procs:  # Ctrl-C reaches the workers too (same process group); wait for their trials to close
+        # Ctrl-C reaches the workers too (same process group): give their trials time to close, then kill
+        deadline = time.time() + 30
+        for p in procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        with contextlib.suppress(Exception):  # the killed workers' trials: FAIL now, not RUNNING until a rerun
+            recover_stale(progress.study)
         raise
-    errors = [(p.returncode, p.stderr.read() if p.stderr else "") for p in procs if p.returncode not in (0, None)]
-    for p in procs:
-        if p.stderr:
-            p.stderr.close()
-    if errors and len(errors) == n:
-        code, err = errors[0]
-        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
-        raise RunError(f"every tuning worker stopped with an error: {last}")
+    if len(seen) == n:
+        raise RunError(f"every tuning worker stopped with an error: {_last_line(procs[0], logs[0])}",
+                       hint="the finished trials are in the study; running the command again continues it")
+    left = sum(1 for k in range(plan.budget) if not (folder / f"{k:06d}").exists())
+    if seen and left:
+        say(f"warning: {left} of this command's {plan.budget} trials did not run: their workers stopped")
+
+
+def _worker_died(study: Any, proc: subprocess.Popen, log: Path, claims: Path, first: int) -> str:
+    """What the command does when one worker dies: fail its trial, queue it again, free its unused claims."""
+    failed = recover_stale(study)
+    started = sum(1 for t in study.get_trials(deepcopy=False) if t.number >= first and
+                  t.user_attrs.get("pid") == proc.pid and t.user_attrs.get("host") == socket.gethostname())
+    mine = sorted(f for f in claims.glob("[0-9]" * 6) if f.read_text() == str(proc.pid))
+    for f in mine[started:]:  # claimed, but it died before the trial began: another worker takes the slot
+        with contextlib.suppress(OSError):
+            f.unlink()
+    msg = f"warning: a tuning worker stopped ({_last_line(proc, log)})"
+    if failed:
+        msg += f"; trial(s) {', '.join(map(str, failed))} marked FAIL and queued again once"
+    return msg + "; the other workers go on"
+
+
+def _last_line(proc: subprocess.Popen, log: Path) -> str:
+    code = proc.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    with contextlib.suppress(OSError):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].removeprefix("error: ")
+    return f"exit code {code}"
 
 
 def _finish(study: Any, root: Path, base: Recipe, space: dict[str, Any], objectives: list[str],

@@ -6,6 +6,7 @@ nor the database.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, 
     """best.yaml (trainable as it is) and best/ (a copy of the trial's run, scored on the test split once)."""
     import json
 
-    from trainfer.training import Run, evaluate
+    from trainfer.training import Run, evaluate, train
 
     recipe = apply(base, best["params"])
     write_text(root / "best.yaml", f"# trial {best['number']} of the study in {root}\n" + recipe.to_yaml())
@@ -98,18 +99,24 @@ def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, 
     if marker.is_file() and json.loads(marker.read_text()).get("number") == best["number"] \
             and (dest / "summary.json").is_file():
         return json.loads((dest / "summary.json").read_text()).get("test", {})  # already scored
-    tmp = root / ".best.tmp"
+    # Per process: two commands on one study dir may finish at once.
+    tmp, old = root / f".best.tmp-{os.getpid()}", root / f".best.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root / best["run"], tmp)
+    if (root / best["run"]).is_dir():
+        shutil.copytree(root / best["run"], tmp)
+    else:  # the trial ran in another command's study dir (another machine on the shared database): train it here
+        train(recipe, out=tmp, quiet=True)
     result = evaluate(Run.load(tmp))  # the one time the test split is read
     summary = json.loads((tmp / "summary.json").read_text())
     summary["test"] = result["metrics"]
     write_json(tmp / "summary.json", summary)
     write_json(tmp / "trial.json", {"number": best["number"], "run": best["run"], "params": best["params"]})
-    old = root / ".best.old"
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another command put its best/ there in the meantime: the same trial, scored the same way
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     return result["metrics"]

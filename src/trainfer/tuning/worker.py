@@ -1,7 +1,8 @@
 """A tuning worker: claims trial slots of this command and runs them on the shared study.
 
-`trainfer tune --workers W` starts W of these as processes (``python -m trainfer.tuning.worker PLAN``):
+`trainfer tune --workers W` starts W of these as processes (``python -m trainfer.tuning.worker PLAN I``):
 threads would share the GIL and torch's thread pool. With one worker it runs in the command's process.
+A worker process whose command is gone (killed) finishes its trial and claims no more.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainfer.errors import TrainferError
 from trainfer.tuning.trial import Plan, run_trial
 
 
@@ -37,7 +39,9 @@ def make_sampler(plan: Plan, index: int) -> Any:
     import optuna
 
     # Workers, and later commands on the same study, must not propose the same values: each its own stream.
-    seed = (plan.seed * 1_000_003 + int(plan.extra.get("start", 0)) * 1009 + index) % 2**32
+    # Commands that start at once on a shared database see the same "start"; their salt tells them apart.
+    seed = (plan.seed * 1_000_003 + int(plan.extra.get("start", 0)) * 1009 + index
+            + int(plan.extra.get("salt", 0)) * 7919) % 2**32
     if plan.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if plan.sampler == "nsga2":
@@ -57,31 +61,45 @@ def make_pruner(plan: Plan, epochs: int) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
 
 
-def work(plan: Plan, index: int = 0, on_trial: Callable[..., None] | None = None) -> None:
-    """Run trials until this command's budget is claimed or its deadline passes; ``on_trial(study, trial)``
-    after each."""
+def work(plan: Plan, index: int = 0, on_trial: Callable[..., None] | None = None, parent: int | None = None) -> None:
+    """Run trials until this command's budget is claimed, its deadline passes, or (with ``parent``) the command's
+    process is gone; ``on_trial(study, trial)`` after each."""
     import optuna
 
-    from trainfer.tuning.storage import open_storage
+    from trainfer.tuning.storage import open_storage, worker_id
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress and failures are reported by the command
     base, dists = plan.base_recipe(), plan.dists()
     study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage),
                               sampler=make_sampler(plan, index), pruner=make_pruner(plan, base.train.epochs))
+    me = worker_id()
+
+    def objective(trial: Any) -> Any:
+        # Who runs the trial, first: if this process dies at any point of it, a command on this machine can tell.
+        for k, v in me.items():
+            trial.set_user_attr(k, v)
+        return run_trial(trial, plan, base, dists)
+
     claims = Path(plan.claims)
     while plan.deadline is None or time.time() < plan.deadline:
+        if parent is not None and os.getppid() != parent:
+            break  # the command was killed: nobody would write its summary, and a rerun continues the study
         if claim(claims, plan.budget) is None:
             break
-        study.optimize(lambda t: run_trial(t, plan, base, dists), n_trials=1, catch=(Exception,),
-                       gc_after_trial=False, show_progress_bar=False, callbacks=[on_trial] if on_trial else None)
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, show_progress_bar=False,
+                       callbacks=[on_trial] if on_trial else None)
 
 
 def main(argv: list[str]) -> int:
+    parent = os.getppid()
     plan = Plan.from_json(Path(argv[1]).read_text())
     try:
-        work(plan, int(argv[2]))
+        work(plan, int(argv[2]), parent=parent)
     except KeyboardInterrupt:
         return 130  # the command that started this worker reports the interruption
+    except TrainferError as exc:  # e.g. the database went away: the command shows this line
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
