@@ -16,8 +16,6 @@ from trainfer.config import Distribution, Recipe
 from trainfer.errors import ConfigError
 from trainfer.tuning.space import apply, decode
 
-COST_KEYS = {"flops": "flops", "latency": "latency_ms"}
-
 
 def parse_pick(pick: str | None) -> float | None:
     """``most-accurate`` (None) or ``fastest-within=POINTS`` (the budget in points, as optimize's)."""
@@ -42,22 +40,28 @@ def trial_record(t: Any, space: dict[str, Distribution]) -> dict[str, Any]:
             "duration_s": duration, "started": t.datetime_start.isoformat() if t.datetime_start else None,
             "intermediate": {int(k): v for k, v in sorted(t.intermediate_values.items())},
             "run": a.get("run"), "params_count": a.get("params"), "flops": a.get("flops"),
-            "latency_ms": a.get("latency_ms"), "epochs_run": a.get("epochs_run"), "stopped_by": a.get("stopped_by"),
+            "latency_ms": a.get("latency_ms"), "latency_raw_p50_ms": a.get("latency_raw_p50_ms"),
+            "latency_ratio": a.get("latency_ratio"), "epochs_run": a.get("epochs_run"),
+            "stopped_by": a.get("stopped_by"),
             "val": a.get("val"), "fail_reason": a.get("fail_reason"), "host": a.get("host"),
             "retry_of": t.system_attrs.get("trainfer_retried", t.system_attrs.get("failed_trial"))}
 
 
 def pick_best(done: list[dict[str, Any]], front: list[dict[str, Any]], objectives: list[str], maximize: bool,
               task: str, budget: float | None) -> dict[str, Any]:
-    """The most accurate point (of the front when there are two objectives; ties: the cheaper), or with a budget
-    the cheapest point whose validation drop from the most accurate is within it (optimize's rule)."""
+    """The most accurate point (of the Pareto front when there are two objectives; ties: the cheaper), or with a
+    budget the cheapest point whose validation drop from the most accurate is within it: optimize's rule, in
+    its units (points of accuracy, or % of rmse), by exporting.select.quality_drop.
+
+    The cost is the second objective (FLOPs or latency); with one objective, the FLOPs. The cheapest point
+    within the budget is always on the front (a point that dominates it is as accurate and as cheap), so
+    searching the front loses nothing."""
     from trainfer.exporting.select import quality_drop
 
     pool = front if len(objectives) > 1 else done
-    cost_key = COST_KEYS.get(objectives[-1], "flops")
 
     def cost(r: dict[str, Any]) -> float:
-        return float(r.get(cost_key) or r.get("flops") or 0.0)
+        return float(r["values"][1]) if len(objectives) > 1 else float(r.get("flops") or 0.0)
 
     sign = -1.0 if maximize else 1.0
     top = min(pool, key=lambda r: (sign * r["values"][0], cost(r), r["number"]))
@@ -66,6 +70,20 @@ def pick_best(done: list[dict[str, Any]], front: list[dict[str, Any]], objective
     ref = top["values"][0]
     within = [r for r in pool if quality_drop(ref, r["values"][0], task) <= budget + 1e-9]
     return min(within, key=lambda r: (cost(r), sign * r["values"][0], r["number"]))
+
+
+def describe_front(front: list[dict[str, Any]], metric: str, measure: Any) -> None:
+    """Give every point of the front its accuracy (the metric, by name), FLOPs, parameters and latency.
+
+    Points without a latency (an accuracy,flops study) are timed now, together in one interleaved window
+    with the reference graph (``measure(run_dirs) -> records``: tuning.cost.measure_runs), so that their latencies
+    compare as optimize's variants do. A point that cannot be exported keeps latency_ms None and says why."""
+    for r in front:
+        r[metric] = r["values"][0]
+    missing = [r for r in front if r.get("latency_ms") is None]
+    if missing:
+        for r, rec in zip(missing, measure([r["run"] for r in missing]), strict=True):
+            r.update(rec)
 
 
 def importances(study: Any) -> tuple[dict[str, float], str | None]:

@@ -121,11 +121,16 @@ def run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distributio
         return value
     if plan.objectives == ["accuracy", "flops"]:
         return value, float(flops)
-    from trainfer.tuning.cost import latency_ms
+    from trainfer.tuning.cost import measure
 
-    ms = latency_ms(out, plan)
-    trial.set_user_attr("latency_ms", ms)
-    return value, ms
+    try:
+        cost = measure(out, plan)  # latency_ms, and the raw p50 and reference it came from
+    except TrainferError as exc:
+        trial.set_user_attr("fail_reason", f"latency: {exc.message}")
+        raise
+    for k, v in cost.items():
+        trial.set_user_attr(k, v)
+    return value, cost["latency_ms"]
 
 
 def directions(task: str, objectives: list[str]) -> list[str]:
