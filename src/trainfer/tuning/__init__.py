@@ -117,6 +117,17 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads(n_cpu: int, n_workers: int, asked: int | None) -> int:
+    """Torch threads per worker: an equal share of the CPUs, never more than the recipe's train.threads or
+    OMP_NUM_THREADS ask for (a busy shared machine is often faster with fewer threads than cores)."""
+    share = max(1, n_cpu // n_workers)
+    caps = [asked] if asked else []
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        caps.append(int(omp))
+    return min([share, *caps])
+
+
 def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str | Path,
          trials: int | None = None, timeout: float | None = None, workers: int | None = None,
          storage: str | None = None, sampler: str | None = None, pruner: str | None = None,
@@ -163,7 +174,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
             "their parameters queued again once")
     n_cpu = usable_cpus()
     n_workers = conf["workers"]
-    threads = max(1, n_cpu // n_workers)
+    threads = worker_threads(n_cpu, n_workers, plain.train.threads)
     if n_workers > n_cpu:
         say(f"warning: {n_workers} workers on {n_cpu} CPUs: each gets 1 thread and they share the CPUs")
     started = time.time()
