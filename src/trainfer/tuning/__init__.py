@@ -103,11 +103,12 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
          storage: str | None = None, sampler: str | None = None, pruner: str | None = None,
          objectives: str | None = None, pick: str | None = None, study_name: str | None = None,
          seed: int | None = None, overrides: list[str] | None = None, quiet: bool = True,
-         log: Any = None) -> Study:
+         log: Any = None, on_progress: Any = None) -> Study:
     """Tune ``recipe`` (its `tune:` section, or the default space for its model) into the study dir ``out``.
 
     Example: ``study = trainfer.tune("examples/digits.yaml", out="studies/digits", trials=30, workers=2)``.
     Running it again continues the study: ``trials`` more trials add to those already there.
+    ``log(message)`` gets the start-up messages, ``on_progress(line)`` a line per finished trial.
     """
     say = log or (lambda _msg: None)
     base = build_recipe(recipe, overrides)
@@ -157,7 +158,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     first = len(study.trials)
     from trainfer.tuning.progress import StudyProgress
 
-    with StudyProgress(study, conf["trials"], first, n_workers, plan.deadline, enabled=not quiet) as progress:
+    with StudyProgress(study, conf["trials"], first, n_workers, plan.deadline, enabled=not quiet,
+                       emit=on_progress) as progress:
         try:
             if n_workers == 1:
                 work(plan, 0, on_trial=progress.refresh)
