@@ -81,9 +81,12 @@ def evaluate(
 
 def _run_kept(args: dict[str, object]) -> str:
     out = Path(str(args["out"])) if args.get("out") else Path("runs") / Path(str(args["recipe"])).stem
+    if (out / "run" / "trial.json").is_file():
+        return (f"the study at {out / 'study'} and its best trial's run at {out / 'run'} are kept; --resume adds "
+                "the recipe's trials to the study and runs the later stages again")
     if (out / "study" / "tune.json").is_file():
-        return (f"the finished trials are in the study at {out / 'study'}; the same command with --resume "
-                "continues it (the interrupted trial is marked FAIL and run again)")
+        return (f"the finished trials are in the study at {out / 'study'}, the interrupted ones marked FAIL; the "
+                "same command with --resume continues it")
     return "the stages that finished kept their outputs; training continues with --resume"
 
 

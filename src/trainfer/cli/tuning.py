@@ -14,8 +14,8 @@ from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _verb, ap
 def _tune_kept(args: dict[str, object]) -> str:
     out = Path(str(args["out"]))
     if (out / "tune.json").is_file():
-        return (f"the finished trials are in the study at {out}; the interrupted one is marked FAIL and run again "
-                "by the same command, which continues the study")
+        return (f"the finished trials are in the study at {out}, the interrupted ones marked FAIL; the same "
+                "command continues the study")
     return "no study was written"
 
 

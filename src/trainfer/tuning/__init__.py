@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -67,27 +68,32 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
     tune = recipe.tune or TuneConfig()
     out = {k: given.get(k) if given.get(k) is not None else getattr(tune, k, None) for k in
            ("trials", "timeout", "workers", "sampler", "pruner", "objectives", "pick", "study_name")}
+
+    def name(key: str) -> str:  # a bad value is named where the user wrote it
+        return f"--{key.replace('_', '-')}" if given.get(key) is not None else f"tune.{key}"
+
     for key, value in DEFAULTS.items():
         if out[key] is None:
             out[key] = value
     out["study_name"] = out["study_name"] or DEFAULT_STUDY
     for key, low in (("trials", 1), ("workers", 1)):
-        if not isinstance(out[key], int) or out[key] < low:
-            raise ConfigError(f"--{key} {out[key]} is not allowed; it must be {low} or more")
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise ConfigError(f"{name(key)} {out[key]} is not allowed; it must be {low} or more")
     if out["workers"] > 256:
-        raise ConfigError(f"--workers {out['workers']} is too many; at most 256")
+        raise ConfigError(f"{name('workers')} {out['workers']} is too many; at most 256")
     if out["timeout"] is not None and not out["timeout"] > 0:
-        raise ConfigError(f"--timeout {out['timeout']} must be a positive number of seconds")
+        raise ConfigError(f"{name('timeout')} {out['timeout']} must be a positive number of seconds")
     for key, allowed in (("sampler", ("tpe", "random", "nsga2")), ("pruner", ("median", "hyperband", "none")),
                          ("objectives", ("accuracy", "accuracy,flops", "accuracy,latency"))):
         if out[key] not in allowed:
-            raise ConfigError(f"--{key} {out[key]!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"{name(key)} {out[key]!r} is not one of {', '.join(allowed)}")
     if out["sampler"] == "nsga2" and out["objectives"] == "accuracy":
         raise ConfigError("--sampler nsga2 searches for a Pareto front and needs two objectives",
                           hint="add --objectives accuracy,flops (or accuracy,latency), or use --sampler tpe")
     parse_pick(out["pick"])
-    if not all(c.isalnum() or c in "-_." for c in out["study_name"]):
-        raise ConfigError(f"--study-name {out['study_name']!r}: use letters, digits, '-', '_' and '.' only")
+    if not all(c.isalnum() or c in "-_." for c in out["study_name"]) or out["study_name"].startswith("."):
+        raise ConfigError(f"{name('study_name')} {out['study_name']!r}: use letters, digits, '-', '_' and '.' only, "
+                          "not starting with '.'")
     return out
 
 
@@ -167,6 +173,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
                 _run_workers(plan, n_workers, progress)
         finally:
             shutil.rmtree(claims, ignore_errors=True)
+            _remove_if_empty(claims.parent)
     wall = time.time() - started
     summary = _finish(study, root, base, space, objs, conf, task, first, wall, n_workers, threads, _redact(url),
                       is_default)
@@ -243,8 +250,11 @@ def _run_workers(plan: Plan, n: int, progress: Any) -> None:
     path = Path(plan.claims) / "plan.json"
     write_text(path, plan.to_json())
     env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "MKL_NUM_THREADS": str(plan.threads)}
+    # Their own process group: a Ctrl-C at the terminal reaches the command only, which passes it on once (two
+    # SIGINTs could stop a worker while it records its trial as FAIL), and so does `kill -INT` of the command.
     procs = [subprocess.Popen([sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n)]
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, process_group=0)
+             for i in range(n)]
     progress.workers = procs
     try:
         while any(p.poll() is None for p in procs):
@@ -252,7 +262,10 @@ def _run_workers(plan: Plan, n: int, progress: Any) -> None:
             time.sleep(1.0)
         progress.refresh()
     except BaseException:
-        for p in procs:  # Ctrl-C reaches the workers too (same process group); wait for their trials to close
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:  # wait for their trials to be recorded as FAIL
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -279,7 +292,7 @@ def _finish(study: Any, root: Path, base: Recipe, space: dict[str, Any], objecti
     counts["total"] = len(records)
     done = [r for r in records if r["state"] == "COMPLETE"]
     if not done:
-        reasons = sorted({r["fail_reason"] for r in records if r["fail_reason"]})
+        reasons = list(dict.fromkeys(r["fail_reason"] for r in records if r["fail_reason"]))  # in trial order
         raise RunError(f"no trial of the study completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned)"
                        + (f"; first failure: {reasons[0]}" if reasons else ""),
                        hint="check the failures in the study, widen or move the search space, or run more trials")
