@@ -252,3 +252,18 @@ def test_ctrl_c_is_exit_130_with_one_line_and_the_same_command_continues(tmp_pat
     res = run_cli(*args[:4], "--trials", "1", "--json").check()
     assert res.json()["counts"]["total"] == len(trials) + 1
     assert (study / "best.yaml").is_file()
+
+
+def test_help_and_readme_explain_tuning(capsys: pytest.CaptureFixture[str]) -> None:
+    """Acceptance 7: `--help` shows the search-space syntax; the README's Tuning section shows the commands."""
+    help_text = run_main(["tune", "--help"], capsys).check().stdout
+    for word in ("tune:", "log_uniform", "uniform", "int_uniform", "choice", "trials:", "test split"):
+        assert word in help_text, word
+    assert "tune:" in run_main(["run", "--help"], capsys).check().stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Tuning\n", 1)[1].split("\n## ", 1)[0]
+    for command in ("trainfer tune examples/", "trainfer train studies/digits/best.yaml", "trainfer report studies/",
+                    "trainfer run examples/digits-tuned.yaml", "--storage postgresql://", "--workers",
+                    "--objectives accuracy,flops", "--pick fastest-within=", "trainfer.tune(", "log_uniform",
+                    "int_uniform", "choice", "study.db", "best.yaml", "summary.json", "--study-name"):
+        assert command in section, command
