@@ -71,6 +71,15 @@ class Distribution(_Strict):
     int_uniform: tuple[int, int] | None = Field(None, description="integers low..high, both included")
     choice: list[Any] | None = Field(None, description="one of these values (any YAML value, e.g. [256, 128])")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, raw: Any) -> Any:
+        # pydantic would say "a valid dictionary or instance of Distribution": show the syntax instead
+        if not isinstance(raw, dict | Distribution):
+            raise ValueError(f"{raw!r} is not a distribution; write one of {{log_uniform: [low, high]}}, "
+                             "{uniform: [low, high]}, {int_uniform: [low, high]} or {choice: [values]}")
+        return raw
+
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
         given = [k for k in ("log_uniform", "uniform", "int_uniform", "choice") if getattr(self, k) is not None]
@@ -122,6 +131,9 @@ class TuneConfig(_Strict):
     @classmethod
     def _flat_space(cls, raw: Any) -> Any:
         # The YAML is flat (`train.lr: {...}` beside `trials: 30`): dotted keys are the search space.
+        if not isinstance(raw, dict | TuneConfig):
+            raise ValueError(f"{raw!r} is not a search space; tune: maps dotted recipe keys to distributions, "
+                             "e.g. tune: {train.lr: {log_uniform: [1e-4, 3e-2]}}")
         if not isinstance(raw, dict) or "space" in raw:
             return raw
         space = {k: v for k, v in raw.items() if "." in str(k)}
@@ -155,6 +167,12 @@ class Recipe(_Strict):
         return self.model_copy(update={"tune": None})
 
 
+# Keys that choose the data and its split: a study judges every trial on the same validation rows and never
+# shows one the test rows, so these stay fixed (data.image_size, a preprocessing choice, may be tuned).
+FIXED_IN_A_STUDY = ("data.source", "data.target", "data.task", "data.val_fraction", "data.test_fraction",
+                    "data.id_column", "data.drop", "data.options")
+
+
 def check_space(recipe: Recipe, space: dict[str, Distribution]) -> None:
     """Every key names a recipe value, and every end of its range (every choice) is valid there.
 
@@ -163,6 +181,10 @@ def check_space(recipe: Recipe, space: dict[str, Distribution]) -> None:
     base = recipe.model_dump(mode="json", exclude={"tune"})
     problems = []
     for key, dist in space.items():
+        if key in FIXED_IN_A_STUDY or key.startswith("data.options."):
+            problems.append(f"tune.{key}: the data and its split stay fixed in a study (every trial is judged on "
+                            "the same validation rows, and none sees the test rows); remove it from tune:")
+            continue
         parts = key.split(".")
         node: Any = base
         for part in parts[:-1]:
@@ -242,10 +264,12 @@ def validate(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
                 got = err.get("input")
                 shown = "" if isinstance(got, dict) else f" (got {got!r})"
                 lines.append(f"{where}: {err['msg']}{shown}")
+        about_tune = all(line.startswith("tune") for line in lines)
         raise ConfigError(
             f"{origin} is invalid ({len(lines)} problem{'s' if len(lines) > 1 else ''}): "
             + "; ".join(lines),
-            hint="see `trainfer train --help` and examples/ for valid keys",
+            hint="see `trainfer tune --help` for the search-space syntax, and examples/digits-tuned.yaml"
+            if about_tune else "see `trainfer train --help` and examples/ for valid keys",
         ) from None
 
 

@@ -79,29 +79,46 @@ def evaluate(
 
 
 
+def _run_kept(args: dict[str, object]) -> str:
+    out = Path(str(args["out"])) if args.get("out") else Path("runs") / Path(str(args["recipe"])).stem
+    if (out / "run" / "trial.json").is_file():
+        return (f"the study at {out / 'study'} and its best trial's run at {out / 'run'} are kept; --resume adds "
+                "the recipe's trials to the study and runs the later stages again")
+    if (out / "study" / "tune.json").is_file():
+        return (f"the finished trials are in the study at {out / 'study'}, the interrupted ones marked FAIL; the "
+                "same command with --resume continues it")
+    return "the stages that finished kept their outputs; training continues with --resume"
+
+
 @app.command("run")
-@_verb("optimize", "bench",
-       kept=lambda args: "the stages that finished kept their outputs; training continues with --resume")
+@_verb("optimize", "bench", kept=_run_kept)
 def run_cmd(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. examples/digits.yaml.")],
+    recipe: Annotated[Path, typer.Argument(
+        help="YAML recipe, e.g. examples/digits.yaml; with a tune: section it is tuned first.")],
     out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<recipe name>).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="optimize's accuracy budget, in points.")] = 0.5,
     full: Annotated[bool, typer.Option("--full", help="Full-length measurements (slower).")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage.")] = False,
-    force: Annotated[bool, _force("run (training run, bundle, measurements)")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training stage; for a tuned "
+                                                          "recipe, add its trials to the study.")] = False,
+    force: Annotated[bool, _force("run (training run or study, bundle, measurements)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Everything in one go: train -> optimize -> bench -> report, with a progress line per stage.
 
-    Example: trainfer run examples/digits.yaml
+    A recipe with a tune: section runs tune -> best -> optimize -> bench -> report instead. The study goes
+    to OUT/study, with the settings of the tune: section (e.g. trials: 12, workers: 2; the search-space
+    syntax is in `trainfer tune --help`). OUT/run is a copy of the best trial's run, scored on the test
+    split once; optimize, bench and report work on it. --resume adds the recipe's trials to the study.
+
+    Example: trainfer run examples/digits.yaml (or examples/digits-tuned.yaml)
     """
     import time
 
     from rich.console import Console
 
-    from trainfer.pipeline import STAGES
+    from trainfer.pipeline import STAGES, TUNED_STAGES
     from trainfer.pipeline import run as run_fn
 
     console = Console(stderr=True, highlight=False)  # stage lines on stderr: stdout stays clean for --json
@@ -110,8 +127,9 @@ def run_cmd(
     def on_stage(stage: str, msg: str) -> None:
         if quiet:
             return
-        console.print(f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {msg}  "
-                      f"({time.perf_counter() - started:.0f} s)")
+        order = TUNED_STAGES if stage == "tune" else STAGES  # the later stages have the same place in both
+        console.print(f"[{order.index(stage) + 1}/{len(order)} {stage}] {msg}  "
+                      f"({time.perf_counter() - started:.0f} s)", markup=False, soft_wrap=True)
 
     result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
                     resume=resume, force=force, on_stage=on_stage)
@@ -123,5 +141,6 @@ def run_cmd(
     c = _console()
     c.print(optimize_table(result["optimize"]))
     c.print(bench_table(result["bench"]))
+    study = f"\nstudy: {result['study']}" if "study" in result else ""
     c.print(f"[bold]done[/] in {time.perf_counter() - started:.0f} s\nreport: {result['report']}\n"
-            f"infographic: {result['infographic']}\nbundle: {result['bundle']}")
+            f"infographic: {result['infographic']}\nbundle: {result['bundle']}{study}")

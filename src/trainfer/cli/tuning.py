@@ -14,8 +14,8 @@ from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _verb, ap
 def _tune_kept(args: dict[str, object]) -> str:
     out = Path(str(args["out"]))
     if (out / "tune.json").is_file():
-        return (f"the finished trials are in the study at {out}; the interrupted one is marked FAIL and run again "
-                "by the same command, which continues the study")
+        return (f"the finished trials are in the study at {out}, the interrupted ones marked FAIL; the same "
+                "command continues the study")
     return "no study was written"
 
 
@@ -63,11 +63,13 @@ def tune(
         model.hidden: {choice: [[128], [256, 128]]}
         trials: 30                                 # settings may sit beside it; flags win
 
-    Without one, a default space for the model is used and printed. Trials train on the train split
-    and are judged on the validation split; the test split is read once, for the best trial
-    (STUDY_DIR/best).
+    Without one, a default space for the model is used and printed. Both ends of every range and every
+    choice are checked against the recipe before any trial runs; the data source and its split cannot be
+    tuned. Trials train on the train split and are judged on the validation split; the test split is read
+    once, for the best trial (STUDY_DIR/best). `trainfer run` runs a recipe's tune: step, then optimizes,
+    benchmarks and reports the best trial.
 
-    Example: trainfer tune examples/digits.yaml --out studies/digits --trials 30 --workers 2
+    Example: trainfer tune examples/digits-tuned.yaml --out studies/digits --trials 30 --workers 2
     """
     from trainfer.tuning import tune as tune_fn
 

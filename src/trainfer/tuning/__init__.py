@@ -78,21 +78,25 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
     out = {k: given.get(k) if given.get(k) is not None else getattr(tune, k, None) for k in
            ("trials", "timeout", "workers", "sampler", "pruner", "objectives", "pick", "study_name")}
     asked = {k: out[k] for k in ("sampler", "pruner")}
+
+    def name(key: str) -> str:  # a bad value is named where the user wrote it
+        return f"--{key.replace('_', '-')}" if given.get(key) is not None else f"tune.{key}"
+
     for key, value in DEFAULTS.items():
         if out[key] is None:
             out[key] = value
     out["study_name"] = out["study_name"] or DEFAULT_STUDY
     for key, low in (("trials", 1), ("workers", 1)):
-        if not isinstance(out[key], int) or out[key] < low:
-            raise ConfigError(f"--{key} {out[key]} is not allowed; it must be {low} or more")
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise ConfigError(f"{name(key)} {out[key]} is not allowed; it must be {low} or more")
     if out["workers"] > 256:
-        raise ConfigError(f"--workers {out['workers']} is too many; at most 256")
+        raise ConfigError(f"{name('workers')} {out['workers']} is too many; at most 256")
     if out["timeout"] is not None and not out["timeout"] > 0:
-        raise ConfigError(f"--timeout {out['timeout']} must be a positive number of seconds")
+        raise ConfigError(f"{name('timeout')} {out['timeout']} must be a positive number of seconds")
     for key, allowed in (("sampler", ("tpe", "random", "nsga2")), ("pruner", ("median", "hyperband", "none")),
                          ("objectives", ("accuracy", "accuracy,flops", "accuracy,latency"))):
         if out[key] not in allowed:
-            raise ConfigError(f"--{key} {out[key]!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"{name(key)} {out[key]!r} is not one of {', '.join(allowed)}")
     if out["sampler"] == "nsga2" and out["objectives"] == "accuracy":
         raise ConfigError("--sampler nsga2 searches for a Pareto front and needs two objectives",
                           hint="add --objectives accuracy,flops (or accuracy,latency), or use --sampler tpe")
@@ -105,8 +109,9 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
                                 f"(--pruner {asked['pruner']} ignored)")
         out["pruner"] = "none"
         out["sampler"] = asked["sampler"] or MULTI_OBJECTIVE_SAMPLER
-    if not all(c.isalnum() or c in "-_." for c in out["study_name"]):
-        raise ConfigError(f"--study-name {out['study_name']!r}: use letters, digits, '-', '_' and '.' only")
+    if not all(c.isalnum() or c in "-_." for c in out["study_name"]) or out["study_name"].startswith("."):
+        raise ConfigError(f"{name('study_name')} {out['study_name']!r}: use letters, digits, '-', '_' and '.' only, "
+                          "not starting with '.'")
     return out
 
 
@@ -133,11 +138,12 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
          storage: str | None = None, sampler: str | None = None, pruner: str | None = None,
          objectives: str | None = None, pick: str | None = None, study_name: str | None = None,
          seed: int | None = None, overrides: list[str] | None = None, quiet: bool = True,
-         log: Any = None) -> Study:
+         log: Any = None, on_progress: Any = None) -> Study:
     """Tune ``recipe`` (its `tune:` section, or the default space for its model) into the study dir ``out``.
 
     Example: ``study = trainfer.tune("examples/digits.yaml", out="studies/digits", trials=30, workers=2)``.
     Running it again continues the study: ``trials`` more trials add to those already there.
+    ``log(message)`` gets the start-up messages, ``on_progress(line)`` a line per finished trial.
     """
     say = log or (lambda _msg: None)
     base = build_recipe(recipe, overrides)
@@ -191,7 +197,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     first = len(study.trials)
     from trainfer.tuning.progress import StudyProgress
 
-    with StudyProgress(study, conf["trials"], first, n_workers, plan.deadline, enabled=not quiet) as progress:
+    with StudyProgress(study, conf["trials"], first, n_workers, plan.deadline, enabled=not quiet,
+                       emit=on_progress) as progress:
         try:
             if n_workers == 1:
                 work(plan, 0, on_trial=progress.refresh)
@@ -199,6 +206,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
                 _run_workers(plan, n_workers, progress, say)
         finally:
             shutil.rmtree(claims, ignore_errors=True)
+            _remove_if_empty(claims.parent)
     wall = time.time() - started
     summary = _finish(study, root, base, space, objs, conf, task, first, wall, n_workers, threads, _redact(url),
                       is_default)
@@ -284,12 +292,15 @@ def _run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
     write_text(path, plan.to_json())
     env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "MKL_NUM_THREADS": str(plan.threads)}
     # Each worker's stderr goes to a file: a pipe nobody reads until the end fills up and blocks the worker.
+    # Their own process group: a Ctrl-C at the terminal reaches the command only, which passes it on once (two
+    # SIGINTs could stop a worker while it records its trial as FAIL), and so does `kill -INT` of the command.
     logs = [folder / f"worker-{i}.log" for i in range(n)]
     procs = []
     for i, log in enumerate(logs):
         with open(log, "w") as err:
             procs.append(subprocess.Popen([sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=err))
+                                          env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                          process_group=0))
     progress.workers = procs
     seen: set[int] = set()
     try:
@@ -304,8 +315,10 @@ def _run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
                 break
             time.sleep(1.0)
     except BaseException:
-        # Ctrl-C reaches the workers too (same process group): give their trials time to close, then kill
-        deadline = time.time() + 30
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.time() + 30  # time for their trials to be recorded as FAIL, then kill
         for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))
@@ -363,7 +376,7 @@ def _finish(study: Any, root: Path, base: Recipe, space: dict[str, Any], objecti
     counts["total"] = len(records)
     done = [r for r in records if r["state"] == "COMPLETE"]
     if not done:
-        reasons = sorted({r["fail_reason"] for r in records if r["fail_reason"]})
+        reasons = list(dict.fromkeys(r["fail_reason"] for r in records if r["fail_reason"]))  # in trial order
         raise RunError(f"no trial of the study completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned)"
                        + (f"; first failure: {reasons[0]}" if reasons else ""),
                        hint="check the failures in the study, widen or move the search space, or run more trials")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -11,9 +12,10 @@ class StudyProgress:
     """A progress bar on stderr (a terminal), else one line per finished trial; nothing when disabled."""
 
     def __init__(self, study: Any, budget: int, first: int, workers: int, deadline: float | None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, emit: Callable[[str], None] | None = None) -> None:
         self.study, self.budget, self.first, self.n_workers, self.deadline = study, budget, first, workers, deadline
-        self.enabled = enabled
+        self.enabled = enabled or emit is not None
+        self.emit = emit  # instead of the bar or the printed line: `trainfer run` shows it as its tune stage
         self.started = time.time()
         self.workers: list[Any] = []
         self._bar: Any = None
@@ -21,7 +23,7 @@ class StudyProgress:
         self._last = -1
 
     def __enter__(self) -> StudyProgress:
-        if self.enabled and sys.stderr.isatty():
+        if self.enabled and self.emit is None and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -44,7 +46,9 @@ class StudyProgress:
             return
         self._last = len(finished)
         line = self.line(finished)
-        if self._bar is not None:
+        if self.emit is not None:
+            self.emit(f"trial {len(finished)}/{self.budget}: {line}")
+        elif self._bar is not None:
             self._bar.update(self._task, completed=len(finished), description=line)
         else:
             print(f"tuning {len(finished)}/{self.budget}: {line}", file=sys.stderr, flush=True)

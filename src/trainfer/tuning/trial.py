@@ -69,6 +69,14 @@ def prepared_data(recipe: Recipe) -> Any:
 
 def run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distribution]) -> Any:
     """Optuna's objective: train one trial, return its validation metric (and cost, for two objectives)."""
+    try:
+        return _run_trial(trial, plan, base, dists)
+    except KeyboardInterrupt:  # at any point (importing torch, sampling...): Optuna then records the trial FAIL,
+        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")  # and a finished trial's attributes are read-only
+        raise
+
+
+def _run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distribution]) -> Any:
     import optuna
     import torch
 
