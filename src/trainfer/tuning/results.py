@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,13 @@ def importances(study: Any) -> tuple[dict[str, float], str | None]:
     for name, make in (("fANOVA", lambda: optuna.importance.FanovaImportanceEvaluator(seed=0)),
                        ("PED-ANOVA", optuna.importance.PedAnovaImportanceEvaluator)):
         try:
-            values = optuna.importance.get_param_importances(study, evaluator=make(), target=target)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                values = optuna.importance.get_param_importances(study, evaluator=make(), target=target)
         except (RuntimeError, ValueError, ImportError):
             continue
+        if said:  # e.g. PED-ANOVA: "quantiles select the same set of trials" -> equal importances, no news
+            name += f" ({str(said[0].message).rstrip('.')})"
         return {k: float(v) for k, v in values.items()}, name
     return {}, None
 
