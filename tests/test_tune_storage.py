@@ -261,7 +261,8 @@ def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) ->
 
     import optuna
 
-    from trainfer.tuning import _worker_died, storage
+    from trainfer.tuning import storage
+    from trainfer.tuning.processes import worker_died
 
     dead = subprocess.Popen(["sleep", "60"])
     dead.kill()
@@ -274,7 +275,7 @@ def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) ->
     claims.mkdir()
     for k, pid in ((0, dead.pid), (1, os.getpid()), (2, dead.pid)):  # slot 2: claimed, its trial never began
         (claims / f"{k:06d}").write_text(str(pid))
-    msg = _worker_died(study, dead, tmp_path / "no-log", claims, first=0)
+    msg = worker_died(study, dead, tmp_path / "no-log", claims, first=0)
     assert "killed by SIGKILL" in msg and "trial(s) 0 marked FAIL" in msg, msg
     assert sorted(p.name for p in claims.iterdir()) == ["000000", "000001"]  # slot 2 is free for the others
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]

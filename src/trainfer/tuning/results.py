@@ -14,7 +14,7 @@ from typing import Any
 
 from trainfer._atomic import write_json, write_text
 from trainfer.config import Distribution, Recipe
-from trainfer.errors import ConfigError
+from trainfer.errors import ConfigError, RunError
 from trainfer.tuning.space import apply, decode
 
 
@@ -143,3 +143,49 @@ def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, 
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     return result["metrics"]
+
+
+def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution], objectives: list[str],
+           conf: dict[str, Any], task: str, first: int, wall: float, n_workers: int, threads: int, url: str,
+           is_default: bool) -> dict[str, Any]:
+    """summary.json, best.yaml and best/ from the study as it stands (every command's trials)."""
+    import optuna
+
+    from trainfer.tuning.cost import measure_runs, reference_records
+
+    records = [trial_record(t, space) for t in study.get_trials(deepcopy=False)]
+    counts = {s.name: sum(r["state"] == s.name for r in records) for s in optuna.trial.TrialState}
+    counts["total"] = len(records)
+    done = [r for r in records if r["state"] == "COMPLETE"]
+    if not done:
+        reasons = list(dict.fromkeys(r["fail_reason"] for r in records if r["fail_reason"]))  # in trial order
+        raise RunError(f"no trial of the study completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned)"
+                       + (f"; first failure: {reasons[0]}" if reasons else ""),
+                       hint="check the failures in the study, widen or move the search space, or run more trials")
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    front_numbers = {t.number for t in study.best_trials} if len(objectives) > 1 else set()
+    front = sorted((r for r in done if r["number"] in front_numbers), key=lambda r: r["values"][0], reverse=maximize)
+    metric = "accuracy" if task == "classification" else "rmse"
+    if front:  # each point's latency too (an accuracy,flops study has none yet), on the study's scale
+        describe_front(front, metric, lambda runs: measure_runs([root / r for r in runs], root, threads, strict=False))
+    best = pick_best(done, front, objectives, maximize, task, parse_pick(conf["pick"]))
+    best["test"] = write_best(root, base.without_tune(), best, dict(space))
+    imp, method = importances(study)
+    mine = [r for r in records if r["number"] >= first and r["duration_s"] is not None]
+    trial_s = sum(r["duration_s"] for r in mine)
+    summary = {
+        "study": conf["study_name"], "storage": url, "objectives": objectives,
+        "directions": [d.name.lower() for d in study.directions],
+        "metric": metric, "task": task,
+        "space": {k: d.to_plain() for k, d in space.items()}, "default_space": is_default,
+        "sampler": conf["sampler"], "pruner": conf["pruner"], "pick": conf["pick"],
+        "counts": counts, "best": best, "pareto": front, "importances": imp, "importance_method": method,
+        "latency_reference": reference_records(root) if front else {},
+        "best_recipe": "best.yaml", "best_run": "best",
+        "command": {"trials": len(mine), "workers": n_workers, "threads_per_worker": threads, "wall_s": wall,
+                    "trial_s": trial_s,
+                    "outside_trials_share": max(0.0, 1 - trial_s / (n_workers * wall)) if wall > 0 else 0.0},
+        "trials": records,
+    }
+    write_json(root / "summary.json", summary)
+    return summary

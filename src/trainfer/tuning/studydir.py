@@ -1,0 +1,82 @@
+"""A study dir on disk: which recipe each of its studies tunes (tune.json), and the checks before any trial.
+
+STUDY_DIR/tune.json maps a study name to the fingerprint of its recipe, search space and objectives, so
+that another recipe is refused instead of mixing its trials into the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from trainfer._atomic import check_output, write_json, write_text
+from trainfer.config import Recipe, TuneConfig
+from trainfer.errors import ConfigError, OutputError
+from trainfer.tuning.storage import _redact, open_storage
+
+
+def fingerprint(base: Recipe, space: dict[str, Any], objectives: list[str]) -> str:
+    """What makes two commands the same study: the recipe, the space and the objectives (not the budget)."""
+    raw = {"recipe": base.without_tune().model_dump(mode="json", exclude={"tune"}),
+           "space": {k: d.to_plain() for k, d in space.items()}, "objectives": objectives}
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_study_dir(study_dir: Path, name: str, fingerprint: str) -> None:
+    """A new or empty folder, or a study dir whose study of this name has the same recipe; nothing else."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise OutputError(f"--out {study_dir} is a file; a study directory is written there",
+                          hint="choose another --out")
+    record = study_dir / "tune.json"
+    if study_dir.is_dir() and any(study_dir.iterdir()):
+        if not record.is_file():
+            raise OutputError(f"--out {study_dir} holds other files but no study (no tune.json)",
+                              hint="choose a new or empty --out, or the --out of the study to continue")
+        try:
+            known = json.loads(record.read_text())["studies"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise OutputError(f"{record} is damaged; it records which recipe each study tunes",
+                              hint="choose another --out") from None
+        if name in known and known[name]["fingerprint"] != fingerprint:
+            raise ConfigError(f"the study {name!r} in {study_dir} tunes another recipe, search space or objectives",
+                              hint="tune into another --out, or start a second study there with "
+                                   "--study-name NAME")
+    check_output(study_dir, kind="dir", force=True)
+
+
+def open_study(url: str, name: str, dirs: list[str]) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(url)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=dirs, load_if_exists=True)
+    except Exception as exc:  # a database that accepts the connection and then refuses the tables
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot create the study in {_redact(url)}: {first}") from None
+    if [d.name.lower() for d in study.directions] != dirs:
+        raise ConfigError(f"the study {name!r} in {_redact(url)} has other objectives "
+                          f"({', '.join(d.name.lower() for d in study.directions)})",
+                          hint="use the same --objectives, or another --study-name")
+    return study
+
+
+def remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def record(study_dir: Path, name: str, fingerprint: str, url: str, objectives: list[str], root: Path,
+           base: Recipe, space: dict[str, Any]) -> None:
+    """Add the study to tune.json (once), and write its recipe with the space to ROOT/recipe.yaml."""
+    path = study_dir / "tune.json"
+    known = json.loads(path.read_text())["studies"] if path.is_file() else {}
+    if name not in known:
+        known[name] = {"fingerprint": fingerprint, "storage": _redact(url), "objectives": objectives,
+                       "dir": str(root.relative_to(study_dir)) or "."}
+        write_json(path, {"format": 1, "studies": known})
+    tuned = base.model_copy(update={"tune": TuneConfig(space=space)})
+    write_text(root / "recipe.yaml", tuned.to_yaml())
