@@ -269,17 +269,48 @@ def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) ->
     dead.wait()
     study = optuna.create_study(storage=storage.open_storage(storage.storage_url(tmp_path, None)))
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    for k, v in {"host": socket.gethostname(), "pid": dead.pid}.items():  # the trial it was running
+    for k, v in {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"}.items():  # the trial it ran
         study._storage.set_trial_user_attr(trial._trial_id, k, v)
     claims = tmp_path / "claims"
     claims.mkdir()
     for k, pid in ((0, dead.pid), (1, os.getpid()), (2, dead.pid)):  # slot 2: claimed, its trial never began
         (claims / f"{k:06d}").write_text(str(pid))
-    msg = worker_died(study, dead, tmp_path / "no-log", claims, first=0)
+    msg = worker_died(study, dead, tmp_path / "no-log", claims, "c1")
     assert "killed by SIGKILL" in msg and "trial(s) 0 marked FAIL" in msg, msg
     assert sorted(p.name for p in claims.iterdir()) == ["000000", "000001"]  # slot 2 is free for the others
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
     assert study.trials[1].params == study.trials[0].params
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_retry_queued_at_the_start_counts_for_the_command_that_runs_it(tmp_path: Path) -> None:
+    # The retry is queued before this command's first new trial, so its number is below it: counting this
+    # command's trials by number missed it (the progress said 1/2, summary.json 1 trial).
+    import subprocess
+
+    import optuna
+
+    import trainfer
+    from trainfer.tuning import storage
+
+    recipe, out = write_recipe(tmp_path), tmp_path / "study"
+    trainfer.tune(recipe, out=out, trials=1, pruner="none")
+    study = optuna.load_study(study_name="default", storage=storage.open_storage(storage.storage_url(out, None)))
+    dead = subprocess.Popen(["sleep", "60"])
+    dead.kill()
+    dead.wait()
+    left = study.ask(fixed_distributions=study.trials[0].distributions)  # a worker of this machine, then gone
+    for k, v in {"host": socket.gethostname(), "pid": dead.pid}.items():
+        study._storage.set_trial_user_attr(left._trial_id, k, v)
+
+    lines: list[str] = []
+    again = trainfer.tune(recipe, out=out, trials=2, pruner="none", on_progress=lines.append)
+    assert [t["state"] for t in again.summary["trials"]] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert again.summary["trials"][2]["retry_of"] == 1
+    assert again.summary["command"]["trials"] == 2, again.summary["command"]
+    assert lines[-1].startswith("trial 2/2: "), lines
+    ours = {t["command"] for t in again.summary["trials"][2:]}
+    assert len(ours) == 1 and again.summary["trials"][0]["command"] not in ours
 
 
 # ---- bad storage input: one error line, exit 2, nothing written ----------------------------------------------

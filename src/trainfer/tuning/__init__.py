@@ -167,13 +167,12 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
                 space={k: d.to_plain() for k, d in space.items()}, objectives=objs, sampler=conf["sampler"],
                 pruner=conf["pruner"], seed=base.seed if seed is None else seed, threads=threads,
                 budget=conf["trials"], deadline=started + conf["timeout"] if conf["timeout"] else None,
-                claims=str(claims), workers=n_workers,
+                claims=str(claims), workers=n_workers, command=claims.name,
                 # a shared database may see commands start at once: each draws its own sampler stream
                 extra={"start": len(study.trials), "salt": 0 if storage is None else os.getpid() + int(started)})
-    first = len(study.trials)
     from trainfer.tuning.progress import StudyProgress
 
-    with StudyProgress(study, conf["trials"], first, n_workers, plan.deadline, enabled=not quiet,
+    with StudyProgress(study, conf["trials"], plan.command, n_workers, plan.deadline, enabled=not quiet,
                        emit=on_progress) as progress:
         try:
             if n_workers == 1:
@@ -184,7 +183,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
             shutil.rmtree(claims, ignore_errors=True)
             remove_if_empty(claims.parent)
     wall = time.time() - started
-    summary = finish(study, root, base, space, objs, conf, task, first, wall, n_workers, threads, _redact(url),
+    summary = finish(study, root, base, space, objs, conf, task, plan.command, wall, n_workers, threads, _redact(url),
                      is_default)
     return Study(root, summary)
 

@@ -67,7 +67,7 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
             for i, p in enumerate(procs):
                 if p.returncode not in (None, 0) and i not in seen:
                     seen.add(i)
-                    say(worker_died(progress.study, p, logs[i], folder, int(plan.extra.get("start", 0))))
+                    say(worker_died(progress.study, p, logs[i], folder, plan.command))
             progress.refresh()
             if not running:
                 break
@@ -94,10 +94,10 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
         say(f"warning: {left} of this command's {plan.budget} trials did not run: their workers stopped")
 
 
-def worker_died(study: Any, proc: subprocess.Popen, log: Path, claims: Path, first: int) -> str:
+def worker_died(study: Any, proc: subprocess.Popen, log: Path, claims: Path, command: str) -> str:
     """What the command does when one worker dies: fail its trial, queue it again, free its unused claims."""
     failed = recover_stale(study)
-    started = sum(1 for t in study.get_trials(deepcopy=False) if t.number >= first and
+    started = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("command") == command and
                   t.user_attrs.get("pid") == proc.pid and t.user_attrs.get("host") == socket.gethostname())
     mine = sorted(f for f in claims.glob("[0-9]" * 6) if f.read_text() == str(proc.pid))
     for f in mine[started:]:  # claimed, but it died before the trial began: another worker takes the slot

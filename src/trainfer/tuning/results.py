@@ -45,7 +45,7 @@ def trial_record(t: Any, space: dict[str, Distribution]) -> dict[str, Any]:
             "latency_ratio": a.get("latency_ratio"), "epochs_run": a.get("epochs_run"),
             "stopped_by": a.get("stopped_by"),
             "val": a.get("val"), "fail_reason": a.get("fail_reason"), "host": a.get("host"),
-            "retry_of": t.system_attrs.get("trainfer_retried", t.system_attrs.get("failed_trial"))}
+            "command": a.get("command"), "retry_of": t.system_attrs.get("failed_trial")}
 
 
 def pick_best(done: list[dict[str, Any]], front: list[dict[str, Any]], objectives: list[str], maximize: bool,
@@ -146,9 +146,10 @@ def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, 
 
 
 def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution], objectives: list[str],
-           conf: dict[str, Any], task: str, first: int, wall: float, n_workers: int, threads: int, url: str,
+           conf: dict[str, Any], task: str, command: str, wall: float, n_workers: int, threads: int, url: str,
            is_default: bool) -> dict[str, Any]:
-    """summary.json, best.yaml and best/ from the study as it stands (every command's trials)."""
+    """summary.json, best.yaml and best/ from the study as it stands (every command's trials); ``command``
+    names this command's trials, for its figures."""
     import optuna
 
     from trainfer.tuning.cost import measure_runs, reference_records
@@ -171,7 +172,7 @@ def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution],
     best = pick_best(done, front, objectives, maximize, task, parse_pick(conf["pick"]))
     best["test"] = write_best(root, base.without_tune(), best, dict(space))
     imp, method = importances(study)
-    mine = [r for r in records if r["number"] >= first and r["duration_s"] is not None]
+    mine = [r for r in records if r["command"] == command and r["duration_s"] is not None]
     trial_s = sum(r["duration_s"] for r in mine)
     summary = {
         "study": conf["study_name"], "storage": url, "objectives": objectives,

@@ -15,7 +15,6 @@ from typing import Any
 from trainfer.config import Distribution, Recipe, build_recipe
 from trainfer.errors import TrainferError
 from trainfer.tuning.space import apply, suggest
-from trainfer.tuning.storage import worker_id
 
 TUNING_SPLITS = ("train", "val")
 
@@ -38,6 +37,9 @@ class Plan:
     deadline: float | None  # time.time() after which no trial starts
     claims: str
     workers: int = 1
+    # Which command a trial ran for (a user attr of the trial): the numbers do not tell, since a retry queued at
+    # the start has a number below the first new one, and other commands on a shared database number on.
+    command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -86,8 +88,6 @@ def _run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distributi
     from trainfer.training.metrics import monitor
 
     params = suggest(trial, dists)
-    for k, v in worker_id().items():
-        trial.set_user_attr(k, v)
     rel = f"trials/{trial.number:04d}"
     trial.set_user_attr("run", rel)
     out = Path(plan.study_dir) / rel

@@ -72,7 +72,7 @@ def work(plan: Plan, index: int = 0, on_trial: Callable[..., None] | None = None
     base, dists = plan.base_recipe(), plan.dists()
     study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage),
                               sampler=make_sampler(plan, index), pruner=make_pruner(plan, base.train.epochs))
-    me = worker_id()
+    me = {**worker_id(), "command": plan.command}
 
     def objective(trial: Any) -> Any:
         # Who runs the trial, first: if this process dies at any point of it, a command on this machine can tell.
