@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SRC
 
 import trainfer
 from trainfer.config import build_recipe
@@ -91,3 +97,43 @@ def test_a_study_resumes_adding_trials_and_its_best_recipe_trains(tmp_path):
     run = trainfer.train(study_dir / "best.yaml", out=tmp_path / "retrained")
     assert run.recipe.train.lr == pytest.approx(best["params"]["train.lr"])
     assert run.recipe.model.hidden == best["params"]["model.hidden"] and run.recipe.tune is None
+
+
+def _claiming_command(root: Path) -> subprocess.Popen:
+    """A process that holds a claims folder in ``root`` as a running `trainfer tune` does, until killed."""
+    code = ("import sys, time; from pathlib import Path; from trainfer.tuning.studydir import claims_folder; "
+            "claims_folder(Path(sys.argv[1]), time.time()); print('ready', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_command_beside_another_on_the_same_study_dir_draws_its_own_values(tmp_path):
+    # Two commands started together on one study dir see the same trial count; with the same seed they drew the
+    # same values (twice the cost, half the search) unless each sees the other: its live claims folder.
+    recipe = {**IRIS, "tune": SPACE}
+
+    def drawn(out):
+        study = trainfer.tune(recipe, out=out, trials=1, sampler="random", pruner="none")
+        return study.summary["trials"][-1]["params"]
+
+    trainfer.tune(recipe, out=tmp_path / "alone", trials=1, sampler="random", pruner="none")
+    for name in ("beside", "after"):  # the same study, so the same trial count as the lone one
+        shutil.copytree(tmp_path / "alone", tmp_path / name)
+    alone = drawn(tmp_path / "alone")
+
+    other = _claiming_command(tmp_path / "beside")
+    try:
+        beside = drawn(tmp_path / "beside")
+    finally:
+        other.kill()
+        other.wait()
+    assert beside != alone
+
+    # A command that was killed left its folder: no reason to leave the seed's stream, and it is cleaned up.
+    dead = _claiming_command(tmp_path / "after")
+    dead.kill()
+    dead.wait()
+    assert drawn(tmp_path / "after") == alone
+    assert not (tmp_path / "after" / ".claims").exists()

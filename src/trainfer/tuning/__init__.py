@@ -20,7 +20,7 @@ from trainfer.tuning.processes import run_workers, usable_cpus, worker_threads
 from trainfer.tuning.results import finish, parse_pick
 from trainfer.tuning.space import apply, describe, space_of
 from trainfer.tuning.storage import _redact, recover_stale, storage_url
-from trainfer.tuning.studydir import check_study_dir, fingerprint, open_study, record, remove_if_empty
+from trainfer.tuning.studydir import check_study_dir, claims_folder, fingerprint, open_study, record, remove_if_empty
 from trainfer.tuning.trial import Plan, directions, prepared_data
 from trainfer.tuning.worker import work
 
@@ -160,16 +160,18 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     if n_workers > n_cpu:
         say(f"warning: {n_workers} workers on {n_cpu} CPUs: each gets 1 thread and they share the CPUs")
     started = time.time()
-    claims = root / ".claims" / f"{int(started * 1000)}-{os.getpid()}"
-    claims.mkdir(parents=True)
+    claims, others = claims_folder(root, started)
+    # Commands drawing from one study at once must not draw the same values: on a shared database they may
+    # start at the same moment on other machines (unseen), on this one they are seen by their claims folder.
+    # A lone command on its own study.db keeps the stream a seed gives, so that it can be repeated.
+    salt = os.getpid() + int(started) if storage is not None or others else 0
     plan = Plan(study_dir=str(root.resolve()), storage=url, study_name=conf["study_name"],
                 recipe=plain.model_dump(mode="json", exclude={"tune"}),
                 space={k: d.to_plain() for k, d in space.items()}, objectives=objs, sampler=conf["sampler"],
                 pruner=conf["pruner"], seed=base.seed if seed is None else seed, threads=threads,
                 budget=conf["trials"], deadline=started + conf["timeout"] if conf["timeout"] else None,
                 claims=str(claims), workers=n_workers, command=claims.name,
-                # a shared database may see commands start at once: each draws its own sampler stream
-                extra={"start": len(study.trials), "salt": 0 if storage is None else os.getpid() + int(started)})
+                extra={"start": len(study.trials), "salt": salt})
     from trainfer.tuning.progress import StudyProgress
 
     with StudyProgress(study, conf["trials"], plan.command, n_workers, plan.deadline, enabled=not quiet,

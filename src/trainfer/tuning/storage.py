@@ -215,10 +215,11 @@ def died_here(attrs: dict[str, Any]) -> bool:
     now = _proc_id(pid)
     if recorded and mine:
         return now != recorded
-    return not _alive(pid)
+    return not alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 from trainfer._atomic import check_output, write_json, write_text
 from trainfer.config import Recipe, TuneConfig
 from trainfer.errors import ConfigError, OutputError
-from trainfer.tuning.storage import _redact, open_storage
+from trainfer.tuning.storage import _redact, alive, open_storage
 
 
 def fingerprint(base: Recipe, space: dict[str, Any], objectives: list[str]) -> str:
@@ -62,6 +65,25 @@ def open_study(url: str, name: str, dirs: list[str]) -> Any:
                           f"({', '.join(d.name.lower() for d in study.directions)})",
                           hint="use the same --objectives, or another --study-name")
     return study
+
+
+def claims_folder(root: Path, started: float) -> tuple[Path, bool]:
+    """This command's folder of claim files (worker.claim), and whether another live command of this machine
+    claims trials of the same study dir now. A dead command's folder is removed: its orphaned workers claim
+    nothing more (worker.work), and only its leftovers would stay."""
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
+    mine = root / ".claims" / f"{host}-{int(started * 1000)}-{os.getpid()}"
+    mine.mkdir(parents=True)
+    others = False
+    for folder in mine.parent.iterdir():
+        where, _, pid = folder.name.rpartition("-")
+        if folder == mine or where.rpartition("-")[0] != host:  # another machine's: its processes are not seen
+            continue
+        if pid.isdigit() and alive(int(pid)):
+            others = True
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return mine, others
 
 
 def remove_if_empty(path: Path) -> None:
