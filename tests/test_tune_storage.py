@@ -313,6 +313,37 @@ def test_a_retry_queued_at_the_start_counts_for_the_command_that_runs_it(tmp_pat
     assert len(ours) == 1 and again.summary["trials"][0]["command"] not in ours
 
 
+# ---- a study is held to its storage and its recipe ------------------------------------------------------------
+
+def test_a_study_dir_is_refused_with_another_storage_and_found_where_it_moved(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Another storage would be another study whose trials number from 0 again, over the runs in trials/.
+    recipe, out = write_recipe(tmp_path), tmp_path / "study"
+    run_main(["tune", recipe, "--out", out, "--trials", 1, "--pruner", "none"], capsys).check()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    journal = tmp_path / "other.journal"
+    res = run_main(["tune", recipe, "--out", out, "--storage", f"journal:{journal}", "--trials", 1], capsys)
+    line = assert_user_error(res, mentions=["lives in sqlite:///", "study.db", str(journal)])
+    assert not journal.exists() and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # The study dir's own database, named or not, and wherever the study dir has moved, is the same study.
+    run_main(["tune", recipe, "--out", out, "--storage", f"sqlite:///{out / 'study.db'}", "--trials", 1,
+              "--pruner", "none"], capsys).check()
+    out.rename(tmp_path / "moved")
+    res = run_main(["tune", recipe, "--out", tmp_path / "moved", "--trials", 1, "--pruner", "none", "--json"], capsys)
+    assert res.check().json()["counts"]["total"] == 3, line
+
+
+def test_a_shared_study_refuses_another_recipe_from_another_study_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"journal:{tmp_path / 'shared.journal'}"
+    run_main(["tune", write_recipe(tmp_path, epochs=4), "--out", tmp_path / "a", "--storage", url, "--trials", 1,
+              "--pruner", "none"], capsys).check()
+    res = run_main(["tune", write_recipe(tmp_path, epochs=5), "--out", tmp_path / "b", "--storage", url,
+                    "--trials", 1], capsys)
+    assert_user_error(res, tmp_path / "b", mentions=["'default'", "tunes another recipe"])
+    assert len(load(url).get_trials(deepcopy=False)) == 1  # nothing ran on it
+
+
 # ---- bad storage input: one error line, exit 2, nothing written ----------------------------------------------
 
 def _closed_port() -> int:

@@ -130,20 +130,21 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     study_dir = Path(out)
     root = study_dir if conf["study_name"] == DEFAULT_STUDY else study_dir / "studies" / conf["study_name"]
     fp = fingerprint(base, space, objs)
-    check_study_dir(study_dir, conf["study_name"], fp)
+    url = storage_url(study_dir, storage)
+    own_db = url == storage_url(study_dir, None)  # STUDY_DIR/study.db, however it was named
+    check_study_dir(study_dir, conf["study_name"], fp, url, default=own_db)
     plain = base.without_tune()
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
-    url = storage_url(study_dir, storage)
     if storage is None or storage.startswith(("sqlite", "journal:")):
         study_dir.mkdir(parents=True, exist_ok=True)  # SQLite and the journal create their file, not the folder
     try:
-        study = open_study(url, conf["study_name"], directions(task, objs))
+        study = open_study(url, conf["study_name"], directions(task, objs), fp)
     except BaseException:
         remove_if_empty(study_dir)
         raise
     root.mkdir(parents=True, exist_ok=True)
-    record(study_dir, conf["study_name"], fp, url, objs, root, base, space)
+    record(study_dir, conf["study_name"], fp, url, own_db, objs, root, base, space)
 
     say(f"study {conf['study_name']!r} in {_redact(url)}: {len(study.trials)} trials so far")
     for note in conf["notes"]:

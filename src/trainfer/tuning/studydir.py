@@ -1,7 +1,9 @@
 """A study dir on disk: which recipe each of its studies tunes (tune.json), and the checks before any trial.
 
-STUDY_DIR/tune.json maps a study name to the fingerprint of its recipe, search space and objectives, so
-that another recipe is refused instead of mixing its trials into the study.
+STUDY_DIR/tune.json maps a study name to the fingerprint of its recipe, search space and objectives, and to
+its storage, so that another recipe is refused instead of mixing its trials into the study, and another
+storage instead of numbering its trials from 0 again over the runs in STUDY_DIR/trials. The study in the
+database carries the fingerprint too: commands in other study dirs that share it are held to it as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from trainfer.config import Recipe, TuneConfig
 from trainfer.errors import ConfigError, OutputError
 from trainfer.tuning.storage import _redact, alive, open_storage
 
+FINGERPRINT = "trainfer_fingerprint"  # the study's user attribute
+
 
 def fingerprint(base: Recipe, space: dict[str, Any], objectives: list[str]) -> str:
     """What makes two commands the same study: the recipe, the space and the objectives (not the budget)."""
@@ -28,8 +32,9 @@ def fingerprint(base: Recipe, space: dict[str, Any], objectives: list[str]) -> s
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_study_dir(study_dir: Path, name: str, fingerprint: str) -> None:
-    """A new or empty folder, or a study dir whose study of this name has the same recipe; nothing else."""
+def check_study_dir(study_dir: Path, name: str, fingerprint: str, url: str, default: bool) -> None:
+    """A new or empty folder, or a study dir whose study of this name has the same recipe and storage (``url``,
+    ``default`` when it is the study dir's own study.db); nothing else."""
     if study_dir.exists() and not study_dir.is_dir():
         raise OutputError(f"--out {study_dir} is a file; a study directory is written there",
                           hint="choose another --out")
@@ -47,10 +52,24 @@ def check_study_dir(study_dir: Path, name: str, fingerprint: str) -> None:
             raise ConfigError(f"the study {name!r} in {study_dir} tunes another recipe, search space or objectives",
                               hint="tune into another --out, or start a second study there with "
                                    "--study-name NAME")
+        if name in known and not _same_storage(known[name], url, default):
+            where = "its study.db" if default else _redact(url)
+            raise ConfigError(f"the study {name!r} in {study_dir} lives in {known[name]['storage']}, not in {where}",
+                              hint="pass the --storage it was tuned with, or start a second study there with "
+                                   "--study-name NAME")
     check_output(study_dir, kind="dir", force=True)
 
 
-def open_study(url: str, name: str, dirs: list[str]) -> Any:
+def _same_storage(known: dict[str, Any], url: str, default: bool) -> bool:
+    # A record without the flag: its study.db is the default one (a study dir may move, so not by its path).
+    was_default = known.get("default_storage", str(known.get("storage", "")).endswith("/study.db"))
+    if default or was_default:
+        return default and was_default
+    return known.get("storage") == _redact(url)
+
+
+def open_study(url: str, name: str, dirs: list[str], fingerprint: str) -> Any:
+    """The study (created when new), held to the objectives and the fingerprint it was created with."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -64,6 +83,12 @@ def open_study(url: str, name: str, dirs: list[str]) -> Any:
         raise ConfigError(f"the study {name!r} in {_redact(url)} has other objectives "
                           f"({', '.join(d.name.lower() for d in study.directions)})",
                           hint="use the same --objectives, or another --study-name")
+    known = study.user_attrs.get(FINGERPRINT)
+    if known is None:  # new (or made before the attribute): the first command's recipe is the study's
+        study.set_user_attr(FINGERPRINT, fingerprint)
+    elif known != fingerprint:
+        raise ConfigError(f"the study {name!r} in {_redact(url)} tunes another recipe, search space or objectives",
+                          hint="use the recipe it tunes (its recipe.yaml in the study dir), or another --study-name")
     return study
 
 
@@ -91,14 +116,14 @@ def remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
-def record(study_dir: Path, name: str, fingerprint: str, url: str, objectives: list[str], root: Path,
-           base: Recipe, space: dict[str, Any]) -> None:
+def record(study_dir: Path, name: str, fingerprint: str, url: str, default: bool, objectives: list[str],
+           root: Path, base: Recipe, space: dict[str, Any]) -> None:
     """Add the study to tune.json (once), and write its recipe with the space to ROOT/recipe.yaml."""
     path = study_dir / "tune.json"
     known = json.loads(path.read_text())["studies"] if path.is_file() else {}
     if name not in known:
-        known[name] = {"fingerprint": fingerprint, "storage": _redact(url), "objectives": objectives,
-                       "dir": str(root.relative_to(study_dir)) or "."}
+        known[name] = {"fingerprint": fingerprint, "storage": _redact(url), "default_storage": default,
+                       "objectives": objectives, "dir": str(root.relative_to(study_dir)) or "."}
         write_json(path, {"format": 1, "studies": known})
     tuned = base.model_copy(update={"tune": TuneConfig(space=space)})
     write_text(root / "recipe.yaml", tuned.to_yaml())
