@@ -137,3 +137,37 @@ def test_a_command_beside_another_on_the_same_study_dir_draws_its_own_values(tmp
     dead.wait()
     assert drawn(tmp_path / "after") == alone
     assert not (tmp_path / "after" / ".claims").exists()
+
+
+def test_commands_finishing_together_write_the_study_dir_one_at_a_time(tmp_path):
+    # summary.json, best.yaml and best/ of one study dir are written under its lock: a command that finishes
+    # while another writes them waits, so the three agree (before, the later best/ was dropped, or a rename
+    # between the two raised FileNotFoundError).
+    import threading
+    import time
+
+    import optuna
+
+    from trainfer.tuning.storage import storage_url
+    from trainfer.tuning.studydir import locked
+
+    recipe, out = {**IRIS, "tune": SPACE}, tmp_path / "study"
+    trainfer.tune(recipe, out=out, trials=1, sampler="random", pruner="none")
+    written = (out / "summary.json").stat().st_mtime_ns
+    study = optuna.load_study(study_name="default", storage=storage_url(out, None))
+    done: dict = {}
+    command = threading.Thread(target=lambda: done.update(study=trainfer.tune(
+        recipe, out=out, trials=1, sampler="random", pruner="none")))
+    command.start()
+    while len(study.get_trials(deepcopy=False)) < 2:  # its trial runs: it has recorded itself in tune.json
+        time.sleep(0.05)
+    with locked(out):  # another command writing the study dir's results
+        while study.get_trials(deepcopy=False)[1].state.name == "RUNNING":
+            time.sleep(0.05)
+        command.join(timeout=3)
+        assert command.is_alive() and (out / "summary.json").stat().st_mtime_ns == written
+    command.join(timeout=60)
+    summary = json.loads((out / "summary.json").read_text())
+    assert done["study"].summary["counts"]["total"] == summary["counts"]["total"] == 2
+    assert json.loads((out / "best" / "trial.json").read_text())["number"] == summary["best"]["number"]
+    assert not list(out.glob(".best.*"))

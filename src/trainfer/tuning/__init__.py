@@ -16,11 +16,11 @@ from typing import Any
 
 from trainfer.config import Recipe, TuneConfig, build_recipe
 from trainfer.errors import ConfigError
+from trainfer.tuning import studydir
 from trainfer.tuning.processes import run_workers, usable_cpus, worker_threads
 from trainfer.tuning.results import finish, parse_pick
 from trainfer.tuning.space import apply, describe, space_of
 from trainfer.tuning.storage import _redact, recover_stale, storage_url
-from trainfer.tuning.studydir import check_study_dir, claims_folder, fingerprint, open_study, record, remove_if_empty
 from trainfer.tuning.trial import Plan, directions, prepared_data
 from trainfer.tuning.worker import work
 
@@ -129,22 +129,22 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     objs = conf["objectives"].split(",")
     study_dir = Path(out)
     root = study_dir if conf["study_name"] == DEFAULT_STUDY else study_dir / "studies" / conf["study_name"]
-    fp = fingerprint(base, space, objs)
+    fp = studydir.fingerprint(base, space, objs)
     url = storage_url(study_dir, storage)
     own_db = url == storage_url(study_dir, None)  # STUDY_DIR/study.db, however it was named
-    check_study_dir(study_dir, conf["study_name"], fp, url, default=own_db)
+    studydir.check_study_dir(study_dir, conf["study_name"], fp, url, default=own_db)
     plain = base.without_tune()
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
     if storage is None or storage.startswith(("sqlite", "journal:")):
         study_dir.mkdir(parents=True, exist_ok=True)  # SQLite and the journal create their file, not the folder
     try:
-        study = open_study(url, conf["study_name"], directions(task, objs), fp)
+        study = studydir.open_study(url, conf["study_name"], directions(task, objs), fp)
     except BaseException:
-        remove_if_empty(study_dir)
+        studydir.remove_if_empty(study_dir)
         raise
     root.mkdir(parents=True, exist_ok=True)
-    record(study_dir, conf["study_name"], fp, url, own_db, objs, root, base, space)
+    studydir.record(study_dir, conf["study_name"], fp, url, own_db, objs, root, base, space)
 
     say(f"study {conf['study_name']!r} in {_redact(url)}: {len(study.trials)} trials so far")
     for note in conf["notes"]:
@@ -161,11 +161,11 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     if n_workers > n_cpu:
         say(f"warning: {n_workers} workers on {n_cpu} CPUs: each gets 1 thread and they share the CPUs")
     started = time.time()
-    claims, others = claims_folder(root, started)
+    claims, others = studydir.claims_folder(root, started)
     # Commands drawing from one study at once must not draw the same values: on a shared database they may
     # start at the same moment on other machines (unseen), on this one they are seen by their claims folder.
     # A lone command on its own study.db keeps the stream a seed gives, so that it can be repeated.
-    salt = os.getpid() + int(started) if storage is not None or others else 0
+    salt = os.getpid() + int(started) if others or not own_db else 0
     plan = Plan(study_dir=str(root.resolve()), storage=url, study_name=conf["study_name"],
                 recipe=plain.model_dump(mode="json", exclude={"tune"}),
                 space={k: d.to_plain() for k, d in space.items()}, objectives=objs, sampler=conf["sampler"],
@@ -184,10 +184,11 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
                 run_workers(plan, n_workers, progress, say)
         finally:
             shutil.rmtree(claims, ignore_errors=True)
-            remove_if_empty(claims.parent)
+            studydir.remove_if_empty(claims.parent)
     wall = time.time() - started
-    summary = finish(study, root, base, space, objs, conf, task, plan.command, wall, n_workers, threads, _redact(url),
-                     is_default)
+    with studydir.locked(study_dir):
+        summary = finish(study, root, base, space, objs, conf, task, plan.command, wall, n_workers, threads,
+                         _redact(url), is_default)
     return Study(root, summary)
 
 

@@ -6,7 +6,7 @@ nor the database.
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -109,38 +109,46 @@ def importances(study: Any) -> tuple[dict[str, float], str | None]:
     return {}, None
 
 
-def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, Distribution]) -> dict[str, Any]:
-    """best.yaml (trainable as it is) and best/ (a copy of the trial's run, scored on the test split once)."""
-    import json
+def write_best(root: Path, base: Recipe, best: dict[str, Any]) -> dict[str, Any]:
+    """best/ (a copy of the trial's run, scored on the test split once), then best.yaml (trainable as it is).
 
-    from trainfer.training import Run, evaluate, train
-
+    The caller holds the study dir's lock (studydir.locked): two commands finishing at once write one after
+    the other. best/ is built aside and renamed into place, so it is whole or absent, never half written.
+    """
     recipe = apply(base, best["params"])
-    write_text(root / "best.yaml", f"# trial {best['number']} of the study in {root}\n" + recipe.to_yaml())
     dest = root / "best"
     marker = dest / "trial.json"
     if marker.is_file() and json.loads(marker.read_text()).get("number") == best["number"] \
             and (dest / "summary.json").is_file():
-        return json.loads((dest / "summary.json").read_text()).get("test", {})  # already scored
-    # Per process: two commands on one study dir may finish at once.
-    tmp, old = root / f".best.tmp-{os.getpid()}", root / f".best.old-{os.getpid()}"
+        metrics = json.loads((dest / "summary.json").read_text()).get("test", {})  # already scored
+    else:
+        metrics = _score_best(root, recipe, best)
+    write_text(root / "best.yaml", f"# trial {best['number']} of the study in {root}\n" + recipe.to_yaml())
+    return metrics
+
+
+def _score_best(root: Path, recipe: Recipe, best: dict[str, Any]) -> dict[str, Any]:
+    from trainfer.training import Run, evaluate, train
+
+    tmp, old = root / ".best.tmp", root / ".best.old"  # leftovers of a command that died here go first
     shutil.rmtree(tmp, ignore_errors=True)
-    if (root / best["run"]).is_dir():
-        shutil.copytree(root / best["run"], tmp)
-    else:  # the trial ran in another command's study dir (another machine on the shared database): train it here
-        train(recipe, out=tmp, quiet=True)
-    result = evaluate(Run.load(tmp))  # the one time the test split is read
-    summary = json.loads((tmp / "summary.json").read_text())
-    summary["test"] = result["metrics"]
-    write_json(tmp / "summary.json", summary)
-    write_json(tmp / "trial.json", {"number": best["number"], "run": best["run"], "params": best["params"]})
     shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
     try:
-        tmp.rename(dest)
-    except OSError:  # another command put its best/ there in the meantime: the same trial, scored the same way
+        if (root / best["run"]).is_dir():
+            shutil.copytree(root / best["run"], tmp)
+        else:  # the trial ran in another command's study dir (another machine on the shared database): train it
+            train(recipe, out=tmp, quiet=True)
+        result = evaluate(Run.load(tmp))  # the one time the test split is read
+        summary = json.loads((tmp / "summary.json").read_text())
+        summary["test"] = result["metrics"]
+        write_json(tmp / "summary.json", summary)
+        write_json(tmp / "trial.json", {"number": best["number"], "run": best["run"], "params": best["params"]})
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if (root / "best").exists():
+        (root / "best").rename(old)
+    tmp.rename(root / "best")
     shutil.rmtree(old, ignore_errors=True)
     return result["metrics"]
 
@@ -148,8 +156,8 @@ def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, 
 def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution], objectives: list[str],
            conf: dict[str, Any], task: str, command: str, wall: float, n_workers: int, threads: int, url: str,
            is_default: bool) -> dict[str, Any]:
-    """summary.json, best.yaml and best/ from the study as it stands (every command's trials); ``command``
-    names this command's trials, for its figures."""
+    """best/, best.yaml and summary.json (in that order) from the study as it stands (every command's trials);
+    ``command`` names this command's trials, for its figures. The caller holds the study dir's lock."""
     import optuna
 
     from trainfer.tuning.cost import measure_runs, reference_records
@@ -170,7 +178,7 @@ def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution],
     if front:  # each point's latency too (an accuracy,flops study has none yet), on the study's scale
         describe_front(front, metric, lambda runs: measure_runs([root / r for r in runs], root, threads, strict=False))
     best = pick_best(done, front, objectives, maximize, task, parse_pick(conf["pick"]))
-    best["test"] = write_best(root, base.without_tune(), best, dict(space))
+    best["test"] = write_best(root, base.without_tune(), best)
     imp, method = importances(study)
     mine = [r for r in records if r["command"] == command and r["duration_s"] is not None]
     trial_s = sum(r["duration_s"] for r in mine)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,14 +117,29 @@ def remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
+@contextlib.contextmanager
+def locked(study_dir: Path) -> Iterator[None]:
+    """Held while a command writes what the commands on one study dir share (tune.json, and each study's
+    summary.json, best.yaml and best/): commands finishing at once write one after the other, so those agree."""
+    import fcntl
+
+    with open(study_dir / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def record(study_dir: Path, name: str, fingerprint: str, url: str, default: bool, objectives: list[str],
            root: Path, base: Recipe, space: dict[str, Any]) -> None:
     """Add the study to tune.json (once), and write its recipe with the space to ROOT/recipe.yaml."""
     path = study_dir / "tune.json"
-    known = json.loads(path.read_text())["studies"] if path.is_file() else {}
-    if name not in known:
-        known[name] = {"fingerprint": fingerprint, "storage": _redact(url), "default_storage": default,
-                       "objectives": objectives, "dir": str(root.relative_to(study_dir)) or "."}
-        write_json(path, {"format": 1, "studies": known})
+    with locked(study_dir):  # two commands starting two studies here at once: both are recorded
+        known = json.loads(path.read_text())["studies"] if path.is_file() else {}
+        if name not in known:
+            known[name] = {"fingerprint": fingerprint, "storage": _redact(url), "default_storage": default,
+                           "objectives": objectives, "dir": str(root.relative_to(study_dir)) or "."}
+            write_json(path, {"format": 1, "studies": known})
     tuned = base.model_copy(update={"tune": TuneConfig(space=space)})
     write_text(root / "recipe.yaml", tuned.to_yaml())
