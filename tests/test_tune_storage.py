@@ -313,6 +313,30 @@ def test_a_retry_queued_at_the_start_counts_for_the_command_that_runs_it(tmp_pat
     assert len(ours) == 1 and again.summary["trials"][0]["command"] not in ours
 
 
+def test_a_worker_that_cannot_start_stops_the_started_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # The second fork fails (as at the user's process limit): the first worker must not run on, orphaned.
+    import errno
+    import subprocess
+
+    real, started = subprocess.Popen, []
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        if started:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    out = tmp_path / "study"
+    res = run_main(["tune", write_recipe(tmp_path, epochs=25), "--out", out, "--workers", 2, "--trials", 4,
+                    "--quiet"], capsys)
+    monkeypatch.undo()
+    assert_user_error(res, mentions=["cannot start tuning worker 2 of 2", "Resource temporarily unavailable"])
+    assert len(started) == 1 and started[0].poll() is not None  # stopped, not left running
+    assert not (out / ".claims").exists()
+
+
 # ---- a study is held to its storage and its recipe ------------------------------------------------------------
 
 def test_a_study_dir_is_refused_with_another_storage_and_found_where_it_moved(

@@ -53,15 +53,19 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
     # Their own process group: a Ctrl-C at the terminal reaches the command only, which passes it on once (two
     # SIGINTs could stop a worker while it records its trial as FAIL), and so does `kill -INT` of the command.
     logs = [folder / f"worker-{i}.log" for i in range(n)]
-    procs = []
-    for i, log in enumerate(logs):
-        with open(log, "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                          process_group=0))
+    procs: list[subprocess.Popen] = []
     progress.workers = procs
     seen: set[int] = set()
     try:
+        for i, log in enumerate(logs):  # in the try: a worker that cannot start stops those that did
+            with open(log, "w") as err:
+                try:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)],
+                        env=env, stdout=subprocess.DEVNULL, stderr=err, process_group=0))
+                except OSError as exc:  # e.g. EAGAIN: the user's process limit
+                    raise RunError(f"cannot start tuning worker {i + 1} of {n}: {exc.strerror or exc}",
+                                   hint="use fewer --workers") from None
         while True:
             running = [p for p in procs if p.poll() is None]
             for i, p in enumerate(procs):
