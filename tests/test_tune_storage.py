@@ -337,6 +337,39 @@ def test_a_worker_that_cannot_start_stops_the_started_ones(tmp_path: Path, monke
     assert not (out / ".claims").exists()
 
 
+def test_the_command_losing_the_database_for_a_moment_does_not_stop_the_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command reads the study every second for its progress; one failed read stopped every worker.
+    import sqlite3
+    import threading
+
+    import trainfer
+    from trainfer.tuning import storage
+
+    monkeypatch.setattr(storage, "SQLITE_TIMEOUT_S", 1)  # this process's connections; the workers wait 60 s
+    out = tmp_path / "study"
+
+    def hold_the_database() -> None:  # longer than this process waits: its next progress read fails
+        con = sqlite3.connect(out / "study.db", timeout=60, isolation_level=None)
+        con.execute("BEGIN EXCLUSIVE")
+        time.sleep(3)
+        con.execute("COMMIT")
+        con.close()
+
+    lines: list[str] = []
+    holder = threading.Thread(target=hold_the_database)
+
+    def on_progress(line: str) -> None:
+        lines.append(line)
+        if not holder.is_alive() and len(lines) == 1:
+            holder.start()
+
+    study = trainfer.tune(write_recipe(tmp_path), out=out, trials=4, workers=2, pruner="none",
+                          on_progress=on_progress)
+    holder.join()
+    assert study.summary["counts"]["COMPLETE"] == 4 and study.summary["command"]["trials"] == 4, study.summary
+
+
 # ---- a study is held to its storage and its recipe ------------------------------------------------------------
 
 def test_a_study_dir_is_refused_with_another_storage_and_found_where_it_moved(

@@ -72,7 +72,10 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
                 if p.returncode not in (None, 0) and i not in seen:
                     seen.add(i)
                     say(worker_died(progress.study, p, logs[i], folder, plan.command))
-            progress.refresh()
+            # This process's read of the database may fail (a lock wait ran out, the network blinked): only the
+            # progress misses a beat; the workers have connections of their own.
+            with contextlib.suppress(Exception):
+                progress.refresh()
             if not running:
                 break
             time.sleep(1.0)
