@@ -175,7 +175,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
                 extra={"start": len(study.trials), "salt": salt})
     from trainfer.tuning.progress import StudyProgress
 
-    with StudyProgress(study, conf["trials"], plan.command, n_workers, plan.deadline, enabled=not quiet,
+    with StudyProgress(study, conf["trials"], plan.command, plan.deadline, enabled=not quiet,
                        emit=on_progress) as progress:
         try:
             if n_workers == 1:

@@ -54,7 +54,6 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
     # SIGINTs could stop a worker while it records its trial as FAIL), and so does `kill -INT` of the command.
     logs = [folder / f"worker-{i}.log" for i in range(n)]
     procs: list[subprocess.Popen] = []
-    progress.workers = procs
     seen: set[int] = set()
     try:
         for i, log in enumerate(logs):  # in the try: a worker that cannot start stops those that did

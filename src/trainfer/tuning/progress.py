@@ -11,14 +11,13 @@ from typing import Any
 class StudyProgress:
     """A progress bar on stderr (a terminal), else one line per finished trial; nothing when disabled."""
 
-    def __init__(self, study: Any, budget: int, command: str, workers: int, deadline: float | None,
+    def __init__(self, study: Any, budget: int, command: str, deadline: float | None,
                  enabled: bool = True, emit: Callable[[str], None] | None = None) -> None:
-        self.study, self.budget, self.n_workers, self.deadline = study, budget, workers, deadline
+        self.study, self.budget, self.deadline = study, budget, deadline
         self.command = command  # this command's trials carry it (trial.Plan.command)
         self.enabled = enabled or emit is not None
         self.emit = emit  # instead of the bar or the printed line: `trainfer run` shows it as its tune stage
         self.started = time.time()
-        self.workers: list[Any] = []
         self._bar: Any = None
         self._task: Any = None
         self._last = -1
