@@ -192,7 +192,7 @@ def test_a_killed_journal_command_is_recovered_by_the_rerun(tmp_path: Path) -> N
 
     before = len(load(url).get_trials(deepcopy=False))
     again = run_cli(*base, "--trials", "2").check()
-    assert f"trial(s) {victim.number} were left RUNNING" in again.stderr, again.stderr
+    assert f"left RUNNING: trial(s) {victim.number} marked FAIL and queued again once" in again.stderr, again.stderr
     study = load(url)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == before + 2 and states(study).get("RUNNING", 0) == 0, states(study)
@@ -280,6 +280,33 @@ def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) ->
     assert sorted(p.name for p in claims.iterdir()) == ["000000", "000001"]  # slot 2 is free for the others
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
     assert study.trials[1].params == study.trials[0].params
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_dead_retry_is_failed_and_said_not_to_be_queued_again(tmp_path: Path) -> None:
+    import subprocess
+
+    import optuna
+
+    from trainfer.tuning import storage
+    from trainfer.tuning.processes import worker_died
+
+    dead = subprocess.Popen(["sleep", "60"])
+    dead.kill()
+    dead.wait()
+    study = optuna.create_study(storage=storage.open_storage(storage.storage_url(tmp_path, None)))
+    for retry_of in (None, 7):  # a first try, and the retry of an earlier trial 7: both were running in it
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        for k, v in {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"}.items():
+            study._storage.set_trial_user_attr(trial._trial_id, k, v)
+        if retry_of is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, "failed_trial", retry_of)
+    (tmp_path / "claims").mkdir()
+    msg = worker_died(study, dead, tmp_path / "no-log", tmp_path / "claims", "c1")
+    assert "trial(s) 0 marked FAIL and queued again once" in msg, msg
+    assert "trial(s) 1 marked FAIL, not queued again (a retry already)" in msg, msg
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "WAITING"]
+    assert study.trials[2].system_attrs["failed_trial"] == 0
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")

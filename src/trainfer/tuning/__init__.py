@@ -20,7 +20,7 @@ from trainfer.tuning import studydir
 from trainfer.tuning.processes import run_workers, usable_cpus, worker_threads
 from trainfer.tuning.results import finish, parse_pick
 from trainfer.tuning.space import apply, describe, space_of
-from trainfer.tuning.storage import _redact, recover_stale, storage_url
+from trainfer.tuning.storage import _redact, recover_stale, recovered, storage_url
 from trainfer.tuning.trial import Plan, directions, prepared_data
 from trainfer.tuning.worker import work
 
@@ -153,8 +153,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
         + "\n  ".join(describe(space)))
     failed = recover_stale(study)
     if failed:
-        say(f"trial(s) {', '.join(map(str, failed))} were left RUNNING by a dead worker: marked FAIL, "
-            "their parameters queued again once")
+        say(f"found trials a dead worker left RUNNING: {recovered(study, failed)}")
     n_cpu = usable_cpus()
     n_workers = conf["workers"]
     threads = worker_threads(n_cpu, n_workers, plain.train.threads)

@@ -14,7 +14,7 @@ from typing import Any
 
 from trainfer._atomic import write_text
 from trainfer.errors import RunError
-from trainfer.tuning.storage import recover_stale
+from trainfer.tuning.storage import recover_stale, recovered
 from trainfer.tuning.trial import Plan
 
 
@@ -111,7 +111,7 @@ def worker_died(study: Any, proc: subprocess.Popen, log: Path, claims: Path, com
             f.unlink()
     msg = f"warning: a tuning worker stopped ({last_line(proc, log)})"
     if failed:
-        msg += f"; trial(s) {', '.join(map(str, failed))} marked FAIL and queued again once"
+        msg += f"; {recovered(study, failed)}"
     return msg + "; the other workers go on"
 
 

@@ -231,6 +231,16 @@ def alive(pid: int) -> bool:
     return True
 
 
+def recovered(study: Any, failed: list[int]) -> str:
+    """What became of the trials ``recover_stale`` failed, for a message: queued again, or not (a retry already)."""
+    queued = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+    again, retries = [n for n in failed if n in queued], [n for n in failed if n not in queued]
+    parts = [f"trial(s) {', '.join(map(str, again))} marked FAIL and queued again once"] if again else []
+    if retries:
+        parts.append(f"trial(s) {', '.join(map(str, retries))} marked FAIL, not queued again (a retry already)")
+    return "; ".join(parts)
+
+
 def recover_stale(study: Any) -> list[int]:
     """Fail trials left RUNNING by dead workers and queue their parameters again (once); returns their numbers."""
     import optuna
