@@ -3,6 +3,10 @@
 `tune()` checks everything it can before any trial (the space, the data, the storage, the study dir),
 then runs trials in this process (one worker) or in W worker processes on the same study, and finally
 writes summary.json, best.yaml and best/ (the best trial's run, scored on the test split once).
+
+The parts: space.py (search spaces), studydir.py (the study dir and its checks), storage.py (databases,
+dead workers), processes.py (worker processes), worker.py and trial.py (what a worker runs), cost.py
+(latency objective), results.py (summary.json, best.yaml, best/), progress.py (what the terminal shows).
 """
 
 from __future__ import annotations
