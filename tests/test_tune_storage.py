@@ -122,6 +122,28 @@ def test_two_commands_at_once_share_one_postgresql_study(postgres: Any, tmp_path
     assert json.loads((third / "summary.json").read_text())["best"]["test"]["accuracy"] > 0
 
 
+def test_a_database_server_that_goes_away_mid_study_is_one_error(tmp_path: Path) -> None:
+    # Its workers die of it, and the command, failing their trials, could not read the study either: that was
+    # a traceback from SQLAlchemy; it is the error of every worker stopping, with the database's own words
+    # (not the UnboundLocalError that Optuna 5.0 raises in their place).
+    from _pg_fixtures import running_postgres
+
+    import trainfer
+    from trainfer.errors import RunError
+
+    with running_postgres() as server:  # a server of its own: this test stops it
+        url = server.create_database()
+
+        def on_progress(_line: str) -> None:
+            server.stop()  # once a trial has finished: the others are running
+
+        with pytest.raises(RunError, match="every tuning worker stopped with an error") as err:
+            trainfer.tune(write_recipe(tmp_path, epochs=25), out=tmp_path / "study", storage=url, trials=6,
+                          workers=2, pruner="none", on_progress=on_progress)
+    assert "the study database: (psycopg2.OperationalError)" in err.value.message, err.value.message
+    assert not (tmp_path / "study" / ".claims").exists()
+
+
 def test_a_database_that_does_not_exist_on_the_server_is_a_user_error(postgres: Any, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"

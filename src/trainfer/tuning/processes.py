@@ -102,14 +102,18 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
 
 def worker_died(study: Any, proc: subprocess.Popen, log: Path, claims: Path, command: str) -> str:
     """What the command does when one worker dies: fail its trial, queue it again, free its unused claims."""
-    failed = recover_stale(study)
-    started = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("command") == command and
-                  t.user_attrs.get("pid") == proc.pid and t.user_attrs.get("host") == socket.gethostname())
+    msg = f"warning: a tuning worker stopped ({last_line(proc, log)})"
+    try:
+        failed = recover_stale(study)
+        started = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("command") == command and
+                      t.user_attrs.get("pid") == proc.pid and t.user_attrs.get("host") == socket.gethostname())
+    except Exception as exc:  # the database is gone too (maybe why the worker stopped): the others will tell
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return msg + f"; the study could not be read ({why}): its trial is failed by a later command"
     mine = sorted(f for f in claims.glob("[0-9]" * 6) if f.read_text() == str(proc.pid))
     for f in mine[started:]:  # claimed, but it died before the trial began: another worker takes the slot
         with contextlib.suppress(OSError):
             f.unlink()
-    msg = f"warning: a tuning worker stopped ({last_line(proc, log)})"
     if failed:
         msg += f"; {recovered(study, failed)}"
     return msg + "; the other workers go on"

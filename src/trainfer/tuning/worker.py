@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,24 @@ def main(argv: list[str]) -> int:
     except TrainferError as exc:  # e.g. the database went away: the command shows this line
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
         return 2
+    except Exception as exc:  # the traceback stays in the worker's log; the command shows the last line
+        traceback.print_exc()
+        print(f"error: {reason(exc)}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def reason(exc: BaseException) -> str:
+    """Why a worker stopped, in one line: the database's error when there is one in the chain. Optuna 5.0
+    hides it when the database goes away as a trial ends: study/_optimize.py's finally reads a variable its
+    failed except never set, so the exception that surfaces is an UnboundLocalError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__module__.startswith("sqlalchemy"):
+            text = str(seen).strip()
+            return "the study database: " + (text.splitlines()[0] if text else type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":
