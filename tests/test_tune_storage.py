@@ -419,6 +419,51 @@ def test_the_command_losing_the_database_for_a_moment_does_not_stop_the_workers(
     assert study.summary["counts"]["COMPLETE"] == 4 and study.summary["command"]["trials"] == 4, study.summary
 
 
+@pytest.mark.parametrize("when", ["creates", "records"])
+def test_ctrl_c_while_optuna_creates_or_records_a_trial_leaves_none_running(
+        when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C lands where it lands: while Optuna created a trial or recorded its result, the trial stayed RUNNING
+    # (then failed as "died" and queued again by the next command). The Ctrl-C is sent at exactly those points.
+    import optuna
+    import optuna.study._optimize as optimizing
+
+    import trainfer
+
+    sent: list[str] = []
+
+    def ctrl_c() -> None:
+        if not sent:
+            sent.append(when)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if when == "creates":
+        real_ask = optuna.study.Study.ask
+
+        def ask(self: Any, *args: Any, **kwargs: Any) -> Any:
+            trial = real_ask(self, *args, **kwargs)  # the trial is RUNNING in the database now
+            ctrl_c()
+            return trial
+
+        monkeypatch.setattr(optuna.study.Study, "ask", ask)
+    else:
+        real_tell = optimizing._tell_with_warning
+
+        def tell(*args: Any, **kwargs: Any) -> Any:
+            ctrl_c()
+            return real_tell(*args, **kwargs)
+
+        monkeypatch.setattr(optimizing, "_tell_with_warning", tell)
+    out = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        trainfer.tune(write_recipe(tmp_path), out=out, trials=3, pruner="none")
+    assert sent == [when] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    trials = load(f"sqlite:///{out / 'study.db'}").get_trials(deepcopy=False)
+    if when == "creates":  # failed as interrupted, not as a dead worker's, and not queued again
+        assert [(t.state.name, t.user_attrs.get("fail_reason")) for t in trials] == [("FAIL", "interrupted (Ctrl-C)")]
+    else:  # its result recorded first, then the command stops
+        assert [t.state.name for t in trials] == ["COMPLETE"]
+
+
 # ---- a study is held to its storage and its recipe ------------------------------------------------------------
 
 def test_a_study_dir_is_refused_with_another_storage_and_found_where_it_moved(

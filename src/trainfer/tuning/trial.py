@@ -17,6 +17,7 @@ from trainfer.errors import TrainferError
 from trainfer.tuning.space import apply, suggest
 
 TUNING_SPLITS = ("train", "val")
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 @dataclass
@@ -74,7 +75,7 @@ def run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distributio
     try:
         return _run_trial(trial, plan, base, dists)
     except KeyboardInterrupt:  # at any point (importing torch, sampling...): Optuna then records the trial FAIL,
-        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")  # and a finished trial's attributes are read-only
+        trial.set_user_attr("fail_reason", INTERRUPTED)  # and a finished trial's attributes are read-only
         raise
 
 
