@@ -62,6 +62,26 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def dead_process() -> Any:
+    """A process of this machine that has died (killed by SIGKILL, reaped): what a killed worker leaves."""
+    import subprocess
+
+    dead = subprocess.Popen(["sleep", "60"])
+    dead.kill()
+    dead.wait()
+    return dead
+
+
+def running_trial_of(study: Any, attrs: dict[str, Any]) -> Any:
+    """A RUNNING trial of ``study`` whose worker wrote ``attrs`` (host, pid, command) and then stopped."""
+    import optuna
+
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for k, v in attrs.items():
+        study._storage.set_trial_user_attr(trial._trial_id, k, v)
+    return trial
+
+
 def running_trial(url: str, ready: Path, pids: Any, proc: Any, timeout_s: float = 120) -> Any:
     """Wait for a trial RUNNING with its parameters drawn, in one of the processes ``pids()``; returns it."""
     deadline = time.time() + timeout_s
@@ -279,20 +299,14 @@ def test_a_trial_of_a_live_process_on_this_machine_is_left_running(tmp_path: Pat
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) -> None:
-    import subprocess
-
     import optuna
 
     from trainfer.tuning import storage
     from trainfer.tuning.processes import worker_died
 
-    dead = subprocess.Popen(["sleep", "60"])
-    dead.kill()
-    dead.wait()
+    dead = dead_process()
     study = optuna.create_study(storage=storage.open_storage(storage.storage_url(tmp_path, None)))
-    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    for k, v in {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"}.items():  # the trial it ran
-        study._storage.set_trial_user_attr(trial._trial_id, k, v)
+    running_trial_of(study, {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"})  # the trial it ran
     claims = tmp_path / "claims"
     claims.mkdir()
     for k, pid in ((0, dead.pid), (1, os.getpid()), (2, dead.pid)):  # slot 2: claimed, its trial never began
@@ -306,21 +320,15 @@ def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) ->
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_retry_is_failed_and_said_not_to_be_queued_again(tmp_path: Path) -> None:
-    import subprocess
-
     import optuna
 
     from trainfer.tuning import storage
     from trainfer.tuning.processes import worker_died
 
-    dead = subprocess.Popen(["sleep", "60"])
-    dead.kill()
-    dead.wait()
+    dead = dead_process()
     study = optuna.create_study(storage=storage.open_storage(storage.storage_url(tmp_path, None)))
     for retry_of in (None, 7):  # a first try, and the retry of an earlier trial 7: both were running in it
-        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-        for k, v in {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"}.items():
-            study._storage.set_trial_user_attr(trial._trial_id, k, v)
+        trial = running_trial_of(study, {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"})
         if retry_of is not None:
             study._storage.set_trial_system_attr(trial._trial_id, "failed_trial", retry_of)
     (tmp_path / "claims").mkdir()
@@ -335,8 +343,6 @@ def test_a_dead_retry_is_failed_and_said_not_to_be_queued_again(tmp_path: Path) 
 def test_a_retry_queued_at_the_start_counts_for_the_command_that_runs_it(tmp_path: Path) -> None:
     # The retry is queued before this command's first new trial, so its number is below it: counting this
     # command's trials by number missed it (the progress said 1/2, summary.json 1 trial).
-    import subprocess
-
     import optuna
 
     import trainfer
@@ -345,9 +351,7 @@ def test_a_retry_queued_at_the_start_counts_for_the_command_that_runs_it(tmp_pat
     recipe, out = write_recipe(tmp_path), tmp_path / "study"
     trainfer.tune(recipe, out=out, trials=1, pruner="none")
     study = optuna.load_study(study_name="default", storage=storage.open_storage(storage.storage_url(out, None)))
-    dead = subprocess.Popen(["sleep", "60"])
-    dead.kill()
-    dead.wait()
+    dead = dead_process()
     left = study.ask(fixed_distributions=study.trials[0].distributions)  # a worker of this machine, then gone
     for k, v in {"host": socket.gethostname(), "pid": dead.pid}.items():
         study._storage.set_trial_user_attr(left._trial_id, k, v)
