@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SRC
 
 import trainfer
 from trainfer.config import build_recipe
@@ -91,3 +97,77 @@ def test_a_study_resumes_adding_trials_and_its_best_recipe_trains(tmp_path):
     run = trainfer.train(study_dir / "best.yaml", out=tmp_path / "retrained")
     assert run.recipe.train.lr == pytest.approx(best["params"]["train.lr"])
     assert run.recipe.model.hidden == best["params"]["model.hidden"] and run.recipe.tune is None
+
+
+def _claiming_command(root: Path) -> subprocess.Popen:
+    """A process that holds a claims folder in ``root`` as a running `trainfer tune` does, until killed."""
+    code = ("import sys, time; from pathlib import Path; from trainfer.tuning.studydir import claims_folder; "
+            "claims_folder(Path(sys.argv[1]), time.time()); print('ready', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_command_beside_another_on_the_same_study_dir_draws_its_own_values(tmp_path):
+    # Two commands started together on one study dir see the same trial count; with the same seed they drew the
+    # same values (twice the cost, half the search) unless each sees the other: its live claims folder.
+    recipe = {**IRIS, "tune": SPACE}
+
+    def drawn(out):
+        study = trainfer.tune(recipe, out=out, trials=1, sampler="random", pruner="none")
+        return study.summary["trials"][-1]["params"]
+
+    trainfer.tune(recipe, out=tmp_path / "alone", trials=1, sampler="random", pruner="none")
+    for name in ("beside", "after"):  # the same study, so the same trial count as the lone one
+        shutil.copytree(tmp_path / "alone", tmp_path / name)
+    alone = drawn(tmp_path / "alone")
+
+    other = _claiming_command(tmp_path / "beside")
+    try:
+        beside = drawn(tmp_path / "beside")
+    finally:
+        other.kill()
+        other.wait()
+    assert beside != alone
+
+    # A command that was killed left its folder: no reason to leave the seed's stream, and it is cleaned up.
+    dead = _claiming_command(tmp_path / "after")
+    dead.kill()
+    dead.wait()
+    assert drawn(tmp_path / "after") == alone
+    assert not (tmp_path / "after" / ".claims").exists()
+
+
+def test_commands_finishing_together_write_the_study_dir_one_at_a_time(tmp_path):
+    # summary.json, best.yaml and best/ of one study dir are written under its lock: a command that finishes
+    # while another writes them waits, so the three agree (before, the later best/ was dropped, or a rename
+    # between the two raised FileNotFoundError).
+    import threading
+    import time
+
+    import optuna
+
+    from trainfer.tuning.storage import storage_url
+    from trainfer.tuning.studydir import locked
+
+    recipe, out = {**IRIS, "tune": SPACE}, tmp_path / "study"
+    trainfer.tune(recipe, out=out, trials=1, sampler="random", pruner="none")
+    written = (out / "summary.json").stat().st_mtime_ns
+    study = optuna.load_study(study_name="default", storage=storage_url(out, None))
+    done: dict = {}
+    command = threading.Thread(target=lambda: done.update(study=trainfer.tune(
+        recipe, out=out, trials=1, sampler="random", pruner="none")))
+    command.start()
+    while len(study.get_trials(deepcopy=False)) < 2:  # its trial runs: it has recorded itself in tune.json
+        time.sleep(0.05)
+    with locked(out):  # another command writing the study dir's results
+        while study.get_trials(deepcopy=False)[1].state.name == "RUNNING":
+            time.sleep(0.05)
+        command.join(timeout=3)
+        assert command.is_alive() and (out / "summary.json").stat().st_mtime_ns == written
+    command.join(timeout=60)
+    summary = json.loads((out / "summary.json").read_text())
+    assert done["study"].summary["counts"]["total"] == summary["counts"]["total"] == 2
+    assert json.loads((out / "best" / "trial.json").read_text())["number"] == summary["best"]["number"]
+    assert not list(out.glob(".best.*"))

@@ -75,7 +75,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> tuple[Guard, np.ndarray]:
     monkeypatch.setattr(Dataset, "rows", rows)
     monkeypatch.setattr("trainfer.data.split_indices", lambda *a, **k: GuardedSplit(real_split(*a, **k), guard))
     monkeypatch.setattr("trainfer.tuning.trial._PREPARED", {})  # no data prepared before the guard was on
-    real_write_best = trainfer.tuning.write_best
+    real_write_best = trainfer.tuning.results.write_best
 
     def write_best(*args: Any, **kwargs: Any) -> Any:
         guard.scoring = True
@@ -84,7 +84,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> tuple[Guard, np.ndarray]:
         finally:
             guard.scoring = False
 
-    monkeypatch.setattr("trainfer.tuning.write_best", write_best)
+    monkeypatch.setattr("trainfer.tuning.results.write_best", write_best)
     return guard, test
 
 

@@ -62,6 +62,26 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def dead_process() -> Any:
+    """A process of this machine that has died (killed by SIGKILL, reaped): what a killed worker leaves."""
+    import subprocess
+
+    dead = subprocess.Popen(["sleep", "60"])
+    dead.kill()
+    dead.wait()
+    return dead
+
+
+def running_trial_of(study: Any, attrs: dict[str, Any]) -> Any:
+    """A RUNNING trial of ``study`` whose worker wrote ``attrs`` (host, pid, command) and then stopped."""
+    import optuna
+
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for k, v in attrs.items():
+        study._storage.set_trial_user_attr(trial._trial_id, k, v)
+    return trial
+
+
 def running_trial(url: str, ready: Path, pids: Any, proc: Any, timeout_s: float = 120) -> Any:
     """Wait for a trial RUNNING with its parameters drawn, in one of the processes ``pids()``; returns it."""
     deadline = time.time() + timeout_s
@@ -120,6 +140,28 @@ def test_two_commands_at_once_share_one_postgresql_study(postgres: Any, tmp_path
     assert not (third / "trials").exists()
     assert json.loads((third / "best" / "trial.json").read_text())["number"] == best
     assert json.loads((third / "summary.json").read_text())["best"]["test"]["accuracy"] > 0
+
+
+def test_a_database_server_that_goes_away_mid_study_is_one_error(tmp_path: Path) -> None:
+    # Its workers die of it, and the command, failing their trials, could not read the study either: that was
+    # a traceback from SQLAlchemy; it is the error of every worker stopping, with the database's own words
+    # (not the UnboundLocalError that Optuna 5.0 raises in their place).
+    from _pg_fixtures import running_postgres
+
+    import trainfer
+    from trainfer.errors import RunError
+
+    with running_postgres() as server:  # a server of its own: this test stops it
+        url = server.create_database()
+
+        def on_progress(_line: str) -> None:
+            server.stop()  # once a trial has finished: the others are running
+
+        with pytest.raises(RunError, match="every tuning worker stopped with an error") as err:
+            trainfer.tune(write_recipe(tmp_path, epochs=25), out=tmp_path / "study", storage=url, trials=6,
+                          workers=2, pruner="none", on_progress=on_progress)
+    assert "the study database: (psycopg2.OperationalError)" in err.value.message, err.value.message
+    assert not (tmp_path / "study" / ".claims").exists()
 
 
 def test_a_database_that_does_not_exist_on_the_server_is_a_user_error(postgres: Any, tmp_path: Path,
@@ -192,7 +234,7 @@ def test_a_killed_journal_command_is_recovered_by_the_rerun(tmp_path: Path) -> N
 
     before = len(load(url).get_trials(deepcopy=False))
     again = run_cli(*base, "--trials", "2").check()
-    assert f"trial(s) {victim.number} were left RUNNING" in again.stderr, again.stderr
+    assert f"left RUNNING: trial(s) {victim.number} marked FAIL and queued again once" in again.stderr, again.stderr
     study = load(url)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == before + 2 and states(study).get("RUNNING", 0) == 0, states(study)
@@ -257,28 +299,204 @@ def test_a_trial_of_a_live_process_on_this_machine_is_left_running(tmp_path: Pat
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_workers_unstarted_claim_goes_back_to_the_pool(tmp_path: Path) -> None:
-    import subprocess
-
     import optuna
 
-    from trainfer.tuning import _worker_died, storage
+    from trainfer.tuning import storage
+    from trainfer.tuning.processes import worker_died
 
-    dead = subprocess.Popen(["sleep", "60"])
-    dead.kill()
-    dead.wait()
+    dead = dead_process()
     study = optuna.create_study(storage=storage.open_storage(storage.storage_url(tmp_path, None)))
-    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    for k, v in {"host": socket.gethostname(), "pid": dead.pid}.items():  # the trial it was running
-        study._storage.set_trial_user_attr(trial._trial_id, k, v)
+    running_trial_of(study, {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"})  # the trial it ran
     claims = tmp_path / "claims"
     claims.mkdir()
     for k, pid in ((0, dead.pid), (1, os.getpid()), (2, dead.pid)):  # slot 2: claimed, its trial never began
         (claims / f"{k:06d}").write_text(str(pid))
-    msg = _worker_died(study, dead, tmp_path / "no-log", claims, first=0)
+    msg = worker_died(study, dead, tmp_path / "no-log", claims, "c1")
     assert "killed by SIGKILL" in msg and "trial(s) 0 marked FAIL" in msg, msg
     assert sorted(p.name for p in claims.iterdir()) == ["000000", "000001"]  # slot 2 is free for the others
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
     assert study.trials[1].params == study.trials[0].params
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_dead_retry_is_failed_and_said_not_to_be_queued_again(tmp_path: Path) -> None:
+    import optuna
+
+    from trainfer.tuning import storage
+    from trainfer.tuning.processes import worker_died
+
+    dead = dead_process()
+    study = optuna.create_study(storage=storage.open_storage(storage.storage_url(tmp_path, None)))
+    for retry_of in (None, 7):  # a first try, and the retry of an earlier trial 7: both were running in it
+        trial = running_trial_of(study, {"host": socket.gethostname(), "pid": dead.pid, "command": "c1"})
+        if retry_of is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, "failed_trial", retry_of)
+    (tmp_path / "claims").mkdir()
+    msg = worker_died(study, dead, tmp_path / "no-log", tmp_path / "claims", "c1")
+    assert "trial(s) 0 marked FAIL and queued again once" in msg, msg
+    assert "trial(s) 1 marked FAIL, not queued again (a retry already)" in msg, msg
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "WAITING"]
+    assert study.trials[2].system_attrs["failed_trial"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_retry_queued_at_the_start_counts_for_the_command_that_runs_it(tmp_path: Path) -> None:
+    # The retry is queued before this command's first new trial, so its number is below it: counting this
+    # command's trials by number missed it (the progress said 1/2, summary.json 1 trial).
+    import optuna
+
+    import trainfer
+    from trainfer.tuning import storage
+
+    recipe, out = write_recipe(tmp_path), tmp_path / "study"
+    trainfer.tune(recipe, out=out, trials=1, pruner="none")
+    study = optuna.load_study(study_name="default", storage=storage.open_storage(storage.storage_url(out, None)))
+    dead = dead_process()
+    left = study.ask(fixed_distributions=study.trials[0].distributions)  # a worker of this machine, then gone
+    for k, v in {"host": socket.gethostname(), "pid": dead.pid}.items():
+        study._storage.set_trial_user_attr(left._trial_id, k, v)
+
+    lines: list[str] = []
+    again = trainfer.tune(recipe, out=out, trials=2, pruner="none", on_progress=lines.append)
+    assert [t["state"] for t in again.summary["trials"]] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert again.summary["trials"][2]["retry_of"] == 1
+    assert again.summary["command"]["trials"] == 2, again.summary["command"]
+    assert lines[-1].startswith("trial 2/2: "), lines
+    ours = {t["command"] for t in again.summary["trials"][2:]}
+    assert len(ours) == 1 and again.summary["trials"][0]["command"] not in ours
+
+
+def test_a_worker_that_cannot_start_stops_the_started_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # The second fork fails (as at the user's process limit): the first worker must not run on, orphaned.
+    import errno
+    import subprocess
+
+    real, started = subprocess.Popen, []
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        if started:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    out = tmp_path / "study"
+    res = run_main(["tune", write_recipe(tmp_path, epochs=25), "--out", out, "--workers", 2, "--trials", 4,
+                    "--quiet"], capsys)
+    monkeypatch.undo()
+    assert_user_error(res, mentions=["cannot start tuning worker 2 of 2", "Resource temporarily unavailable"])
+    assert len(started) == 1 and started[0].poll() is not None  # stopped, not left running
+    assert not (out / ".claims").exists()
+
+
+def test_the_command_losing_the_database_for_a_moment_does_not_stop_the_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command reads the study every second for its progress; one failed read stopped every worker.
+    import sqlite3
+    import threading
+
+    import trainfer
+    from trainfer.tuning import storage
+
+    monkeypatch.setattr(storage, "SQLITE_TIMEOUT_S", 1)  # this process's connections; the workers wait 60 s
+    out = tmp_path / "study"
+
+    def hold_the_database() -> None:  # longer than this process waits: its next progress read fails
+        con = sqlite3.connect(out / "study.db", timeout=60, isolation_level=None)
+        con.execute("BEGIN EXCLUSIVE")
+        time.sleep(3)
+        con.execute("COMMIT")
+        con.close()
+
+    lines: list[str] = []
+    holder = threading.Thread(target=hold_the_database)
+
+    def on_progress(line: str) -> None:
+        lines.append(line)
+        if not holder.is_alive() and len(lines) == 1:
+            holder.start()
+
+    study = trainfer.tune(write_recipe(tmp_path), out=out, trials=4, workers=2, pruner="none",
+                          on_progress=on_progress)
+    holder.join()
+    assert study.summary["counts"]["COMPLETE"] == 4 and study.summary["command"]["trials"] == 4, study.summary
+
+
+@pytest.mark.parametrize("when", ["creates", "records"])
+def test_ctrl_c_while_optuna_creates_or_records_a_trial_leaves_none_running(
+        when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C lands where it lands: while Optuna created a trial or recorded its result, the trial stayed RUNNING
+    # (then failed as "died" and queued again by the next command). The Ctrl-C is sent at exactly those points.
+    import optuna
+    import optuna.study._optimize as optimizing
+
+    import trainfer
+
+    sent: list[str] = []
+
+    def ctrl_c() -> None:
+        if not sent:
+            sent.append(when)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if when == "creates":
+        real_ask = optuna.study.Study.ask
+
+        def ask(self: Any, *args: Any, **kwargs: Any) -> Any:
+            trial = real_ask(self, *args, **kwargs)  # the trial is RUNNING in the database now
+            ctrl_c()
+            return trial
+
+        monkeypatch.setattr(optuna.study.Study, "ask", ask)
+    else:
+        real_tell = optimizing._tell_with_warning
+
+        def tell(*args: Any, **kwargs: Any) -> Any:
+            ctrl_c()
+            return real_tell(*args, **kwargs)
+
+        monkeypatch.setattr(optimizing, "_tell_with_warning", tell)
+    out = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        trainfer.tune(write_recipe(tmp_path), out=out, trials=3, pruner="none")
+    assert sent == [when] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    trials = load(f"sqlite:///{out / 'study.db'}").get_trials(deepcopy=False)
+    if when == "creates":  # failed as interrupted, not as a dead worker's, and not queued again
+        assert [(t.state.name, t.user_attrs.get("fail_reason")) for t in trials] == [("FAIL", "interrupted (Ctrl-C)")]
+    else:  # its result recorded first, then the command stops
+        assert [t.state.name for t in trials] == ["COMPLETE"]
+
+
+# ---- a study is held to its storage and its recipe ------------------------------------------------------------
+
+def test_a_study_dir_is_refused_with_another_storage_and_found_where_it_moved(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Another storage would be another study whose trials number from 0 again, over the runs in trials/.
+    recipe, out = write_recipe(tmp_path), tmp_path / "study"
+    run_main(["tune", recipe, "--out", out, "--trials", 1, "--pruner", "none"], capsys).check()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    journal = tmp_path / "other.journal"
+    res = run_main(["tune", recipe, "--out", out, "--storage", f"journal:{journal}", "--trials", 1], capsys)
+    line = assert_user_error(res, mentions=["lives in sqlite:///", "study.db", str(journal)])
+    assert not journal.exists() and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # The study dir's own database, named or not, and wherever the study dir has moved, is the same study.
+    run_main(["tune", recipe, "--out", out, "--storage", f"sqlite:///{out / 'study.db'}", "--trials", 1,
+              "--pruner", "none"], capsys).check()
+    out.rename(tmp_path / "moved")
+    res = run_main(["tune", recipe, "--out", tmp_path / "moved", "--trials", 1, "--pruner", "none", "--json"], capsys)
+    assert res.check().json()["counts"]["total"] == 3, line
+
+
+def test_a_shared_study_refuses_another_recipe_from_another_study_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"journal:{tmp_path / 'shared.journal'}"
+    run_main(["tune", write_recipe(tmp_path, epochs=4), "--out", tmp_path / "a", "--storage", url, "--trials", 1,
+              "--pruner", "none"], capsys).check()
+    res = run_main(["tune", write_recipe(tmp_path, epochs=5), "--out", tmp_path / "b", "--storage", url,
+                    "--trials", 1], capsys)
+    assert_user_error(res, tmp_path / "b", mentions=["'default'", "tunes another recipe"])
+    assert len(load(url).get_trials(deepcopy=False)) == 1  # nothing ran on it
 
 
 # ---- bad storage input: one error line, exit 2, nothing written ----------------------------------------------

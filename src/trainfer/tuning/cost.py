@@ -40,13 +40,9 @@ _sessions: dict[int, Any] = {}  # the reference graph's session per thread count
 _constants: dict[tuple[str, int], float] = {}
 
 
-def latency_ms(run_dir: Path, plan: Plan) -> float:
-    """The trial run's exported graph's batch-1 latency in ms, on the study's scale (see the module docstring)."""
-    return measure(run_dir, plan)["latency_ms"]
-
-
 def measure(run_dir: Path, plan: Plan) -> dict[str, Any]:
-    """latency_ms with what it came from (raw p50, ratio, the reference's p50s): the trial's user attrs."""
+    """The trial run's exported graph's batch-1 latency_ms on the study's scale (see the module docstring), with
+    what it came from (raw p50, ratio, the reference's p50s): the trial's user attrs."""
     return measure_runs([Path(run_dir)], Path(plan.study_dir), plan.threads)[0]
 
 

@@ -11,13 +11,13 @@ from typing import Any
 class StudyProgress:
     """A progress bar on stderr (a terminal), else one line per finished trial; nothing when disabled."""
 
-    def __init__(self, study: Any, budget: int, first: int, workers: int, deadline: float | None,
+    def __init__(self, study: Any, budget: int, command: str, deadline: float | None,
                  enabled: bool = True, emit: Callable[[str], None] | None = None) -> None:
-        self.study, self.budget, self.first, self.n_workers, self.deadline = study, budget, first, workers, deadline
+        self.study, self.budget, self.deadline = study, budget, deadline
+        self.command = command  # this command's trials carry it (trial.Plan.command)
         self.enabled = enabled or emit is not None
         self.emit = emit  # instead of the bar or the printed line: `trainfer run` shows it as its tune stage
         self.started = time.time()
-        self.workers: list[Any] = []
         self._bar: Any = None
         self._task: Any = None
         self._last = -1
@@ -40,7 +40,7 @@ class StudyProgress:
     def refresh(self, *_: Any) -> None:
         if not self.enabled:
             return
-        trials = [t for t in self.study.get_trials(deepcopy=False) if t.number >= self.first]
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("command") == self.command]
         finished = [t for t in trials if t.state.is_finished()]
         if len(finished) == self._last or not finished:
             return

@@ -6,7 +6,7 @@ nor the database.
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any
 
 from trainfer._atomic import write_json, write_text
 from trainfer.config import Distribution, Recipe
-from trainfer.errors import ConfigError
+from trainfer.errors import ConfigError, RunError
 from trainfer.tuning.space import apply, decode
 
 
@@ -45,7 +45,7 @@ def trial_record(t: Any, space: dict[str, Distribution]) -> dict[str, Any]:
             "latency_ratio": a.get("latency_ratio"), "epochs_run": a.get("epochs_run"),
             "stopped_by": a.get("stopped_by"),
             "val": a.get("val"), "fail_reason": a.get("fail_reason"), "host": a.get("host"),
-            "retry_of": t.system_attrs.get("trainfer_retried", t.system_attrs.get("failed_trial"))}
+            "command": a.get("command"), "retry_of": t.system_attrs.get("failed_trial")}
 
 
 def pick_best(done: list[dict[str, Any]], front: list[dict[str, Any]], objectives: list[str], maximize: bool,
@@ -109,37 +109,92 @@ def importances(study: Any) -> tuple[dict[str, float], str | None]:
     return {}, None
 
 
-def write_best(root: Path, base: Recipe, best: dict[str, Any], space: dict[str, Distribution]) -> dict[str, Any]:
-    """best.yaml (trainable as it is) and best/ (a copy of the trial's run, scored on the test split once)."""
-    import json
+def write_best(root: Path, base: Recipe, best: dict[str, Any]) -> dict[str, Any]:
+    """best/ (a copy of the trial's run, scored on the test split once), then best.yaml (trainable as it is).
 
-    from trainfer.training import Run, evaluate, train
-
+    The caller holds the study dir's lock (studydir.locked): two commands finishing at once write one after
+    the other. best/ is built aside and renamed into place, so it is whole or absent, never half written.
+    """
     recipe = apply(base, best["params"])
-    write_text(root / "best.yaml", f"# trial {best['number']} of the study in {root}\n" + recipe.to_yaml())
     dest = root / "best"
     marker = dest / "trial.json"
     if marker.is_file() and json.loads(marker.read_text()).get("number") == best["number"] \
             and (dest / "summary.json").is_file():
-        return json.loads((dest / "summary.json").read_text()).get("test", {})  # already scored
-    # Per process: two commands on one study dir may finish at once.
-    tmp, old = root / f".best.tmp-{os.getpid()}", root / f".best.old-{os.getpid()}"
+        metrics = json.loads((dest / "summary.json").read_text()).get("test", {})  # already scored
+    else:
+        metrics = _score_best(root, recipe, best)
+    write_text(root / "best.yaml", f"# trial {best['number']} of the study in {root}\n" + recipe.to_yaml())
+    return metrics
+
+
+def _score_best(root: Path, recipe: Recipe, best: dict[str, Any]) -> dict[str, Any]:
+    from trainfer.training import Run, evaluate, train
+
+    tmp, old = root / ".best.tmp", root / ".best.old"  # leftovers of a command that died here go first
     shutil.rmtree(tmp, ignore_errors=True)
-    if (root / best["run"]).is_dir():
-        shutil.copytree(root / best["run"], tmp)
-    else:  # the trial ran in another command's study dir (another machine on the shared database): train it here
-        train(recipe, out=tmp, quiet=True)
-    result = evaluate(Run.load(tmp))  # the one time the test split is read
-    summary = json.loads((tmp / "summary.json").read_text())
-    summary["test"] = result["metrics"]
-    write_json(tmp / "summary.json", summary)
-    write_json(tmp / "trial.json", {"number": best["number"], "run": best["run"], "params": best["params"]})
     shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
     try:
-        tmp.rename(dest)
-    except OSError:  # another command put its best/ there in the meantime: the same trial, scored the same way
+        if (root / best["run"]).is_dir():
+            shutil.copytree(root / best["run"], tmp)
+        else:  # the trial ran in another command's study dir (another machine on the shared database): train it
+            train(recipe, out=tmp, quiet=True)
+        result = evaluate(Run.load(tmp))  # the one time the test split is read
+        summary = json.loads((tmp / "summary.json").read_text())
+        summary["test"] = result["metrics"]
+        write_json(tmp / "summary.json", summary)
+        write_json(tmp / "trial.json", {"number": best["number"], "run": best["run"], "params": best["params"]})
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if (root / "best").exists():
+        (root / "best").rename(old)
+    tmp.rename(root / "best")
     shutil.rmtree(old, ignore_errors=True)
     return result["metrics"]
+
+
+def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution], objectives: list[str],
+           conf: dict[str, Any], task: str, command: str, wall: float, n_workers: int, threads: int, url: str,
+           is_default: bool) -> dict[str, Any]:
+    """best/, best.yaml and summary.json (in that order) from the study as it stands (every command's trials);
+    ``command`` names this command's trials, for its figures. The caller holds the study dir's lock."""
+    import optuna
+
+    from trainfer.tuning.cost import measure_runs, reference_records
+
+    records = [trial_record(t, space) for t in study.get_trials(deepcopy=False)]
+    counts = {s.name: sum(r["state"] == s.name for r in records) for s in optuna.trial.TrialState}
+    counts["total"] = len(records)
+    done = [r for r in records if r["state"] == "COMPLETE"]
+    if not done:
+        reasons = list(dict.fromkeys(r["fail_reason"] for r in records if r["fail_reason"]))  # in trial order
+        raise RunError(f"no trial of the study completed ({counts['FAIL']} failed, {counts['PRUNED']} pruned)"
+                       + (f"; first failure: {reasons[0]}" if reasons else ""),
+                       hint="check the failures in the study, widen or move the search space, or run more trials")
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    front_numbers = {t.number for t in study.best_trials} if len(objectives) > 1 else set()
+    front = sorted((r for r in done if r["number"] in front_numbers), key=lambda r: r["values"][0], reverse=maximize)
+    metric = "accuracy" if task == "classification" else "rmse"
+    if front:  # each point's latency too (an accuracy,flops study has none yet), on the study's scale
+        describe_front(front, metric, lambda runs: measure_runs([root / r for r in runs], root, threads, strict=False))
+    best = pick_best(done, front, objectives, maximize, task, parse_pick(conf["pick"]))
+    best["test"] = write_best(root, base.without_tune(), best)
+    imp, method = importances(study)
+    mine = [r for r in records if r["command"] == command and r["duration_s"] is not None]
+    trial_s = sum(r["duration_s"] for r in mine)
+    summary = {
+        "study": conf["study_name"], "storage": url, "objectives": objectives,
+        "directions": [d.name.lower() for d in study.directions],
+        "metric": metric, "task": task,
+        "space": {k: d.to_plain() for k, d in space.items()}, "default_space": is_default,
+        "sampler": conf["sampler"], "pruner": conf["pruner"], "pick": conf["pick"],
+        "counts": counts, "best": best, "pareto": front, "importances": imp, "importance_method": method,
+        "latency_reference": reference_records(root) if front else {},
+        "best_recipe": "best.yaml", "best_run": "best",
+        "command": {"trials": len(mine), "workers": n_workers, "threads_per_worker": threads, "wall_s": wall,
+                    "trial_s": trial_s,
+                    "outside_trials_share": max(0.0, 1 - trial_s / (n_workers * wall)) if wall > 0 else 0.0},
+        "trials": records,
+    }
+    write_json(root / "summary.json", summary)
+    return summary

@@ -215,10 +215,11 @@ def died_here(attrs: dict[str, Any]) -> bool:
     now = _proc_id(pid)
     if recorded and mine:
         return now != recorded
-    return not _alive(pid)
+    return not alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -228,6 +229,16 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def recovered(study: Any, failed: list[int]) -> str:
+    """What became of the trials ``recover_stale`` failed, for a message: queued again, or not (a retry already)."""
+    queued = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+    again, retries = [n for n in failed if n in queued], [n for n in failed if n not in queued]
+    parts = [f"trial(s) {', '.join(map(str, again))} marked FAIL and queued again once"] if again else []
+    if retries:
+        parts.append(f"trial(s) {', '.join(map(str, retries))} marked FAIL, not queued again (a retry already)")
+    return "; ".join(parts)
 
 
 def recover_stale(study: Any) -> list[int]:

@@ -15,9 +15,9 @@ from typing import Any
 from trainfer.config import Distribution, Recipe, build_recipe
 from trainfer.errors import TrainferError
 from trainfer.tuning.space import apply, suggest
-from trainfer.tuning.storage import worker_id
 
 TUNING_SPLITS = ("train", "val")
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 @dataclass
@@ -38,6 +38,9 @@ class Plan:
     deadline: float | None  # time.time() after which no trial starts
     claims: str
     workers: int = 1
+    # Which command a trial ran for (a user attr of the trial): the numbers do not tell, since a retry queued at
+    # the start has a number below the first new one, and other commands on a shared database number on.
+    command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -72,7 +75,7 @@ def run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distributio
     try:
         return _run_trial(trial, plan, base, dists)
     except KeyboardInterrupt:  # at any point (importing torch, sampling...): Optuna then records the trial FAIL,
-        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")  # and a finished trial's attributes are read-only
+        trial.set_user_attr("fail_reason", INTERRUPTED)  # and a finished trial's attributes are read-only
         raise
 
 
@@ -86,8 +89,6 @@ def _run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distributi
     from trainfer.training.metrics import monitor
 
     params = suggest(trial, dists)
-    for k, v in worker_id().items():
-        trial.set_user_attr(k, v)
     rel = f"trials/{trial.number:04d}"
     trial.set_user_attr("run", rel)
     out = Path(plan.study_dir) / rel

@@ -8,14 +8,17 @@ A worker process whose command is gone (killed) finishes its trial and claims no
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainfer.errors import TrainferError
-from trainfer.tuning.trial import Plan, run_trial
+from trainfer.tuning.trial import INTERRUPTED, Plan, run_trial
 
 
 def claim(claims: Path, budget: int) -> int | None:
@@ -61,9 +64,39 @@ def make_pruner(plan: Plan, epochs: int) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) as KeyboardInterrupt inside a trial's objective only, where Optuna records the trial FAIL.
+    Landing anywhere else, e.g. while Optuna creates a trial or records its result, it left the trial RUNNING as
+    if the worker had died (and queued it again); there it waits until Optuna is done."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending = False
+
+    def __call__(self, _signum: int, _frame: Any) -> None:
+        if self.inside:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+
+
 def work(plan: Plan, index: int = 0, on_trial: Callable[..., None] | None = None, parent: int | None = None) -> None:
     """Run trials until this command's budget is claimed, its deadline passes, or (with ``parent``) the command's
     process is gone; ``on_trial(study, trial)`` after each."""
+    ctrl_c = _CtrlC()
+    main_thread = threading.current_thread() is threading.main_thread()  # the only one that may handle signals
+    previous = signal.signal(signal.SIGINT, ctrl_c) if main_thread else None
+    try:
+        _work(plan, index, on_trial, parent, ctrl_c)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _work(plan: Plan, index: int, on_trial: Callable[..., None] | None, parent: int | None, ctrl_c: _CtrlC) -> None:
     import optuna
 
     from trainfer.tuning.storage import open_storage, worker_id
@@ -72,22 +105,31 @@ def work(plan: Plan, index: int = 0, on_trial: Callable[..., None] | None = None
     base, dists = plan.base_recipe(), plan.dists()
     study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage),
                               sampler=make_sampler(plan, index), pruner=make_pruner(plan, base.train.epochs))
-    me = worker_id()
+    me = {**worker_id(), "command": plan.command}
 
     def objective(trial: Any) -> Any:
         # Who runs the trial, first: if this process dies at any point of it, a command on this machine can tell.
         for k, v in me.items():
             trial.set_user_attr(k, v)
-        return run_trial(trial, plan, base, dists)
+        if ctrl_c.pending:  # it came while Optuna created the trial
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            raise KeyboardInterrupt
+        ctrl_c.inside = True
+        try:
+            return run_trial(trial, plan, base, dists)
+        finally:
+            ctrl_c.inside = False
 
     claims = Path(plan.claims)
     while plan.deadline is None or time.time() < plan.deadline:
+        ctrl_c.check()
         if parent is not None and os.getppid() != parent:
             break  # the command was killed: nobody would write its summary, and a rerun continues the study
         if claim(claims, plan.budget) is None:
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, show_progress_bar=False,
                        callbacks=[on_trial] if on_trial else None)
+    ctrl_c.check()
 
 
 def main(argv: list[str]) -> int:
@@ -100,7 +142,24 @@ def main(argv: list[str]) -> int:
     except TrainferError as exc:  # e.g. the database went away: the command shows this line
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
         return 2
+    except Exception as exc:  # the traceback stays in the worker's log; the command shows the last line
+        traceback.print_exc()
+        print(f"error: {reason(exc)}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def reason(exc: BaseException) -> str:
+    """Why a worker stopped, in one line: the database's error when there is one in the chain. Optuna 5.0
+    hides it when the database goes away as a trial ends: study/_optimize.py's finally reads a variable its
+    failed except never set, so the exception that surfaces is an UnboundLocalError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__module__.startswith("sqlalchemy"):
+            text = str(seen).strip()
+            return "the study database: " + (text.splitlines()[0] if text else type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":
