@@ -150,6 +150,8 @@ def test_run_tunes_then_optimizes_benches_and_reports_the_best_trial(tmp_path: P
     manifest = json.loads((out / "run" / "bundle" / "manifest.json").read_text())
     assert manifest["metrics"]["test"]["accuracy"] == pytest.approx(best["test"]["accuracy"], abs=0.05)
     assert (out / "run" / "bench.json").is_file() and (out / "run" / "report.html").is_file()
+    # the run's report finds its study through trial.json and draws the study's charts
+    assert "The tuning study this run came from" in (out / "run" / "report.html").read_text()
     assert Path(result["report"]) == out / "run" / "report.html"
 
 

@@ -40,10 +40,17 @@ def is_study_dir(path: Path) -> bool:
 
 
 def study_of_run(run: Path) -> dict[str, Any] | None:
-    """The summary of the study a run came from: STUDY_DIR/best carries trial.json, its parent the summary."""
-    if not (run / "trial.json").is_file():
+    """The summary of the study a run came from: STUDY_DIR/best carries trial.json, its parent the summary;
+    a copy elsewhere (`trainfer run` puts one in OUT/run) names the study in trial.json, relative to itself."""
+    marker = run / "trial.json"
+    if not marker.is_file():
         return None
-    return _study_summary(run.resolve().parent / "summary.json")
+    try:
+        where = json.loads(marker.read_text()).get("study")
+    except (OSError, ValueError, AttributeError):
+        where = None
+    study = (run / where) if isinstance(where, str) else run.resolve().parent
+    return _study_summary(study.resolve() / "summary.json")
 
 
 def load(study_dir: Path) -> dict[str, Any]:
