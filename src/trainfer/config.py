@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainfer.errors import ConfigError
 
@@ -126,6 +126,14 @@ class TuneConfig(_Strict):
     objectives: Literal["accuracy", "accuracy,flops", "accuracy,latency"] | None = None
     pick: str | None = Field(None, description="'most-accurate' or 'fastest-within=POINTS'")
     study_name: str | None = Field(None, min_length=1, max_length=128)
+
+    @field_validator("trials", "workers", "timeout", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # pydantic reads `trials: true` as 1 and `timeout: yes` as 1.0: a slip of the YAML, not a number
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        return value
 
     @model_validator(mode="before")
     @classmethod

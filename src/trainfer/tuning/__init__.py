@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainfer._atomic import check_output, write_json, write_text
+from trainfer._imports import require_extras
 from trainfer.config import Recipe, TuneConfig, build_recipe
 from trainfer.errors import ConfigError, OutputError, RunError
 from trainfer.tuning.results import describe_front, importances, parse_pick, pick_best, trial_record, write_best
@@ -85,14 +86,22 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
     for key, value in DEFAULTS.items():
         if out[key] is None:
             out[key] = value
+    if given.get("study_name") == "":  # an empty --study-name silently meant the default study
+        raise ConfigError("--study-name '' names no study; leave it out for the default study, or give a name")
     out["study_name"] = out["study_name"] or DEFAULT_STUDY
     for key, low in (("trials", 1), ("workers", 1)):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+        if not isinstance(out[key], int) or isinstance(out[key], bool):  # trainfer.tune(trials="3"), trials: true
+            raise ConfigError(f"{name(key)} {out[key]!r} is not allowed; it must be a whole number, {low} or more")
+        if out[key] < low:
             raise ConfigError(f"{name(key)} {out[key]} is not allowed; it must be {low} or more")
     if out["workers"] > 256:
         raise ConfigError(f"{name('workers')} {out['workers']} is too many; at most 256")
-    if out["timeout"] is not None and not out["timeout"] > 0:
-        raise ConfigError(f"{name('timeout')} {out['timeout']} must be a positive number of seconds")
+    if out["timeout"] is not None and (not isinstance(out["timeout"], int | float) or isinstance(out["timeout"], bool)
+                                       or not out["timeout"] > 0):
+        raise ConfigError(f"{name('timeout')} {out['timeout']!r} must be a positive number of seconds")
+    for key in ("sampler", "pruner", "objectives", "pick", "study_name"):  # a number here raised a TypeError deep in
+        if given.get(key) is not None and not isinstance(given[key], str):
+            raise ConfigError(f"{name(key)} {given[key]!r} must be a string")
     for key, allowed in (("sampler", ("tpe", "random", "nsga2")), ("pruner", ("median", "hyperband", "none")),
                          ("objectives", ("accuracy", "accuracy,flops", "accuracy,latency"))):
         if out[key] not in allowed:
@@ -112,6 +121,8 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
     if not all(c.isalnum() or c in "-_." for c in out["study_name"]) or out["study_name"].startswith("."):
         raise ConfigError(f"{name('study_name')} {out['study_name']!r}: use letters, digits, '-', '_' and '.' only, "
                           "not starting with '.'")
+    if len(out["study_name"]) > 128:  # it names a folder (STUDY/studies/NAME): 300 characters failed after the
+        raise ConfigError(f"{name('study_name')} is {len(out['study_name'])} characters long; at most 128")  # database
     return out
 
 
@@ -146,6 +157,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     ``log(message)`` gets the start-up messages, ``on_progress(line)`` a line per finished trial.
     """
     say = log or (lambda _msg: None)
+    require_extras("tune")  # before anything is written (the study dir was created, then optuna failed to import)
+    _check_arguments(overrides=overrides, seed=seed, storage=storage)
     base = build_recipe(recipe, overrides)
     conf = settings(base, trials=trials, timeout=timeout, workers=workers, sampler=sampler, pruner=pruner,
                     objectives=objectives, pick=pick, study_name=study_name)
@@ -159,6 +172,7 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
     url = storage_url(study_dir, storage)
+    _check_same_storage(study_dir, conf["study_name"], url, storage)
     if storage is None or storage.startswith(("sqlite", "journal:")):
         study_dir.mkdir(parents=True, exist_ok=True)  # SQLite and the journal create their file, not the folder
     try:
@@ -211,6 +225,38 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     summary = _finish(study, root, base, space, objs, conf, task, first, wall, n_workers, threads, _redact(url),
                       is_default)
     return Study(root, summary)
+
+
+def _check_arguments(*, overrides: Any, seed: Any, storage: Any) -> None:
+    """Python callers' types (the CLI's are typed): each of these failed with a TypeError deep inside."""
+    if overrides is not None and (isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"overrides {overrides!r} must be a list of 'key=value' strings",
+                          hint="e.g. overrides=['train.epochs=5', 'data.source=iris']")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"--seed {seed!r} must be a whole number")
+    if storage is not None and not isinstance(storage, str):
+        raise ConfigError(f"--storage {storage!r} must be a storage URL string, e.g. sqlite:///study.db")
+
+
+def _check_same_storage(study_dir: Path, name: str, url: str, given: str | None) -> None:
+    """A study stays in the storage its first command chose. In another one it is a new study whose trials are
+    numbered from 0 again: they overwrote the first study's trials/NNNN runs, and summary.json lost its trials."""
+    try:
+        was = json.loads((study_dir / "tune.json").read_text())["studies"][name]["storage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a new study (_check_study_dir has refused a damaged record)
+    if was == _redact(url):
+        return
+    # the default database, recorded where the study dir was before it was moved, renamed or copied
+    default = was.startswith("sqlite:///") and was.endswith("/study.db") and (study_dir / "study.db").is_file()
+    if default and given is None:
+        return
+    if default:
+        raise ConfigError(f"the study {name!r} in {study_dir} lives in its own {study_dir / 'study.db'}, not in "
+                          f"{_redact(url)}", hint="leave out --storage, or use another --study-name or --out")
+    raise ConfigError(f"the study {name!r} in {study_dir} lives in {was}, not in {_redact(url)}",
+                      hint=f"pass --storage {was}{' (with its password)' if ':***@' in was else ''}, or use another "
+                           "--study-name or --out")
 
 
 def _fingerprint(base: Recipe, space: dict[str, Any], objectives: list[str]) -> str:
