@@ -236,6 +236,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             continue
         node = out
         parts = key.strip().split(".")
+        if parts[0] == "tune" and len(parts) > 2:  # tune: is flat, its keys dotted: --set tune.train.lr={uniform: ..}
+            nested = isinstance(out.get("tune"), dict) and "space" in out["tune"]  # a Recipe object's dump
+            parts = ["tune", *(["space"] if nested else []), ".".join(parts[1:])]
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
