@@ -287,6 +287,9 @@ def validate(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
 def load_recipe_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe into a dict (not yet validated)."""
     path = Path(path)
+    if path.is_dir() and (path / "best.yaml").is_file():  # a study dir, not data
+        raise ConfigError(f"{path} is a tuning study; the first argument is a YAML recipe",
+                          hint=f"its best trial's recipe is {path / 'best.yaml'}")
     if path.suffix.lower() in (".csv", ".parquet", ".npz", ".tsv") or path.is_dir():
         # `trainfer train data.csv`: the first argument is the recipe; data goes to --data
         raise ConfigError(f"{path} looks like data, and the first argument is a YAML recipe",
