@@ -221,3 +221,14 @@ def test_set_adds_a_search_space_entry(tmp_path: Path, capsys: pytest.CaptureFix
     s = run_main(["tune", tuned, "--out", tmp_path / "s2", "--set", LR, "--trials", "1", "--json"],
                  capsys).check().json()
     assert set(s["space"]) == {"model.dropout", "train.lr"}
+
+
+def test_an_empty_tune_section_is_tuned_by_run(tmp_path: Path) -> None:
+    # `tune:` with its lines commented out was read as no section: `trainfer run` trained instead of tuning.
+    recipe = _recipe(tmp_path, BASE + "tune:\n  # trials: 30\n")
+    proc = start_cli(["run", recipe, "--out", tmp_path / "out"])
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    proc.kill()
+    proc.communicate()
+    assert first.startswith("[1/4 tune] tuning mlp on iris"), first

@@ -302,6 +302,8 @@ def load_recipe_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data, model, train), not {type(raw).__name__}")
+    if "tune" in raw and raw["tune"] is None:  # `tune:` with every line commented out: tuned, default space
+        raw["tune"] = {}  # (it was no section at all, and `trainfer run` trained instead of tuning)
     return raw
 
 
