@@ -75,22 +75,24 @@ def test_tune_takes_data_and_target_as_train_does_and_minimizes_rmse(tmp_path: P
                       tmp_path / "s2", mentions=["pixel_7_7"])
 
 
-def test_sigterm_stops_the_command_and_its_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verb", ["tune", "run"])
+def test_sigterm_stops_the_command_and_its_workers(verb: str, tmp_path: Path) -> None:
     # SIGTERM (kill, timeout, a scheduler) ended the command at once: trials stayed RUNNING, and the workers, in
-    # their own process group, trained on as orphans.
-    recipe = _recipe(tmp_path, BASE.replace("epochs: 3}", "epochs: 30, patience: null}")
-                     + "tune:\n  train.lr: {log_uniform: [1.0e-3, 1.0e-2]}\n  pruner: none\n")
-    study = tmp_path / "study"
-    proc = start_cli(["tune", recipe, "--out", study, "--trials", "16", "--workers", "2"])
+    # their own process group, trained on as orphans. `trainfer run` of a tuned recipe did the same.
+    recipe = _recipe(tmp_path, BASE.replace("epochs: 3}", "epochs: 30, patience: null}") + "tune:\n  train.lr: "
+                     "{log_uniform: [1.0e-3, 1.0e-2]}\n  pruner: none\n  trials: 16\n  workers: 2\n")
+    out = tmp_path / "out"
+    study = out if verb == "tune" else out / "study"
+    proc = start_cli([verb, recipe, "--out", out])
     assert proc.stderr is not None
     for line in proc.stderr:  # a trial has finished: the workers are busy with the next ones
-        if line.startswith("tuning "):
+        if line.startswith("tuning ") or "] trial " in line:
             break
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("tuning ")]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("tuning ", "[1/4"))]
     assert len(lines) == 1 and lines[0].startswith("error: terminated: the finished trials are in the study"), err
     assert time.monotonic() - started < 30
     trials = _attrs(study, "pid")
