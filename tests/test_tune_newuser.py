@@ -234,3 +234,22 @@ def test_an_empty_tune_section_is_tuned_by_run(tmp_path: Path) -> None:
     proc.kill()
     proc.communicate()
     assert first.startswith("[1/4 tune] tuning mlp on iris"), first
+
+
+def test_a_trial_dir_is_a_run_for_every_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A trial's summary.json has no "test" split (tuning never reads it): report raised KeyError: 'test'.
+    from trainfer.benching import inference as bench_inference
+
+    study = tmp_path / "study"
+    run_main(["tune", _recipe(tmp_path, TUNED), "--out", study, "--trials", "1", "-q"], capsys).check()
+    trial = study / "trials" / "0000"
+    assert "test" not in json.loads((trial / "summary.json").read_text())
+    assert run_main(["evaluate", trial, "--json"], capsys).check().json()["split"] == "test"
+    run_main(["export", trial, "--out", tmp_path / "bundle"], capsys).check()
+    for key, value in {"min_duration_s": 0.1, "min_queries": 10, "offline_batches": [1, 8], "server_steps": 1,
+                       "coldstart_repeats": 1}.items():  # a brief bench: bench imported QUICK by name
+        monkeypatch.setitem(bench_inference.QUICK, key, value)
+    run_main(["bench", trial, "--bundle", tmp_path / "bundle", "--quick", "-q"], capsys).check()
+    page = Path(run_main(["report", trial, "--json"], capsys).check().json()["report"]).read_text()
+    assert "val accuracy" in page and "not scored on the test split" in page
