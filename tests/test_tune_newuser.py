@@ -253,3 +253,13 @@ def test_a_trial_dir_is_a_run_for_every_verb(tmp_path: Path, capsys: pytest.Capt
     run_main(["bench", trial, "--bundle", tmp_path / "bundle", "--quick", "-q"], capsys).check()
     page = Path(run_main(["report", trial, "--json"], capsys).check().json()["report"]).read_text()
     assert "val accuracy" in page and "not scored on the test split" in page
+
+
+@pytest.mark.parametrize(("model", "words"), [("cnn", ["cnn needs image input"]),
+                                              ("no_such_pkg.mod:build", ["no_such_pkg.mod"])])
+def test_a_model_that_cannot_take_the_data_is_refused_before_any_trial(model: str, words: list[str], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # Every trial failed on it, one by one, and the study dir stayed behind; train refuses it at once.
+    out = tmp_path / "study"
+    recipe = _recipe(tmp_path, TUNED.replace("name: mlp", f"name: {model}"))
+    assert_user_error(run_main(["tune", recipe, "--out", out, "--trials", "3"], capsys), out, mentions=words)

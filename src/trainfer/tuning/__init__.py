@@ -171,6 +171,10 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     plain = base.without_tune()
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
+    if "model.name" not in space:  # a cnn on a table, a custom builder that fails: one error, not a FAIL per trial
+        from trainfer.models import build_model
+
+        build_model(plain.model, data.features.input_shape, data.features.n_outputs)
     url = storage_url(study_dir, storage)
     _check_same_storage(study_dir, conf["study_name"], url, storage)
     if storage is None or storage.startswith(("sqlite", "journal:")):
