@@ -255,11 +255,20 @@ def test_a_trial_dir_is_a_run_for_every_verb(tmp_path: Path, capsys: pytest.Capt
     assert "val accuracy" in page and "not scored on the test split" in page
 
 
-@pytest.mark.parametrize(("model", "words"), [("cnn", ["cnn needs image input"]),
-                                              ("no_such_pkg.mod:build", ["no_such_pkg.mod"])])
-def test_a_model_that_cannot_take_the_data_is_refused_before_any_trial(model: str, words: list[str], tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def _unrunnable() -> list[tuple[tuple[str, str], list[str]]]:
+    import torch
+
+    cases = [(("name: mlp", "name: cnn"), ["cnn needs image input"]),
+             (("name: mlp", "name: no_such_pkg.mod:build"), ["no_such_pkg.mod"])]
+    if not torch.cuda.is_available():  # on a machine with a GPU, device: cuda is a recipe that runs
+        cases.append((("epochs: 3}", "epochs: 3, device: cuda}"), ["no CUDA device"]))
+    return cases
+
+
+@pytest.mark.parametrize(("change", "words"), _unrunnable())
+def test_what_train_refuses_is_refused_before_any_trial(change: tuple[str, str], words: list[str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     # Every trial failed on it, one by one, and the study dir stayed behind; train refuses it at once.
     out = tmp_path / "study"
-    recipe = _recipe(tmp_path, TUNED.replace("name: mlp", f"name: {model}"))
+    recipe = _recipe(tmp_path, TUNED.replace(*change))
     assert_user_error(run_main(["tune", recipe, "--out", out, "--trials", "3"], capsys), out, mentions=words)

@@ -171,10 +171,16 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     plain = base.without_tune()
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
-    if "model.name" not in space:  # a cnn on a table, a custom builder that fails: one error, not a FAIL per trial
+    # What train refuses at once (a cnn on a table, a custom builder that fails, cuda on a machine without it)
+    # would fail every trial, one by one, into a study dir: refused now, before anything is written.
+    if "model.name" not in space:
         from trainfer.models import build_model
 
         build_model(plain.model, data.features.input_shape, data.features.n_outputs)
+    if "train.device" not in space:
+        from trainfer.training.loop import pick_device
+
+        pick_device(plain.train.device)
     url = storage_url(study_dir, storage)
     _check_same_storage(study_dir, conf["study_name"], url, storage)
     if storage is None or storage.startswith(("sqlite", "journal:")):
