@@ -259,7 +259,7 @@ def _check_same_storage(study_dir: Path, name: str, url: str, given: str | None)
         return
     # the default database, recorded where the study dir was before it was moved, renamed or copied
     default = was.startswith("sqlite:///") and was.endswith("/study.db") and (study_dir / "study.db").is_file()
-    if default and given is None:
+    if default and (given is None or url == storage_url(study_dir, None)):
         return
     if default:
         raise ConfigError(f"the study {name!r} in {study_dir} lives in its own {study_dir / 'study.db'}, not in "
