@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainfer.errors import ConfigError
 
@@ -127,6 +127,14 @@ class TuneConfig(_Strict):
     pick: str | None = Field(None, description="'most-accurate' or 'fastest-within=POINTS'")
     study_name: str | None = Field(None, min_length=1, max_length=128)
 
+    @field_validator("trials", "workers", "timeout", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # pydantic reads `trials: true` as 1 and `timeout: yes` as 1.0: a slip of the YAML, not a number
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _flat_space(cls, raw: Any) -> Any:
@@ -228,6 +236,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             continue
         node = out
         parts = key.strip().split(".")
+        if parts[0] == "tune" and len(parts) > 2:  # tune: is flat, its keys dotted: --set tune.train.lr={uniform: ..}
+            nested = isinstance(out.get("tune"), dict) and "space" in out["tune"]  # a Recipe object's dump
+            parts = ["tune", *(["space"] if nested else []), ".".join(parts[1:])]
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
@@ -276,6 +287,9 @@ def validate(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
 def load_recipe_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe into a dict (not yet validated)."""
     path = Path(path)
+    if path.is_dir() and (path / "best.yaml").is_file():  # a study dir, not data
+        raise ConfigError(f"{path} is a tuning study; the first argument is a YAML recipe",
+                          hint=f"its best trial's recipe is {path / 'best.yaml'}")
     if path.suffix.lower() in (".csv", ".parquet", ".npz", ".tsv") or path.is_dir():
         # `trainfer train data.csv`: the first argument is the recipe; data goes to --data
         raise ConfigError(f"{path} looks like data, and the first argument is a YAML recipe",
@@ -288,6 +302,8 @@ def load_recipe_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data, model, train), not {type(raw).__name__}")
+    if "tune" in raw and raw["tune"] is None:  # `tune:` with every line commented out: tuned, default space
+        raw["tune"] = {}  # (it was no section at all, and `trainfer run` trained instead of tuning)
     return raw
 
 

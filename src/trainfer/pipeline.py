@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainfer._atomic import check_output, make_temp_dir, write_json
+from trainfer._imports import require_extras
 from trainfer.config import Recipe, build_recipe
 from trainfer.errors import ConfigError, OutputError, RunError
 
@@ -52,6 +53,7 @@ def run(recipe: str | Path, out: str | Path | None = None, *, overrides: list[st
     result: dict[str, Any] = {"out": str(out)}
 
     if resolved.tune is not None:
+        require_extras("tune")  # optuna missing: one error before the stage line and OUT are written
         study = _tune_stage(resolved, out, resume=resume, force=force, say=say)
         result["study"] = str(study.path)
         trained = Run.load(run_dir)

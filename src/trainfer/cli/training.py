@@ -131,8 +131,15 @@ def run_cmd(
         console.print(f"[{order.index(stage) + 1}/{len(order)} {stage}] {msg}  "
                       f"({time.perf_counter() - started:.0f} s)", markup=False, soft_wrap=True)
 
-    result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
-                    resume=resume, force=force, on_stage=on_stage)
+    from trainfer.cli.tuning import _sigterm_stops, _Terminated
+
+    try:
+        with _sigterm_stops():  # a tune stage's workers are stopped, as by Ctrl-C, not left training as orphans
+            result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
+                            resume=resume, force=force, on_stage=on_stage)
+    except _Terminated:
+        print(f"error: terminated: {_run_kept({'out': out, 'recipe': recipe})}", file=sys.stderr, flush=True)
+        raise SystemExit(143) from None
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("bench", "optimize")}, default=str))
         return

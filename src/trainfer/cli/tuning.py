@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _verb, app
+from trainfer.config import _dump_scalar
 
 
 def _tune_kept(args: dict[str, object]) -> str:
@@ -19,11 +24,40 @@ def _tune_kept(args: dict[str, object]) -> str:
     return "no study was written"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, `timeout`, a batch scheduler, `docker stop`): stop as Ctrl-C stops, workers included."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    # Without this, SIGTERM ended the command at once: its trials stayed RUNNING and its worker processes (their
+    # own process group) trained on, orphaned. Raised as an interrupt, it takes Ctrl-C's path: the workers get
+    # SIGINT, the trials are marked FAIL. A second SIGTERM during that clean-up ends the command at once.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 @_verb("tune", kept=_tune_kept)
 def tune(
     recipe: Annotated[Path | None, typer.Argument(
         help="YAML recipe; its tune: section is the search space (default: a space for its model).")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Data to tune on (as `trainfer train --data`): a built-in name or a path; sets data.source.")] = None,
+    target: Annotated[str | None, typer.Option(help="Column to predict (CSV/Parquet); sets data.target.")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp, cnn, or package.module:function; sets model.name.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per trial; sets train.epochs.")] = None,
     out: Annotated[Path, typer.Option(help="Study directory: study.db, trials/NNNN runs, best.yaml, best/, "
                                            "summary.json. Running the command again continues the study.")] = ...,
     trials: Annotated[int | None, typer.Option(help="Trials this command runs; they add to the study's "
@@ -70,15 +104,24 @@ def tune(
     benchmarks and reports the best trial.
 
     Example: trainfer tune examples/digits-tuned.yaml --out studies/digits --trials 30 --workers 2
+    (or, as train takes them: trainfer tune --data data.csv --target label --out studies/mine)
     """
     from trainfer.tuning import tune as tune_fn
 
     console = _console()
     show = not quiet and not as_json
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if show else None
-    study = tune_fn(recipe, out=out, trials=trials, timeout=timeout, workers=workers, storage=storage,
-                    sampler=sampler, pruner=pruner, objectives=objectives, pick=pick, study_name=study_name,
-                    seed=seed, overrides=set_ or [], quiet=not show, log=log)
+    # train's shortcuts, as --set overrides written before the user's own (a --set of the same key wins)
+    given = {"data.source": data, "data.target": target, "model.name": model, "train.epochs": epochs}
+    shortcuts = [f"{k}={_dump_scalar(v)}" for k, v in given.items() if v is not None]
+    try:
+        with _sigterm_stops():
+            study = tune_fn(recipe, out=out, trials=trials, timeout=timeout, workers=workers, storage=storage,
+                            sampler=sampler, pruner=pruner, objectives=objectives, pick=pick, study_name=study_name,
+                            seed=seed, overrides=shortcuts + (set_ or []), quiet=not show, log=log)
+    except _Terminated:
+        print(f"error: terminated: {_tune_kept({'out': out})}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     s = study.summary
     if as_json:
         _emit({k: v for k, v in s.items() if k != "trials"} | {"path": str(study.path)}, True, "")

@@ -56,8 +56,9 @@ def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     out = Path(out) if out else run
     metric = "accuracy" if summary["task"] == "classification" else "rmse"
     bundle_key = bench["inference"]["bundle_key"]
-    title = (f"{summary['data']['source']} · {bench['inference']['variant']} bundle · test {metric} "
-             f"{summary['test'][metric]:.4f}")
+    scored = (f"test {metric} {summary['test'][metric]:.4f}" if "test" in summary  # a tuning trial never saw the
+              else f"val {metric} {summary['val'][metric]:.4f} (a tuning trial: not scored on the test split)")  # test
+    title = f"{summary['data']['source']} · {bench['inference']['variant']} bundle · {scored}"
 
     table = "\n".join(f"<tr><th>{html.escape(label)}</th><td>{_cell(bench, tr)}</td><td>{_cell(bench, inf)}</td></tr>"
                       for label, tr, inf in rows(bench, bundle_key))

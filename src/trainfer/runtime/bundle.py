@@ -97,6 +97,9 @@ def _not_a_bundle(path: Path) -> BundleError:
     for inner in (path / "bundle", path / "run" / "bundle"):
         if (inner / MANIFEST).is_file():
             return BundleError(f"{path} is not a bundle; it holds one at {inner}", hint=f"pass {inner}")
+    if (path / "tune.json").is_file() or ((path / "best.yaml").is_file() and (path / "trials").is_dir()):
+        return BundleError(f"{path} is a tuning study, not a bundle: its best trial's run is {path / 'best'}",
+                           hint=f"export it first: trainfer export {path / 'best'} --out BUNDLE")
     if any((path / name).exists() for name in _RUN_FILES):
         return BundleError(f"{path} is a training run, not a bundle: a run is exported before it predicts or serves",
                            hint=export_hint)

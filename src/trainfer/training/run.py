@@ -40,6 +40,10 @@ class Run:
                 raise RunError(f"{path} is a file, not a run directory",
                                hint="pass the --out directory of `trainfer train`")
             raise RunError(f"run directory {path} not found", hint="pass the --out directory of `trainfer train`")
+        if (path / "tune.json").is_file() or ((path / "best.yaml").is_file() and (path / "trials").is_dir()):
+            # a study's summary.json and recipe.yaml made it look like a run, until features.json was missing
+            raise RunError(f"{path} is a tuning study, not a run",
+                           hint=f"its best trial's run is {path / 'best'} (every trial's: {path / 'trials'}/NNNN)")
         if (path / "manifest.json").is_file() and not (path / "summary.json").exists():
             raise RunError(f"{path} is a bundle, not a training run",
                            hint="export and optimize take the run directory (the --out of `trainfer train`)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainfer._imports import require_extras
 from trainfer.config import Recipe, TuneConfig, build_recipe
 from trainfer.errors import ConfigError
 from trainfer.tuning import studydir
@@ -83,14 +84,22 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
     for key, value in DEFAULTS.items():
         if out[key] is None:
             out[key] = value
+    if given.get("study_name") == "":  # an empty --study-name silently meant the default study
+        raise ConfigError("--study-name '' names no study; leave it out for the default study, or give a name")
     out["study_name"] = out["study_name"] or DEFAULT_STUDY
     for key, low in (("trials", 1), ("workers", 1)):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+        if not isinstance(out[key], int) or isinstance(out[key], bool):  # trainfer.tune(trials="3"), trials: true
+            raise ConfigError(f"{name(key)} {out[key]!r} is not allowed; it must be a whole number, {low} or more")
+        if out[key] < low:
             raise ConfigError(f"{name(key)} {out[key]} is not allowed; it must be {low} or more")
     if out["workers"] > 256:
         raise ConfigError(f"{name('workers')} {out['workers']} is too many; at most 256")
-    if out["timeout"] is not None and not out["timeout"] > 0:
-        raise ConfigError(f"{name('timeout')} {out['timeout']} must be a positive number of seconds")
+    if out["timeout"] is not None and (not isinstance(out["timeout"], int | float) or isinstance(out["timeout"], bool)
+                                       or not out["timeout"] > 0):
+        raise ConfigError(f"{name('timeout')} {out['timeout']!r} must be a positive number of seconds")
+    for key in ("sampler", "pruner", "objectives", "pick", "study_name"):  # a number here raised a TypeError deep in
+        if given.get(key) is not None and not isinstance(given[key], str):
+            raise ConfigError(f"{name(key)} {given[key]!r} must be a string")
     for key, allowed in (("sampler", ("tpe", "random", "nsga2")), ("pruner", ("median", "hyperband", "none")),
                          ("objectives", ("accuracy", "accuracy,flops", "accuracy,latency"))):
         if out[key] not in allowed:
@@ -110,6 +119,8 @@ def settings(recipe: Recipe, **given: Any) -> dict[str, Any]:
     if not all(c.isalnum() or c in "-_." for c in out["study_name"]) or out["study_name"].startswith("."):
         raise ConfigError(f"{name('study_name')} {out['study_name']!r}: use letters, digits, '-', '_' and '.' only, "
                           "not starting with '.'")
+    if len(out["study_name"]) > 128:  # it names a folder (STUDY/studies/NAME): 300 characters failed after the
+        raise ConfigError(f"{name('study_name')} is {len(out['study_name'])} characters long; at most 128")  # database
     return out
 
 
@@ -126,6 +137,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     ``log(message)`` gets the start-up messages, ``on_progress(line)`` a line per finished trial.
     """
     say = log or (lambda _msg: None)
+    require_extras("tune")  # before anything is written (the study dir was created, then optuna failed to import)
+    _check_arguments(overrides=overrides, seed=seed, storage=storage)
     base = build_recipe(recipe, overrides)
     conf = settings(base, trials=trials, timeout=timeout, workers=workers, sampler=sampler, pruner=pruner,
                     objectives=objectives, pick=pick, study_name=study_name)
@@ -140,6 +153,16 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     plain = base.without_tune()
     data = prepared_data(plain)  # data errors surface now, before anything is written
     task = data.features.task
+    # What train refuses at once (a cnn on a table, a custom builder that fails, cuda on a machine without it)
+    # would fail every trial, one by one, into a study dir: refused now, before anything is written.
+    if "model.name" not in space:
+        from trainfer.models import build_model
+
+        build_model(plain.model, data.features.input_shape, data.features.n_outputs)
+    if "train.device" not in space:
+        from trainfer.training.loop import pick_device
+
+        pick_device(plain.train.device)
     if storage is None or storage.startswith(("sqlite", "journal:")):
         study_dir.mkdir(parents=True, exist_ok=True)  # SQLite and the journal create their file, not the folder
     try:
@@ -193,6 +216,17 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
         summary = finish(study, root, base, space, objs, conf, task, plan.command, wall, n_workers, threads,
                          _redact(url), is_default)
     return Study(root, summary)
+
+
+def _check_arguments(*, overrides: Any, seed: Any, storage: Any) -> None:
+    """Python callers' types (the CLI's are typed): each of these failed with a TypeError deep inside."""
+    if overrides is not None and (isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"overrides {overrides!r} must be a list of 'key=value' strings",
+                          hint="e.g. overrides=['train.epochs=5', 'data.source=iris']")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"--seed {seed!r} must be a whole number")
+    if storage is not None and not isinstance(storage, str):
+        raise ConfigError(f"--storage {storage!r} must be a storage URL string, e.g. sqlite:///study.db")
 
 
 __all__ = ["Study", "apply", "settings", "tune", "usable_cpus", "worker_threads"]

@@ -56,7 +56,7 @@ def check_study_dir(study_dir: Path, name: str, fingerprint: str, url: str, defa
         if name in known and not _same_storage(known[name], url, default):
             where = "its study.db" if default else _redact(url)
             raise ConfigError(f"the study {name!r} in {study_dir} lives in {known[name]['storage']}, not in {where}",
-                              hint="pass the --storage it was tuned with, or start a second study there with "
+                              hint=_storage_hint(known[name]) + ", or start a second study there with "
                                    "--study-name NAME")
     check_output(study_dir, kind="dir", force=True)
 
@@ -143,3 +143,11 @@ def record(study_dir: Path, name: str, fingerprint: str, url: str, default: bool
             write_json(path, {"format": 1, "studies": known})
     tuned = base.model_copy(update={"tune": TuneConfig(space=space)})
     write_text(root / "recipe.yaml", tuned.to_yaml())
+
+
+def _storage_hint(entry: dict[str, Any]) -> str:
+    """Which --storage to pass: the recorded URL (its password, redacted there, is the user's to add)."""
+    if entry.get("default_storage"):
+        return "leave out --storage (it uses its own study.db)"
+    was = entry["storage"]
+    return f"pass --storage {was}" + (" with its password" if ":***@" in was else "")
