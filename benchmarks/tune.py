@@ -1,11 +1,15 @@
 """`trainfer tune`: TPE against random sampling, and the wall time a study spends outside its trials.
 
 For each data set (digits, breast_cancer: the default recipe with `--set data.source=NAME`, so the default
-search space) and each sampler (tpe, random), one study per sampler seed (`--seed 0,1,2`), the same trial
-budget, the same split (the recipe's seed 0) and the default pruner, each run as `trainfer tune` in its own
-process, as a user runs it. Studies run in the order (seed, data set, sampler) so drift on a shared machine
-hits both samplers alike. Reports the best validation metric per sampler (mean, min, max, std over the
-seeds); goal: TPE's mean >= random's on both data sets (figures printed either way).
+search space) and each sampler (tpe, random), one study per seed S = 0, 1, 2 (`--seed S --set seed=S`: the
+sampler's seed and the split; on one split the validation accuracy of digits saturated at 0.9963 for every
+study, so there was no spread to compare), the same trial budget and the default pruner, each run as
+`trainfer tune` in its own process, as a user runs it. At one seed both samplers see the same split and the
+same first trials (TPE starts with random trials from the same seed): a paired comparison. Studies run in the
+order (seed, data set, sampler) so drift on a shared machine hits both alike. Reports the best validation
+metric per sampler (mean, min, max, std over the seeds), and, finer when the best saturates, the mean of the
+completed trials and the trial at which the best was first reached; goal: TPE's mean best >= random's on both
+data sets (figures printed either way).
 
 Time outside trials, measured honestly: summary.json's `command.outside_trials_share` is 1 - (sum of Optuna
 trial durations) / (workers x wall), and an Optuna trial's duration also holds the sampler, every database
@@ -16,7 +20,9 @@ study database, times the trial's reports). Everything else is outside, split in
 bookkeeping (duration - training: sampler, trial database writes, first-trial imports and data), between
 trials (a worker's gaps: tell, claim, next trial) and start/end (process start, imports, study load; the wait
 for the last trial of the other worker, exit, the command's polling). Goal: <= 5% of workers x wall, pooled
-over the studies.
+over the studies, with summary.json's wall (from the workers' start to their end) so that the two figures
+differ only in what counts as inside; the share of the whole command (its own start, the study set-up, and
+the end: importances, the best trial scored on the test split) is printed beside it.
 
     .venv/bin/python benchmarks/tune.py                    # 2 x 2 x 3 studies of 24 trials: ~10 min on 2 cores
     .venv/bin/python benchmarks/tune.py --trials 10 --seeds 1 --datasets breast_cancer   # smoke run
@@ -121,7 +127,9 @@ def outside_share(study: Path, summary: dict[str, Any]) -> dict[str, Any]:
     capacity = workers * wall
     parts = {"pruning_checks": checks, "in_trial_bookkeeping": bookkeeping, "between_trials": between,
              "start_and_end": capacity - spans}
+    whole = workers * summary["command_wall_s"]  # the command as a user waits for it: its start, _finish too
     return {"share": 1 - train / capacity, "parts_share": {k: v / capacity for k, v in parts.items()},
+            "command_share": 1 - train / whole if whole > 0 else 0.0,
             "check_ms": 1000 * check_s, "train_s": train, "capacity_s": capacity,
             "optuna_share": cmd["outside_trials_share"]}
 
@@ -151,8 +159,8 @@ def main() -> None:
             for data in datasets:
                 for sampler in SAMPLERS:
                     study = work / f"{data}-{sampler}-{seed}"
-                    summary = run_tune(study, [f"data.source={data}"], "--trials", args.trials, "--workers",
-                                       args.workers, "--sampler", sampler, "--seed", seed)
+                    summary = run_tune(study, [f"data.source={data}", f"seed={seed}"], "--trials", args.trials,
+                                       "--workers", args.workers, "--sampler", sampler, "--seed", seed)
                     share = outside_share(study, summary)
                     c = summary["counts"]
                     done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
@@ -193,12 +201,15 @@ def main() -> None:
     parts = {k: sum(r["outside"]["parts_share"][k] * r["outside"]["capacity_s"] for r in results) / capacity
              for k in results[0]["outside"]["parts_share"]}
     optuna_pooled = sum(r["outside"]["optuna_share"] * r["outside"]["capacity_s"] for r in results) / capacity
+    whole = sum(r["command_wall_s"] * r["outside"]["capacity_s"] / r["wall_s"] for r in results)
+    command_pooled = 1 - sum(r["outside"]["train_s"] for r in results) / whole
     by_data = {d: 1 - sum(r["outside"]["train_s"] for r in results if r["data"] == d)
                / sum(r["outside"]["capacity_s"] for r in results if r["data"] == d) for d in datasets}
     share_pass = pooled <= GOAL_OUTSIDE_SHARE
     print("outside training, pooled: " + f"{100 * pooled:.1f}% (" + ", ".join(
         f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in parts.items()) + "); per data set: " + ", ".join(
-        f"{d} {100 * v:.1f}%" for d, v in by_data.items()) + f"; summary.json's figure {100 * optuna_pooled:.1f}%")
+        f"{d} {100 * v:.1f}%" for d, v in by_data.items()) + f"; summary.json's figure {100 * optuna_pooled:.1f}%; "
+          f"of the whole commands {100 * command_pooled:.1f}%")
     print(f"goal outside share <= {100 * GOAL_OUTSIDE_SHARE:.0f}%: {'PASS' if share_pass else 'FAIL'}; "
           f"total {total_s:.0f} s")
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -210,7 +221,8 @@ def main() -> None:
         "datasets": datasets, "samplers": list(SAMPLERS), "best_val": per,
         "tpe_ge_random": {d: per[d]["tpe_ge_random"] for d in datasets},
         "outside_share": pooled, "outside_parts_share": parts, "outside_share_by_data": by_data,
-        "outside_share_summary_json": optuna_pooled, "goal_outside_share": GOAL_OUTSIDE_SHARE,
+        "outside_share_summary_json": optuna_pooled, "outside_share_whole_command": command_pooled,
+        "goal_outside_share": GOAL_OUTSIDE_SHARE,
         "pass": {"tpe_ge_random": all(per[d]["tpe_ge_random"] for d in datasets), "outside_share": share_pass},
         "total_s": total_s, "studies": results,
         "env": {**environment(None), "load_avg_1m_start": load_start, "load_avg_1m_end": load_end},

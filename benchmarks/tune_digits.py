@@ -87,7 +87,8 @@ def main() -> None:
               f"val {best['values'][0]:.4f}, its test {best['test'].get('accuracy', float('nan')):.4f}; "
               f"params {json.dumps(best['params'])}", flush=True)
         print(f"outside training {100 * share['share']:.1f}% of workers x wall (summary.json: "
-              f"{100 * share['optuna_share']:.1f}%)", flush=True)
+              f"{100 * share['optuna_share']:.1f}%; of the whole command {100 * share['command_share']:.1f}%)",
+              flush=True)
         tuned: dict[int, float] = {}
         untuned: dict[int, float] = {}
         for seed in seeds:
