@@ -142,8 +142,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     base = build_recipe(recipe, overrides)
     conf = settings(base, trials=trials, timeout=timeout, workers=workers, sampler=sampler, pruner=pruner,
                     objectives=objectives, pick=pick, study_name=study_name)
-    space, is_default = space_of(base)
     objs = conf["objectives"].split(",")
+    space, is_default = space_of(base, objs)
     study_dir = Path(out)
     root = study_dir if conf["study_name"] == DEFAULT_STUDY else study_dir / "studies" / conf["study_name"]
     fp = studydir.fingerprint(base, space, objs)
