@@ -24,7 +24,7 @@ over the studies, with summary.json's wall (from the workers' start to their end
 differ only in what counts as inside; the share of the whole command (its own start, the study set-up, and
 the end: importances, the best trial scored on the test split) is printed beside it.
 
-    .venv/bin/python benchmarks/tune.py                    # 2 x 2 x 3 studies of 24 trials: ~10 min on 2 cores
+    .venv/bin/python benchmarks/tune.py                    # 2 x 2 x 3 studies of 24 trials: ~9 min on 2 cores, load 2-4
     .venv/bin/python benchmarks/tune.py --trials 10 --seeds 1 --datasets breast_cancer   # smoke run
 
 The last line printed is one JSON record.

@@ -12,10 +12,10 @@ seeds are three splits. The study tunes on the recipe's split (seed 0) and never
 test accuracy is strictly held out. Seeds 1 and 2 are other random splits of the same 1797 rows: about 15% of
 their test rows were in the validation split the study selected on (and 70% in its training split), so they
 measure whether the chosen settings carry over to new splits rather than giving three untouched test sets; both
-the mean and seed 0 alone are printed. The same seeds train the untuned recipe. Choices in the default space
-were developed on split seeds 10-15 (`--set seed=10 --seeds 10`), never on these.
+the mean and seed 0 alone are printed. The same seeds train the untuned recipe. The default space was
+measured on development splits, seeds 10-15 (`--set seed=10 --seeds 10`), not on these.
 
-    .venv/bin/python benchmarks/tune_digits.py                 # ~2 min tuning + ~1 min training on 2 idle cores
+    .venv/bin/python benchmarks/tune_digits.py                 # ~1 min tuning + ~1 min training (2 cores, load 3)
     .venv/bin/python benchmarks/tune_digits.py --set seed=10 --seeds 10 --no-baseline   # a development split
 
 The last line printed is one JSON record (with the honest outside-training share of benchmarks/tune.py).

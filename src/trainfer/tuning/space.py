@@ -33,7 +33,9 @@ _SMOOTHING = Distribution(uniform=(0.0, 0.2))
 # the six development splits the single 128-unit layer was the weakest family on validation (its completed
 # trials 0.980 on average against 0.988-0.991 for the two-layer nets; its best 0.993 against 0.996-1.0), so a
 # one-objective study searches two-layer nets; with a cost objective (flops, latency) it stays in, as the
-# cheap end of the Pareto front.
+# cheap end of the Pareto front. (Measured test accuracy did not move beyond noise: 0.980 on the development
+# splits without it against 0.985 with it, two splits of six 3 test rows apart; on digits' default split one
+# 128-unit trial tied the best validation accuracy, 268 of 269 rows, and scored 0.959 on test.)
 _HIDDEN = Distribution(choice=[[256, 128], [512, 256], [1024, 512]])
 _HIDDEN_WITH_COST = Distribution(choice=[[128], [256, 128], [512, 256], [1024, 512]])
 
