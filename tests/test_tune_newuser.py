@@ -94,7 +94,9 @@ def test_sigterm_stops_the_command_and_its_workers(verb: str, tmp_path: Path) ->
     assert proc.returncode == 128 + signal.SIGTERM, err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("tuning ", "[1/4"))]
     assert len(lines) == 1 and lines[0].startswith("error: terminated: the finished trials are in the study"), err
-    assert time.monotonic() - started < 30
+    # Not a speed goal: a bound on hanging. The command gives its workers' trials 30 s to be recorded, then kills
+    # them; a fresh-clone CI run measured 30.9 s for `run` once, so the bound leaves room past that grace.
+    assert time.monotonic() - started < 75
     trials = _attrs(study, "pid")
     assert 2 <= len(trials) < 16 and all(state in ("COMPLETE", "FAIL") for state, _ in trials), trials
     for _, pid in trials:  # every worker is gone
