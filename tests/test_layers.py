@@ -5,7 +5,7 @@
     L3  exporting
     L2  training, models, data, runtime
     L1  features
-    L0  errors, config, _imports, _atomic, _timing, _energy, _env, _variants (private helpers count as L0)
+    L0  errors, config, _imports, _atomic, _timing, _energy, _env, _variants, _signals (private helpers count as L0)
 
 Lower layers never import higher ones. Packages on one layer do not import each other, except
 training -> data and training -> models (training wires them together), cli -> pipeline, and
@@ -31,6 +31,7 @@ ROOT = "<trainfer>"  # src/trainfer/__init__.py
 
 LAYERS: dict[str, int] = {
     "errors": 0, "config": 0, "_imports": 0, "_atomic": 0, "_timing": 0, "_energy": 0, "_env": 0, "_variants": 0,
+    "_signals": 0,
     "features": 1,
     "training": 2, "models": 2, "data": 2, "runtime": 2,
     "exporting": 3,
@@ -45,7 +46,8 @@ ANYONE_MAY_IMPORT = {"errors"}
 # Beyond the layer order: serve talks to bundles through the runtime only.
 ONLY_FROM = {"serving": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
 # Shipped in inference bundles or imported by everything: torch must never load because of them.
-NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "_variants", "features", "runtime",
+NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "_variants", "_signals", "features",
+            "runtime",
             "serving", ROOT}
 
 

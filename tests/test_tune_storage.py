@@ -468,6 +468,64 @@ def test_ctrl_c_while_optuna_creates_or_records_a_trial_leaves_none_running(
         assert [t.state.name for t in trials] == ["COMPLETE"]
 
 
+def _interrupt_inside(owner: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Patch owner.name so that its first call gets a Ctrl-C while it runs; what the list says is where the
+    KeyboardInterrupt came out: "inside" the call, or nowhere (the call finished, the interrupt held)."""
+    real = getattr(owner, name)
+    seen: list[str] = []
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        if not seen:
+            seen.append("sent")
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.3)  # the handler runs here, in the middle of the call
+            except KeyboardInterrupt:
+                seen.append("inside")
+                raise
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, patched)
+    return seen
+
+
+def test_ctrl_c_inside_a_database_call_of_a_trial_waits_for_it_then_fails_the_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A KeyboardInterrupt raised inside SQLAlchemy left a cursor open in its traceback: the worker then held a
+    # lock on study.db while it recorded the trial as FAIL, and waited for itself for the 60 s busy timeout
+    # (3 of 30 interrupted `trainfer run`s took 31 s). The Ctrl-C lands in the report of epoch 1.
+    from optuna.storages import RDBStorage
+
+    import trainfer
+
+    seen = _interrupt_inside(RDBStorage, "set_trial_intermediate_value", monkeypatch)
+    out = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        trainfer.tune(write_recipe(tmp_path), out=out, trials=2, pruner="median")
+    assert seen == ["sent"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    [trial] = load(f"sqlite:///{out / 'study.db'}").get_trials(deepcopy=False)
+    assert (trial.state.name, trial.user_attrs["fail_reason"]) == ("FAIL", "interrupted (Ctrl-C)")
+    assert len(trial.intermediate_values) == 1  # the report went through; no epoch trained after it
+
+
+def test_ctrl_c_inside_the_commands_read_of_the_study_stops_its_workers_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same in the command of W workers: a Ctrl-C or SIGTERM inside its progress read of the database kept
+    # a lock there while its workers recorded their trials, so they hung until killed after 30 s.
+    from trainfer.tuning.progress import StudyProgress
+
+    import trainfer
+
+    seen = _interrupt_inside(StudyProgress, "refresh", monkeypatch)
+    out = tmp_path / "study"
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        trainfer.tune(write_recipe(tmp_path, epochs=30), out=out, trials=8, workers=2, pruner="none")
+    assert seen == ["sent"]
+    assert time.monotonic() - started < 25  # not a speed goal: the 30 s grace before workers are killed
+    assert "RUNNING" not in states(load(f"sqlite:///{out / 'study.db'}"))
+
+
 # ---- a study is held to its storage and its recipe ------------------------------------------------------------
 
 def test_a_study_dir_is_refused_with_another_storage_and_found_where_it_moved(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainfer._atomic import write_text
+from trainfer._signals import Held
 from trainfer.errors import RunError
 from trainfer.tuning.storage import recover_stale, recovered
 from trainfer.tuning.trial import Plan
@@ -56,28 +57,32 @@ def run_workers(plan: Plan, n: int, progress: Any, say: Any = None) -> None:
     procs: list[subprocess.Popen] = []
     seen: set[int] = set()
     try:
-        for i, log in enumerate(logs):  # in the try: a worker that cannot start stops those that did
-            with open(log, "w") as err:
-                try:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)],
-                        env=env, stdout=subprocess.DEVNULL, stderr=err, process_group=0))
-                except OSError as exc:  # e.g. EAGAIN: the user's process limit
-                    raise RunError(f"cannot start tuning worker {i + 1} of {n}: {exc.strerror or exc}",
-                                   hint="use fewer --workers") from None
-        while True:
-            running = [p for p in procs if p.poll() is None]
-            for i, p in enumerate(procs):
-                if p.returncode not in (None, 0) and i not in seen:
-                    seen.add(i)
-                    say(worker_died(progress.study, p, logs[i], folder, plan.command))
-            # This process's read of the database may fail (a lock wait ran out, the network blinked): only the
-            # progress misses a beat; the workers have connections of their own.
-            with contextlib.suppress(Exception):
-                progress.refresh()
-            if not running:
-                break
-            time.sleep(1.0)
+        # Ctrl-C and SIGTERM act only while it sleeps: landing in its read of the database they left this
+        # process holding a lock there while its workers waited to record their trials (see trainfer._signals).
+        with Held() as held:
+            for i, log in enumerate(logs):  # in the try: a worker that cannot start stops those that did
+                with open(log, "w") as err:
+                    try:
+                        procs.append(subprocess.Popen(
+                            [sys.executable, "-m", "trainfer.tuning.worker", str(path), str(i)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=err, process_group=0))
+                    except OSError as exc:  # e.g. EAGAIN: the user's process limit
+                        raise RunError(f"cannot start tuning worker {i + 1} of {n}: {exc.strerror or exc}",
+                                       hint="use fewer --workers") from None
+            while True:
+                running = [p for p in procs if p.poll() is None]
+                for i, p in enumerate(procs):
+                    if p.returncode not in (None, 0) and i not in seen:
+                        seen.add(i)
+                        say(worker_died(progress.study, p, logs[i], folder, plan.command))
+                # This process's read of the database may fail (a lock wait ran out, the network blinked): only the
+                # progress misses a beat; the workers have connections of their own.
+                with contextlib.suppress(Exception):
+                    progress.refresh()
+                if not running:
+                    break
+                with held.acting():
+                    time.sleep(1.0)
     except BaseException:
         for p in procs:
             if p.poll() is None:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainfer._signals import Held
 from trainfer.config import Distribution, Recipe, build_recipe
 from trainfer.errors import TrainferError
 from trainfer.tuning.space import apply, suggest
@@ -70,48 +71,27 @@ def prepared_data(recipe: Recipe) -> Any:
     return _PREPARED[key]
 
 
-def run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distribution]) -> Any:
-    """Optuna's objective: train one trial, return its validation metric (and cost, for two objectives)."""
+def run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distribution], held: Held | None = None) -> Any:
+    """Optuna's objective: train one trial, return its validation metric (and cost, for two objectives).
+
+    Ctrl-C stops it at once while it trains or measures (``held.acting()``), never inside a database call."""
     try:
-        return _run_trial(trial, plan, base, dists)
-    except KeyboardInterrupt:  # at any point (importing torch, sampling...): Optuna then records the trial FAIL,
+        return _run_trial(trial, plan, base, dists, held or Held(()))
+    except KeyboardInterrupt:  # while training or measuring: Optuna then records the trial FAIL,
         trial.set_user_attr("fail_reason", INTERRUPTED)  # and a finished trial's attributes are read-only
         raise
 
 
-def _run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distribution]) -> Any:
+def _run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distribution], held: Held) -> Any:
     import optuna
-    import torch
-
-    from trainfer.models import build_model
-    from trainfer.models.flops import forward_flops
-    from trainfer.training.loop import fit
-    from trainfer.training.metrics import monitor
 
     params = suggest(trial, dists)
     rel = f"trials/{trial.number:04d}"
     trial.set_user_attr("run", rel)
     out = Path(plan.study_dir) / rel
     try:
-        recipe = apply(base, params)
-        # The worker's share of the CPUs, whatever the recipe says: W workers x threads never oversubscribe.
-        run_recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"threads": plan.threads})})
-        data = prepared_data(recipe)
-        metric, _ = monitor(data.features.task)
-        torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
-        prune = len(plan.objectives) == 1 and plan.pruner != "none"
-
-        def on_epoch(record: dict[str, Any]) -> str | None:
-            if not prune:
-                return None
-            trial.report(record[f"val_{metric}"], record["epoch"])
-            return f"pruned by the {plan.pruner} pruner" if trial.should_prune() else None
-
-        if out.exists():  # a number is used once per study: whatever is there is from an older study
-            shutil.rmtree(out)
-        summary = fit(model, data, run_recipe, out, quiet=True, on_epoch=on_epoch, splits=TUNING_SPLITS)
-        flops = forward_flops(model, data.features.input_shape)
+        with held.acting():
+            summary, flops, metric = _train(trial, plan, base, params, out, held)
     except TrainferError as exc:
         trial.set_user_attr("fail_reason", exc.message)
         raise
@@ -133,13 +113,47 @@ def _run_trial(trial: Any, plan: Plan, base: Recipe, dists: dict[str, Distributi
     from trainfer.tuning.cost import measure
 
     try:
-        cost = measure(out, plan)  # latency_ms, and the raw p50 and reference it came from
+        with held.acting():
+            cost = measure(out, plan)  # latency_ms, and the raw p50 and reference it came from
     except TrainferError as exc:
         trial.set_user_attr("fail_reason", f"latency: {exc.message}")
         raise
     for k, v in cost.items():
         trial.set_user_attr(k, v)
     return value, cost["latency_ms"]
+
+
+def _train(trial: Any, plan: Plan, base: Recipe, params: dict[str, Any], out: Path,
+           held: Held) -> tuple[dict[str, Any], int, str]:
+    import torch
+
+    from trainfer.models import build_model
+    from trainfer.models.flops import forward_flops
+    from trainfer.training.loop import fit
+    from trainfer.training.metrics import monitor
+
+    recipe = apply(base, params)
+    # The worker's share of the CPUs, whatever the recipe says: W workers x threads never oversubscribe.
+    run_recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"threads": plan.threads})})
+    data = prepared_data(recipe)
+    metric, _ = monitor(data.features.task)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+    prune = len(plan.objectives) == 1 and plan.pruner != "none"
+
+    def on_epoch(record: dict[str, Any]) -> str | None:
+        if not prune:
+            return None
+        with held.holding():  # a database call: Ctrl-C waits for it, then stops the epoch loop
+            trial.report(record[f"val_{metric}"], record["epoch"])
+            pruned = trial.should_prune()
+        return f"pruned by the {plan.pruner} pruner" if pruned else None
+
+    if out.exists():  # a number is used once per study: whatever is there is from an older study
+        shutil.rmtree(out)
+    summary = fit(model, data, run_recipe, out, quiet=True, on_epoch=on_epoch, splits=TUNING_SPLITS)
+    flops = forward_flops(model, data.features.input_shape)
+    return summary, flops, metric
 
 
 def directions(task: str, objectives: list[str]) -> list[str]:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainfer._signals import Held
 from trainfer.errors import TrainferError
 from trainfer.tuning.trial import INTERRUPTED, Plan, run_trial
 
@@ -83,39 +82,19 @@ def make_pruner(plan: Plan, epochs: int) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
 
 
-class _CtrlC:
-    """Ctrl-C (SIGINT) as KeyboardInterrupt inside a trial's objective only, where Optuna records the trial FAIL.
-    Landing anywhere else, e.g. while Optuna creates a trial or records its result, it left the trial RUNNING as
-    if the worker had died (and queued it again); there it waits until Optuna is done."""
-
-    def __init__(self) -> None:
-        self.inside = False
-        self.pending = False
-
-    def __call__(self, _signum: int, _frame: Any) -> None:
-        if self.inside:
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def check(self) -> None:
-        if self.pending:
-            raise KeyboardInterrupt
-
-
 def work(plan: Plan, index: int = 0, on_trial: Callable[..., None] | None = None, parent: int | None = None) -> None:
     """Run trials until this command's budget is claimed, its deadline passes, or (with ``parent``) the command's
-    process is gone; ``on_trial(study, trial)`` after each."""
-    ctrl_c = _CtrlC()
-    main_thread = threading.current_thread() is threading.main_thread()  # the only one that may handle signals
-    previous = signal.signal(signal.SIGINT, ctrl_c) if main_thread else None
-    try:
-        _work(plan, index, on_trial, parent, ctrl_c)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    process is gone; ``on_trial(study, trial)`` after each.
+
+    Ctrl-C and SIGTERM stop it only while a trial trains (Optuna then records the trial FAIL, as interrupted).
+    Landing anywhere else (while Optuna creates a trial, records its result, or reports an epoch) they left the
+    trial RUNNING, as if the worker had died, or the database locked by this process: there they wait until
+    the database call is done."""
+    with Held() as held:
+        _work(plan, index, on_trial, parent, held)
 
 
-def _work(plan: Plan, index: int, on_trial: Callable[..., None] | None, parent: int | None, ctrl_c: _CtrlC) -> None:
+def _work(plan: Plan, index: int, on_trial: Callable[..., None] | None, parent: int | None, held: Held) -> None:
     import optuna
 
     from trainfer.tuning.storage import open_storage, worker_id
@@ -130,25 +109,21 @@ def _work(plan: Plan, index: int, on_trial: Callable[..., None] | None, parent: 
         # Who runs the trial, first: if this process dies at any point of it, a command on this machine can tell.
         for k, v in me.items():
             trial.set_user_attr(k, v)
-        if ctrl_c.pending:  # it came while Optuna created the trial
+        if held.pending:  # it came while Optuna created the trial
             trial.set_user_attr("fail_reason", INTERRUPTED)
-            raise KeyboardInterrupt
-        ctrl_c.inside = True
-        try:
-            return run_trial(trial, plan, base, dists)
-        finally:
-            ctrl_c.inside = False
+            held.check()
+        return run_trial(trial, plan, base, dists, held)
 
     claims = Path(plan.claims)
     while plan.deadline is None or time.time() < plan.deadline:
-        ctrl_c.check()
+        held.check()
         if parent is not None and os.getppid() != parent:
             break  # the command was killed: nobody would write its summary, and a rerun continues the study
         if claim(claims, plan.budget) is None:
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, show_progress_bar=False,
                        callbacks=[on_trial] if on_trial else None)
-    ctrl_c.check()
+    held.check()
 
 
 def main(argv: list[str]) -> int:
