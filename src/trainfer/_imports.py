@@ -18,6 +18,9 @@ _EXTRAS = {
     "onnxscript": "export",
     "torch_pruning": "optimize",
     "optuna": "tune",
+    "opacus": "privacy",
+    "cryptography": "secure",
+    "model_signing": "secure",
     "mlperf_loadgen": "bench",
     "matplotlib": "report",
     "fastapi": "serve",
@@ -27,7 +30,7 @@ _EXTRAS = {
     "orjson": "serve",
 }
 # what each extra brings (its own modules and those of the extras it includes), for up-front checks
-_INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report"), "tune": ("export",)}
+_INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report"), "tune": ("export",), "privacy": ("train",)}
 
 
 def extra_modules(extra: str) -> list[str]:
