@@ -1,5 +1,6 @@
 """The layer rules of DESIGN.md, enforced by parsing the imports of every module under src/trainfer.
 
+    L6  __main__ (`python -m trainfer`)
     L5  cli, pipeline
     L4  serve (runtime only), bench, report, tuning
     L3  exporting
@@ -38,7 +39,7 @@ LAYERS: dict[str, int] = {
     "serving": 4, "benching": 4, "reporting": 4,
     # tuning orchestrates runs of the loop, and for the latency objective it exports and times each trial
     "tuning": 4,
-    "cli": 5, "pipeline": 5,
+    "cli": 5, "pipeline": 5, "__main__": 6,  # `python -m trainfer`: the console script, above the CLI
 }
 # The CLI is the entry point of the pipeline too: `trainfer run` calls it.
 SAME_LAYER_ALLOWED = {("training", "data"), ("training", "models"), ("cli", "pipeline")}
@@ -46,9 +47,8 @@ ANYONE_MAY_IMPORT = {"errors"}
 # Beyond the layer order: serve talks to bundles through the runtime only.
 ONLY_FROM = {"serving": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
 # Shipped in inference bundles or imported by everything: torch must never load because of them.
-NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "_variants", "_signals", "features",
-            "runtime",
-            "serving", ROOT}
+NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "_variants", "_signals",
+            "features", "runtime", "serving", ROOT}
 
 
 @dataclass(frozen=True)

@@ -512,9 +512,8 @@ def test_ctrl_c_inside_the_commands_read_of_the_study_stops_its_workers_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The same in the command of W workers: a Ctrl-C or SIGTERM inside its progress read of the database kept
     # a lock there while its workers recorded their trials, so they hung until killed after 30 s.
-    from trainfer.tuning.progress import StudyProgress
-
     import trainfer
+    from trainfer.tuning.progress import StudyProgress
 
     seen = _interrupt_inside(StudyProgress, "refresh", monkeypatch)
     out = tmp_path / "study"

@@ -30,7 +30,8 @@ _EXTRAS = {
     "orjson": "serve",
 }
 # what each extra brings (its own modules and those of the extras it includes), for up-front checks
-_INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report"), "tune": ("export",), "privacy": ("train",)}
+_INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report"), "tune": ("export",),
+             "privacy": ("train",)}
 
 
 def extra_modules(extra: str) -> list[str]:
