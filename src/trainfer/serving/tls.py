@@ -40,15 +40,19 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None, password:
     cert = _read("--ssl-certfile", Path(certfile))
     key = _read("--ssl-keyfile", Path(keyfile))
     if b"-----BEGIN CERTIFICATE-----" not in cert:
-        what = "a private key" if b"PRIVATE KEY-----" in cert else "not a PEM certificate"
-        raise ConfigError(f"--ssl-certfile {certfile} holds {what}, not a certificate",
+        what = "holds a private key, not a certificate" if b"PRIVATE KEY-----" in cert else "is not a PEM certificate"
+        raise ConfigError(f"--ssl-certfile {certfile} {what}",
                           hint="--ssl-certfile takes the server's PEM certificate (-----BEGIN CERTIFICATE-----)")
     if b"PRIVATE KEY-----" not in key:
-        what = "a certificate" if b"-----BEGIN CERTIFICATE-----" in key else "not a PEM private key"
-        raise ConfigError(f"--ssl-keyfile {keyfile} holds {what}, not a private key",
+        what = ("holds a certificate, not a private key" if b"-----BEGIN CERTIFICATE-----" in key
+                else "is not a PEM private key")
+        raise ConfigError(f"--ssl-keyfile {keyfile} {what}",
                           hint="--ssl-keyfile takes the certificate's PEM private key (-----BEGIN PRIVATE KEY-----)")
 
+    asked = []  # OpenSSL asks only for an encrypted key: a failure after it asked is the password's
+
     def give_password() -> str:
+        asked.append(True)
         if password is None:
             raise _NoPassword
         return password
@@ -64,7 +68,7 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None, password:
         if "KEY_VALUES_MISMATCH" in reason:
             raise ConfigError(f"--ssl-keyfile {keyfile} is not the private key of --ssl-certfile {certfile}",
                               hint="give the key the certificate was issued for") from None
-        if password is not None and ("BAD_DECRYPT" in reason or "BAD DECRYPT" in str(exc).upper()):
+        if asked:
             raise ConfigError(f"--ssl-keyfile {keyfile}: wrong password in {PASSWORD_ENV}") from None
         raise ConfigError(f"cannot load --ssl-certfile {certfile} with --ssl-keyfile {keyfile}: {exc.reason or exc}",
                           hint="both must be PEM files: the certificate (chain) and its private key") from None
