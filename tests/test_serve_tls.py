@@ -11,6 +11,7 @@ fail the test) rather than start a server.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import ipaddress
@@ -37,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import trainfer
-from trainfer.serving import hash_api_key
+from trainfer.errors import ConfigError
+from trainfer.serving import ServeConfig, hash_api_key
 
 HASHED_KEY = "tk-hashed-9c1d7e44b0a2"  # the key file holds only its sha256: line
 PLAIN_KEY = "tk-plain-51f0e8a3c6d9"  # the key file holds it as it is (mode 0600)
@@ -406,3 +408,14 @@ def test_loose_permissions_on_plain_keys_and_the_tls_key_warn(digits_bundle: Pat
     loose_copy.chmod(0o640)
     warned = stderr_lines("--ssl-certfile", pki["cert"], "--ssl-keyfile", loose_copy)
     assert len(warned) == 1 and "key-copy.pem" in warned[0] and "0640" in warned[0]
+
+
+def test_serve_config_holds_digests_only() -> None:
+    """What ``--workers N`` hands each worker (ServeConfig, as JSON in the environment) holds no usable key."""
+    upper_hex = "sha256:" + hash_api_key(HASHED_KEY)[len("sha256:"):].upper()  # hex digits in either case
+    config = ServeConfig(name="digits", api_keys=(PLAIN_KEY, upper_hex))
+    assert config.api_keys == (hash_api_key(PLAIN_KEY), hash_api_key(HASHED_KEY))
+    assert PLAIN_KEY not in json.dumps(dataclasses.asdict(config))
+    with pytest.raises(ConfigError, match="API key 2: sha256: needs 64 hex digits") as info:
+        ServeConfig(name="digits", api_keys=(PLAIN_KEY, "sha256:abc"))
+    assert PLAIN_KEY not in str(info.value)
