@@ -309,13 +309,15 @@ def busy_port() -> Iterator[int]:
 def bad_files(pki: dict[str, Path]) -> dict[str, Path]:
     root = pki["root"]
     files = {"garbage": root / "garbage.pem", "binary": root / "binary.txt", "empty_keys": root / "empty-keys.txt",
-             "bad_hex": root / "bad-hex.txt", "short_hex": root / "short-hex.txt", "sha512": root / "sha512.txt"}
+             "bad_hex": root / "bad-hex.txt", "short_hex": root / "short-hex.txt", "sha512": root / "sha512.txt",
+             "empty_hash": root / "empty-hash.txt"}
     files["garbage"].write_text("this is not a certificate\n")
     files["binary"].write_bytes(b"\xff\xfe\x00secret\x81")
     files["empty_keys"].write_text("# no key yet\n\n")
     files["bad_hex"].write_text("# ok\nk-fine-1\nsha256:" + "z1" * 32 + "\n")
     files["short_hex"].write_text("sha256:" + hashlib.sha256(b"x").hexdigest()[:-1] + "\n")
     files["sha512"].write_text("\n\n\nsha512:" + hashlib.sha512(b"x").hexdigest() + "\n")
+    files["empty_hash"].write_text(f"{hash_api_key(HASHED_KEY)}\nsha256:{hashlib.sha256(b'').hexdigest()}\n")
     for path in files.values():
         path.chmod(0o600)
     return files
@@ -343,6 +345,7 @@ KEY_CASES = {
     "bad_hex": ("{bad_hex}", ["line 3", "hex digits"]),
     "short_hex": ("{short_hex}", ["line 1", "64 hex digits", "63"]),
     "unknown_prefix": ("{sha512}", ["line 4", "unknown prefix sha512:"]),
+    "hash_of_nothing": ("{empty_hash}", ["line 2", "empty string"]),  # would let a request without a key in
 }
 
 

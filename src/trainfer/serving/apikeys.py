@@ -20,6 +20,7 @@ from trainfer.errors import ConfigError
 
 PREFIX = "sha256:"
 _HEX = frozenset("0123456789abcdefABCDEF")
+_EMPTY = hashlib.sha256(b"").hexdigest()
 # A line "NAME:..." whose NAME is a hash algorithm (sha512:, md5:) is a hash in a form this server does not
 # take, not a key: refused rather than served as a plain key that no client could ever send.
 _OTHER_HASHES = (frozenset(n.lower() for n in hashlib.algorithms_available) - {"sha256"}
@@ -42,6 +43,8 @@ def parse_key(entry: str) -> tuple[str, bool]:
             raise ValueError(f"sha256: needs 64 hex digits, this line has {len(rest)} characters after it")
         if not set(rest) <= _HEX:
             raise ValueError("sha256: must be followed by hex digits (0-9, a-f) only")
+        if rest.lower() == _EMPTY:  # `printf %s "$KEY" | sha256sum` with KEY unset: would admit no key at all
+            raise ValueError("sha256: of the empty string (was the key's variable unset when it was hashed?)")
         return PREFIX + rest.lower(), False
     if colon and name.lower() in _OTHER_HASHES:
         raise ValueError(f"unknown prefix {name}: (only sha256:HEX hashes are taken)")
@@ -67,6 +70,8 @@ def digests(keys: Iterable[str]) -> list[bytes]:
 def matches(token: bytes, keys: list[bytes]) -> bool:
     """Whether ``token`` (a request's key) is one of ``keys`` (digests): compared digest to digest with
     hmac.compare_digest against every key, without an early exit, so the time reveals no match."""
+    if not token:  # no key sent: never a match, whatever the list holds
+        return False
     digest = hashlib.sha256(token).digest()
     ok = False
     for k in keys:
