@@ -178,8 +178,14 @@ def serve(
              "batching the requests that arrived meanwhile.")] = 0.0,
     max_queue: Annotated[int, typer.Option(help="Queued requests at most; beyond it: 503.")] = 256,
     timeout_ms: Annotated[float, typer.Option(help="Longest wait for the model; beyond it: 504.")] = 1000.0,
-    api_key_file: Annotated[Path | None, typer.Option(help="File with one API key per line: clients send "
-                                                         "'Authorization: Bearer KEY'.")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help=(
+        "File with one API key per line, or sha256:HEX of one (then the file holds no usable secret; make "
+        "the line with: printf %s KEY | sha256sum | awk '{print \"sha256:\" $1}'). Clients send "
+        "'Authorization: Bearer KEY'."))] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(
+        help="Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(
+        help="The certificate's PEM private key (an encrypted one: see Security above).")] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = 8.0,
     header_timeout_s: Annotated[float, typer.Option(
         help="A request's headers must arrive within this long of the connection opening (or of the "
@@ -204,6 +210,12 @@ def serve(
     A missing number (NaN, null or "NaN") is imputed as in training; an infinity is refused.
     Every limit and timeout must be above 0; a busy --port is an error before start-up.
 
+    Security: --ssl-certfile and --ssl-keyfile serve HTTPS, checked before start-up (a missing file,
+    a key that is not the certificate's, an encrypted key without its password are errors); an
+    encrypted key's password comes from the environment variable TRAINFER_SSL_KEYFILE_PASSWORD.
+    With --api-key-file every endpoint but /v2/health asks for a key. Neither keys nor request
+    bodies are logged: the access log has the request line and status only.
+
     Example: trainfer serve bundles/digits --port 8000
     """
     from trainfer.runtime import load
@@ -211,6 +223,7 @@ def serve(
 
     load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
     serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,
+             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms,
              max_body_mb=max_body_mb, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
              keep_alive_s=keep_alive_s, access_log=access_log)

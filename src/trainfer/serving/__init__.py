@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from trainfer.runtime import load
-from trainfer.serving.app import ServeConfig, create_app, read_api_keys
+from trainfer.serving.apikeys import hash_api_key, read_api_keys
+from trainfer.serving.app import ServeConfig, create_app
 from trainfer.serving.limits import LIMITS, check_limits, check_port
+from trainfer.serving.tls import PASSWORD_ENV, check_tls
 
 _ENV = "TRAINFER_SERVE"  # how `--workers N` hands the settings to each worker process
 
@@ -47,11 +49,16 @@ def _factory() -> Any:  # uvicorn --factory entry point for multi-process servin
 
 def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1, threads: int | None = None, api_key_file: str | Path | None = None,
+          ssl_certfile: str | Path | None = None, ssl_keyfile: str | Path | None = None,
           access_log: bool = True, **limits: Any) -> None:
     """Serve ``bundle`` until interrupted; SIGTERM/SIGINT drain requests in flight before exiting.
 
     ``limits``: the ServeConfig fields (max_batch_size, max_delay_ms, max_queue, timeout_ms, max_body_mb,
     header_timeout_s, body_timeout_s, keep_alive_s), each checked against its range before start-up.
+
+    ``ssl_certfile`` and ``ssl_keyfile`` (PEM, both or neither) serve HTTPS; an encrypted key's password
+    comes from the environment variable TRAINFER_SSL_KEYFILE_PASSWORD. ``api_key_file``: one key, or
+    ``sha256:HEX`` of one (``hash_api_key``), per line. Both are checked before the port is bound.
 
     Example: ``serve("bundles/digits", port=8000, max_batch_size=32, max_delay_ms=2)``.
     """
@@ -65,7 +72,12 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
     # every bad value in one message (ServeConfig checks its own fields again, for create_app's callers)
     check_limits(workers=workers, threads=threads, port=port, **{k: v for k, v in limits.items() if k in LIMITS})
     bundle = Path(bundle)
-    keys = read_api_keys(api_key_file) if api_key_file else ()
+
+    def warn(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    tls = check_tls(ssl_certfile, ssl_keyfile, os.environ.get(PASSWORD_ENV), warn=warn)
+    keys = read_api_keys(api_key_file, warn=warn) if api_key_file else ()
     config = ServeConfig(name=name or bundle.resolve().name, api_keys=keys, access_log=access_log, **limits)
     check_port(host, port)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; exit 0 for a clean stop.
@@ -78,7 +90,8 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
     # The app writes its own access log (uvicorn's costs ~50 us of CPU per request: see asgi.AccessLog).
     common = {"host": host, "port": port, "access_log": False, "timeout_graceful_shutdown": drain_s,
               "timeout_keep_alive": config.keep_alive_s, "http": "trainfer.serving.connection:HeaderTimeoutProtocol",
-              "log_level": "info", "server_header": False}  # no "server: uvicorn" advertised
+              "log_level": "info", "server_header": False,  # no "server: uvicorn" advertised
+              **tls}  # uvicorn's own ssl options; its start-up line then says https://
     if workers > 1:
         os.environ[_ENV] = json.dumps({"bundle": str(bundle), "threads": threads,
                                        "config": dataclasses.asdict(config)})
@@ -89,4 +102,4 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
         uvicorn.run(app, **common)
 
 
-__all__ = ["ServeConfig", "build_app", "create_app", "serve"]
+__all__ = ["ServeConfig", "build_app", "create_app", "hash_api_key", "serve"]

@@ -8,7 +8,6 @@ import logging
 import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainfer.errors import InputError, TrainferError
 from trainfer.runtime import Predictor
+from trainfer.serving.apikeys import digests, normalize
 from trainfer.serving.asgi import AccessLog, Answer, ASGIApp, BodyLimit, FastInfer, Guard, busy, error
 from trainfer.serving.batching import Batcher, Expired, QueueFull
 from trainfer.serving.limits import check_limits
@@ -39,7 +39,7 @@ class ServeConfig:
     max_queue: int = 256
     timeout_ms: float = 1000.0
     max_body_mb: float = 8.0
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # plain keys or sha256:HEX lines; held as sha256:hex lines (apikeys.py)
     access_log: bool = True
     offload: str = "auto"  # the batcher's: run batches in a thread, inline on the event loop, or choose
     header_timeout_s: float = 10.0  # a request's headers, from the connection's start or the previous answer
@@ -47,21 +47,10 @@ class ServeConfig:
     keep_alive_s: float = 5.0  # an idle kept-alive connection
 
     def __post_init__(self) -> None:
+        self.api_keys = normalize(self.api_keys)  # digests only: a worker's settings (env) hold no usable key
         check_limits(**{k: getattr(self, k) for k in ("max_batch_size", "max_delay_ms", "max_queue", "timeout_ms",
                                                       "max_body_mb", "header_timeout_s", "body_timeout_s",
                                                       "keep_alive_s")})
-
-
-def read_api_keys(path: str | Path) -> tuple[str, ...]:
-    """One key per line; blank lines and # comments ignored."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise TrainferError(f"cannot read --api-key-file {path}: {exc.strerror}") from None
-    keys = tuple(s.strip() for s in lines if s.strip() and not s.strip().startswith("#"))
-    if not keys:
-        raise TrainferError(f"--api-key-file {path} holds no key", hint="put one key per line")
-    return keys
 
 
 class _Metrics:
@@ -316,7 +305,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
     inner = FastInfer(app, f"/v2/models/{config.name}/infer", infer_response, HEADER)
     body_limit = BodyLimit(inner, int(config.max_body_mb * 1024 * 1024), config.max_body_mb, config.body_timeout_s)
     # Outermost: a refused request costs no body reading and no routing.
-    return Guard(body_limit, [k.encode() for k in config.api_keys], metrics.request, depth, config.max_queue, access,
+    return Guard(body_limit, digests(config.api_keys), metrics.request, depth, config.max_queue, access,
                  config.body_timeout_s)
 
 

@@ -9,14 +9,16 @@ path (POST /v2/models/NAME/infer) never enters FastAPI; every other endpoint doe
 from __future__ import annotations
 
 import asyncio
-import hmac
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TextIO
+from urllib.parse import unquote_plus
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from trainfer.serving.apikeys import matches
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -57,6 +59,22 @@ def endpoint(path: str) -> str:
                             "/openapi.json") else "other"
 
 
+# Query parameters whose values are credentials when a client puts one in the URL (no endpoint here reads
+# the query; keys go in the Authorization header): logged as NAME=[redacted], never their value.
+SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token", "auth", "authorization",
+                           "bearer", "password", "secret"})
+
+
+def redact(query: str) -> str:
+    """``query`` with the values of SECRET_PARAMS replaced by [redacted] (names matched in any case)."""
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if eq and unquote_plus(name).strip().lower() in SECRET_PARAMS:
+            parts[i] = name + "=[redacted]"
+    return "&".join(parts)
+
+
 class AccessLog:
     """One line per request, written in bulk: every ``interval_s``, every ``max_lines`` lines and at
     shutdown (``flush``). Python's logging module (uvicorn's access log) costs about 50 us of CPU per
@@ -78,7 +96,7 @@ class AccessLog:
         client = scope.get("client")
         path = scope["path"]
         if scope.get("query_string"):
-            path += "?" + scope["query_string"].decode("latin-1")
+            path += "?" + redact(scope["query_string"].decode("latin-1"))
         if not path.isprintable():  # no forged lines from a decoded %0A in the path
             path = path.encode("unicode_escape").decode("ascii")
         self._lines.append(f"{self._stamp}.{int(now * 1000) % 1000:03d}Z {client[0] if client else '-'}:"
@@ -161,7 +179,9 @@ class Sweeper:
 
 
 class Guard:
-    """API keys, load shedding, request metrics and the access log for every HTTP request."""
+    """API keys, load shedding, request metrics and the access log for every HTTP request.
+
+    ``keys``: the SHA-256 digests of the accepted keys (apikeys.digests); none means no key is asked."""
 
     def __init__(self, app: ASGIApp, keys: list[bytes], observe: Callable[[str, int, float], None],
                  depth: Callable[[], int | None], max_queue: int, access: AccessLog | None,
@@ -208,11 +228,7 @@ class Guard:
                 if key == b"authorization":
                     auth = value
             token = auth[7:] if auth[:7].lower() == b"bearer " else b""
-            # compare_digest against every key, without an early exit: the time does not reveal a match
-            ok = False
-            for k in self.keys:
-                ok |= hmac.compare_digest(token, k)
-            if not ok:
+            if not matches(token, self.keys):  # digest to digest, constant time (apikeys.matches)
                 return error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
                              {"WWW-Authenticate": "Bearer"})
         depth = self.depth()
