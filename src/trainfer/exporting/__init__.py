@@ -95,8 +95,8 @@ def compare(got: np.ndarray, want: np.ndarray, task: str, atol: float = PARITY_A
     return report
 
 
-def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path | io.BytesIO, X_std: np.ndarray, X_graph: np.ndarray,
-                 atol: float = PARITY_ATOL) -> dict[str, Any]:
+def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path | io.BytesIO, X_std: np.ndarray,
+                 X_graph: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, Any]:
     """Compare onnxruntime (on the graph's input) with torch (on the standardized input) for the same rows;
     raise ExportError with the figures when they disagree."""
     report = compare(onnx_outputs(onnx_path, X_graph), reference_outputs(model, X_std, target), target.task, atol)

@@ -78,7 +78,8 @@ def check_finite(model: torch.nn.Module) -> None:
 def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path | io.BytesIO, output_name: str,
                  opset: int) -> int:
     torch.onnx.export(
-        model, (example,), path if isinstance(path, io.BytesIO) else str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[output_name],
+        model, (example,), path if isinstance(path, io.BytesIO) else str(path), dynamo=False,
+        input_names=[INPUT_NAME], output_names=[output_name],
         dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, opset_version=opset,
         do_constant_folding=True,
     )
@@ -89,7 +90,8 @@ def _dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path | io.Bytes
             opset: int) -> int:
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        model, (example,), None if isinstance(path, io.BytesIO) else str(path), dynamo=True, input_names=[INPUT_NAME], output_names=[output_name],
+        model, (example,), None if isinstance(path, io.BytesIO) else str(path), dynamo=True,
+        input_names=[INPUT_NAME], output_names=[output_name],
         dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, optimize=True,
     )
     if isinstance(path, io.BytesIO):  # in memory: the program's graph, as save() would write it without external data

@@ -38,19 +38,26 @@ def _read(path: str | Path, option: str, what: str) -> bytes:
         raise KeyFileError(f"{option} {path} cannot be read: {exc.strerror}") from None
 
 
+_warned: set[str] = set()
+
+
 def warn_if_loose(path: str | Path, option: str) -> None:
-    """A secret key readable by others works, but says so on stderr (as ssh does, without refusing)."""
+    """A secret key readable by others works, but says so on stderr (as ssh does, without refusing); once per
+    file and process (serve reads the key to check the bundle, then again to serve it)."""
     try:
         mode = Path(path).stat().st_mode
     except OSError:
         return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and str(Path(path).resolve()) not in _warned:
+        _warned.add(str(Path(path).resolve()))
         print(f"warning: {option} {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
               f"chmod 600 {path}", file=sys.stderr)
 
 
 def symmetric_key(key: bytes | str | Path, option: str = "key") -> bytes:
-    """The 32 bytes of an AES-256 bundle key: given as bytes, or as a key file's path (checked, permissions warned)."""
+    """The 32 bytes of an AES-256 bundle key: given as bytes, or as a key file's path (checked, permissions warned).
+    Checks the ``secure`` extra too: every use of the key needs it, and the check comes before any work."""
+    require_extras("secure")
     if isinstance(key, bytes | bytearray):
         raw = bytes(key)
         if len(raw) != KEY_BYTES:
