@@ -7,6 +7,7 @@ Public API (the same verbs as the CLI)::
     trainfer.evaluate(run)
     trainfer.export(run, "bundles/digits")
     predictor = trainfer.load("bundles/digits")   # numpy + onnxruntime only: no torch
+    trainfer.load("bundles/digits", trust="keys/trainfer.pub", key="keys/bundle.key")  # signed / encrypted
     predictor.predict(rows)
     trainfer.predict("bundles/digits", "rows.csv", "preds.csv")
     trainfer.bench(run, quick=True); trainfer.report(run)

@@ -25,19 +25,41 @@ from trainfer.cli._common import (
 )
 
 
+def _encrypt_key() -> Any:
+    return typer.Option(envvar="TRAINFER_BUNDLE_KEY", show_envvar=False, help=(
+        "Bundle key file (32 bytes: `trainfer keys generate --symmetric`); writes model.onnx.enc (AES-256-GCM) "
+        "and never the plaintext graph. Default: the file named by TRAINFER_BUNDLE_KEY, when set."))
+
+
+def _trust() -> Any:
+    return typer.Option(help="Public key file: refuse the bundle unless it is signed by this key and unchanged "
+                             "since (`trainfer sign`).")
+
+
+def _key_bytes(path: Path | None, option: str) -> bytes | None:
+    """A key file read once, with its option's name in any error (and a warning for loose permissions)."""
+    if path is None:
+        return None
+    from trainfer.runtime.keys import symmetric_key
+
+    return symmetric_key(path, option)
+
+
 @app.command()
 @_verb("export", kept=_nothing_at("out", "bundle was"))
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
     force: Annotated[bool, _force("bundle")] = False,
+    encrypt_key: Annotated[Path | None, _encrypt_key()] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Export a run to a lossless ONNX inference bundle (BatchNorm folded, parity checked).
 
     The bundle holds model.onnx and manifest.json (schema, preprocessing, labels, metrics, provenance,
-    sha256 of every file). Loading it needs numpy and onnxruntime, not torch.
+    sha256 of every file). Loading it needs numpy and onnxruntime, not torch. With --encrypt-key it holds
+    model.onnx.enc instead, and the plaintext graph is never written to disk.
 
     Example: trainfer export runs/digits --out bundles/digits
     """
@@ -45,7 +67,7 @@ def export(
     from trainfer.runtime import read_manifest
 
     with _spinner("exporting and checking parity", show=not quiet and not as_json):
-        path = export_fn(run, out, force=force)
+        path = export_fn(run, out, force=force, encrypt_key=encrypt_key)
     m = read_manifest(path)
     human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
              f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
@@ -70,6 +92,7 @@ def optimize(
     full: Annotated[bool, typer.Option("--full", help="Longer measurements (1,000 calls and 10 s each).")] = False,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after pruning.", min=1)] = 5,
     force: Annotated[bool, _force("bundle")] = False,
+    encrypt_key: Annotated[Path | None, _encrypt_key()] = None,
     quiet: QuietFlag = False,
     wide: Annotated[bool, typer.Option(
         "--wide", help="Every column of the table (size, validation accuracy, p90, params, FLOPs); the default "
@@ -97,7 +120,7 @@ def optimize(
 
         record = optimize_fn(run, out, max_accuracy_drop=max_accuracy_drop, batch_size=batch_size,
                              variants=variants, threads=threads, quick=not full, fine_tune_epochs=fine_tune_epochs,
-                             force=force, log=log)
+                             force=force, log=log, encrypt_key=encrypt_key)
     if as_json:
         print(json.dumps(record, default=str))
         return
@@ -123,6 +146,9 @@ def predict(
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk; bounds memory.", min=1)] = 4096,
     id_column: Annotated[str | None, typer.Option(help="Input column copied first into the output to identify "
                                                        "rows (default: as described above).")] = None,
+    trust: Annotated[Path | None, _trust()] = None,
+    key: Annotated[Path | None, typer.Option(help="Bundle key file of an encrypted bundle (decrypted in memory "
+                                                  "only).")] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -148,7 +174,8 @@ def predict(
     """
     from trainfer.runtime.files import predict as predict_fn
 
-    options: dict[str, Any] = {"threads": threads, "chunk_size": chunk_size, "force": force, "id_column": id_column}
+    options: dict[str, Any] = {"threads": threads, "chunk_size": chunk_size, "force": force, "id_column": id_column,
+                               "trust": trust, "key": _key_bytes(key, "--key")}
     if quiet or as_json or not sys.stdout.isatty():
         report = predict_fn(bundle, input, out, **options)
     else:
@@ -197,6 +224,9 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help=(
         "One line per request on stdout: time, client, request line, status, milliseconds "
         "(written in bulk every 0.2 s)."))] = True,
+    trust: Annotated[Path | None, _trust()] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Bundle key file of an encrypted bundle (decrypted in "
+                                                       "memory only, in every worker).")] = None,
 ) -> None:
     """Serve a bundle over HTTP: Open Inference Protocol v2 (KServe/Triton clients work) and POST /predict.
 
@@ -221,9 +251,10 @@ def serve(
     from trainfer.runtime import load
     from trainfer.serving import serve as serve_fn
 
-    load(bundle)  # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
-    serve_fn(bundle, name=name, host=host, port=port, workers=workers, threads=threads, api_key_file=api_key_file,
-             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+    # verify the bundle before binding the port: a bad bundle is a clear error, not a crash loop
+    load(bundle, trust=trust, key=_key_bytes(key_file, "--key-file"))
+    serve_fn(bundle, trust=trust, key_file=key_file, name=name, host=host, port=port, workers=workers, threads=threads,
+             api_key_file=api_key_file, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms,
              max_body_mb=max_body_mb, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
              keep_alive_s=keep_alive_s, access_log=access_log)

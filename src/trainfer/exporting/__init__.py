@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import platform
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.features import Features, Target
 from trainfer.runtime import default_threads, inference_session
 from trainfer.runtime.bundle import MODEL
+from trainfer.runtime.keys import symmetric_key
 from trainfer.training import Run
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| on probabilities (relative, for regression outputs)
@@ -67,9 +69,10 @@ def reference_outputs(model: torch.nn.Module, X: np.ndarray, target: Target) -> 
                            for i in range(0, len(X), 1024)])
 
 
-def onnx_outputs(onnx_path: Path, X: np.ndarray) -> np.ndarray:
+def onnx_outputs(onnx_path: Path | io.BytesIO, X: np.ndarray) -> np.ndarray:
     """The graph's outputs on ``X``, from the session a bundle runs it on (same graph optimizations)."""
-    sess = inference_session(onnx_path, default_threads())
+    sess = inference_session(onnx_path.getvalue() if isinstance(onnx_path, io.BytesIO) else onnx_path,
+                             default_threads())
     return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
 
 
@@ -92,8 +95,8 @@ def compare(got: np.ndarray, want: np.ndarray, task: str, atol: float = PARITY_A
     return report
 
 
-def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X_std: np.ndarray, X_graph: np.ndarray,
-                 atol: float = PARITY_ATOL) -> dict[str, Any]:
+def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path | io.BytesIO, X_std: np.ndarray,
+                 X_graph: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, Any]:
     """Compare onnxruntime (on the graph's input) with torch (on the standardized input) for the same rows;
     raise ExportError with the figures when they disagree."""
     report = compare(onnx_outputs(onnx_path, X_graph), reference_outputs(model, X_std, target), target.task, atol)
@@ -107,9 +110,10 @@ def check_parity(model: torch.nn.Module, target: Target, onnx_path: Path, X_std:
 
 
 def export_model(model: torch.nn.Module, features: Features, X_std: np.ndarray, X_graph: np.ndarray,
-                 onnx_path: Path, fold_standardization: bool = True) -> dict[str, Any]:
+                 onnx_path: Path | io.BytesIO, fold_standardization: bool = True) -> dict[str, Any]:
     """Fold, export and parity-check one torch model; returns the onnx info with the parity figures.
-    ``fold_standardization=False`` for a graph that will be quantized (see inference_module)."""
+    ``fold_standardization=False`` for a graph that will be quantized (see inference_module). ``onnx_path`` may
+    be an in-memory buffer (encrypted bundles)."""
     module, fold_info = inference_module(model, features, fold_standardization)
     # A contiguous example: a strided one makes the exporter trace extra shape ops into the graph.
     example = torch.from_numpy(np.ascontiguousarray(X_graph[:2]))
@@ -125,21 +129,30 @@ def export_model(model: torch.nn.Module, features: Features, X_std: np.ndarray, 
     return {**info, **fold_info, "parity": check_parity(model, features.target, onnx_path, X_std, X_graph)}
 
 
-def export(run: Run | str | Path, out: str | Path, *, force: bool = False) -> Path:
+def export(run: Run | str | Path, out: str | Path, *, force: bool = False,
+           encrypt_key: bytes | str | Path | None = None) -> Path:
     """Export ``run`` to a lossless ONNX bundle at ``out``; returns the bundle path.
+
+    ``encrypt_key`` (a 32-byte bundle key, or its file's path) writes model.onnx.enc instead of model.onnx: the
+    graph is exported, checked and encrypted in memory, never written in plaintext.
 
     Example: ``trainfer.export("runs/digits", "bundles/digits")`` then ``trainfer.load("bundles/digits")``.
     """
     check_bundle_out(out, force)  # before the work, not after
+    key = None if encrypt_key is None else symmetric_key(encrypt_key, "--encrypt-key")
     run = run if isinstance(run, Run) else Run.load(run)
     X_std, X_graph = graph_inputs(run.features, run.load_split("test")[0])
 
     def fill(tmp: Path) -> dict[str, Any]:
-        info = export_model(run.model, run.features, X_std, X_graph, tmp / MODEL)
+        target = io.BytesIO() if key is not None else tmp / MODEL
+        info = export_model(run.model, run.features, X_std, X_graph, target)
         parity = info.pop("parity")
-        return manifest_fields(run, "onnx-fp32", info, parity)
+        fields = manifest_fields(run, "onnx-fp32", info, parity)
+        if isinstance(target, io.BytesIO):
+            fields["model_bytes"] = target.getvalue()
+        return fields
 
-    return write_bundle(Path(out), fill, force=force)
+    return write_bundle(Path(out), fill, force=force, key=key)
 
 
 def output_name(task: str) -> str:

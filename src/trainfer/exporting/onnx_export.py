@@ -36,9 +36,11 @@ def is_plain(model: torch.nn.Module) -> bool:
                for m in model.modules())
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, output_name: str,
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path | io.BytesIO, output_name: str,
                 opset: int = 18) -> dict[str, object]:
-    """Write ``model`` to ``path``; returns {"exporter", "opset", "fallback_reason"}."""
+    """Write ``model`` to ``path``; returns {"exporter", "opset", "fallback_reason"}.
+
+    ``path`` may be an in-memory buffer: an encrypted bundle's graph is never written in plaintext."""
     model = model.eval()
     check_finite(model)
     order: list[tuple[str, Callable[..., int]]] = [("torchscript", _torchscript), ("dynamo", _dynamo)]
@@ -47,6 +49,9 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
     reasons = []
     for name, exporter in order:
         try:
+            if isinstance(path, io.BytesIO):  # a failed first exporter may have written part of a graph
+                path.seek(0)
+                path.truncate()
             with _quiet():
                 used_opset = exporter(model, example, path, output_name, opset)
             _check_loadable(path)
@@ -70,28 +75,34 @@ def check_finite(model: torch.nn.Module) -> None:
                           hint="train it again with a lower train.lr or with train.grad_clip set")
 
 
-def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, output_name: str, opset: int) -> int:
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path | io.BytesIO, output_name: str,
+                 opset: int) -> int:
     torch.onnx.export(
-        model, (example,), str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[output_name],
+        model, (example,), path if isinstance(path, io.BytesIO) else str(path), dynamo=False,
+        input_names=[INPUT_NAME], output_names=[output_name],
         dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}, opset_version=opset,
         do_constant_folding=True,
     )
     return opset
 
 
-def _dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, output_name: str, opset: int) -> int:
+def _dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path | io.BytesIO, output_name: str,
+            opset: int) -> int:
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(
-        model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME], output_names=[output_name],
+    program = torch.onnx.export(
+        model, (example,), None if isinstance(path, io.BytesIO) else str(path), dynamo=True,
+        input_names=[INPUT_NAME], output_names=[output_name],
         dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, optimize=True,
     )
+    if isinstance(path, io.BytesIO):  # in memory: the program's graph, as save() would write it without external data
+        path.write(program.model_proto.SerializeToString())
     return opset
 
 
-def _check_loadable(path: Path) -> None:
+def _check_loadable(path: Path | io.BytesIO) -> None:
     import onnx
 
-    onnx.checker.check_model(str(path))
+    onnx.checker.check_model(path.getvalue() if isinstance(path, io.BytesIO) else str(path))
 
 
 @contextlib.contextmanager

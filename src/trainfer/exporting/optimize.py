@@ -3,6 +3,7 @@ stays within the accuracy budget, and write it as the bundle with the whole tabl
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
 from trainfer.runtime import MODEL, default_threads, inference_session
+from trainfer.runtime.keys import symmetric_key
 from trainfer.training import Run
 from trainfer.training.metrics import compute_metrics, monitor
 
@@ -115,12 +117,19 @@ class _Bases:
 def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float = 0.5, batch_size: int = 1,
              variants: list[str] | None = None, threads: int | None = None, quick: bool = True,
              fine_tune_epochs: int = 5, force: bool = False,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, encrypt_key: bytes | str | Path | None = None) -> dict[str, Any]:
     """Try the variants on ``run``, write the chosen one to ``out`` as a bundle, return the record.
+
+    ``encrypt_key`` (a bundle key, or its file's path) writes the chosen graph as model.onnx.enc. onnxruntime's
+    quantizers and the pruning fine-tune read and write files, so the candidates are built in a scratch
+    directory in memory (tmpfs: /dev/shm), never on disk, and every library's temporary files go there too;
+    where no such directory exists, encrypted optimize is refused (``export --encrypt-key`` needs none).
 
     Example: ``trainfer.optimize("runs/digits", "bundles/digits-fast", max_accuracy_drop=0.5)``.
     """
     out = check_bundle_out(out, force)  # a file, no permission, no space, not a bundle: said before the work
+    key = None if encrypt_key is None else symmetric_key(encrypt_key, "--encrypt-key")
+    scratch = memory_scratch() if key is not None else None
     run = run if isinstance(run, Run) else Run.load(run)
     log = log or (lambda _msg: None)
     threads = int(threads or default_threads())
@@ -133,7 +142,10 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
     rng = np.random.default_rng(run.recipe.seed)
     calib = X["train"][rng.choice(len(X["train"]), size=min(256, len(X["train"])), replace=False)]
     metric, _ = monitor(run.task)
-    work = Path(tempfile.mkdtemp(prefix="trainfer-optimize-"))
+    work = Path(tempfile.mkdtemp(prefix="trainfer-optimize-", dir=scratch))
+    saved_tempdir = tempfile.tempdir
+    if scratch is not None:  # onnxruntime's quantizers write their intermediate graphs to temporary directories
+        tempfile.tempdir = str(work)
     try:
         bases = _Bases(run, X_std["test"], X["test"], work, fine_tune_epochs, log)
         rows, sessions = [], {}
@@ -187,10 +199,27 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
             "thread_sweep": sweep, "recommended_threads": min(sweep, key=lambda k: sweep[k]["latency_ms_p50"]),
             "variants": [{k: v for k, v in r.items() if k != "path" and not k.startswith("_")} for r in rows],
         }
-        _write(run, out, rows, chosen, record, force)
+        _write(run, out, rows, chosen, record, force, key)
         return record
     finally:
+        tempfile.tempdir = saved_tempdir
         shutil.rmtree(work, ignore_errors=True)
+
+
+def memory_scratch() -> str:
+    """A scratch directory held in memory (a tmpfs), for graphs that must not reach the disk."""
+    try:
+        with open("/proc/mounts") as fh:
+            mounts = {parts[1]: parts[2] for parts in (line.split() for line in fh) if len(parts) > 2}
+    except OSError:
+        mounts = {}
+    for place in ("/dev/shm", "/run/shm"):
+        if mounts.get(place) == "tmpfs" and os.access(place, os.W_OK | os.X_OK):
+            return place
+    raise TrainferError("optimize --encrypt-key builds its candidate graphs in memory (a tmpfs such as /dev/shm), "
+                        "and this machine has none that can be written",
+                        hint="export with `trainfer export RUN --out B --encrypt-key KEY` (no scratch files), or run "
+                             "optimize where /dev/shm is mounted")
 
 
 def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray], X_test_std: np.ndarray,
@@ -264,12 +293,15 @@ def _thread_sweep(path: Path, x: np.ndarray, timing: dict[str, Any]) -> dict[int
 
 
 def _write(run: Run, out: Path, rows: list[dict[str, Any]], chosen: str, record: dict[str, Any],
-           force: bool) -> None:
+           force: bool, key: bytes | None = None) -> None:
     row = next(r for r in rows if r["name"] == chosen)
 
     def fill(tmp: Path) -> dict[str, Any]:
-        shutil.copyfile(row["path"], tmp / MODEL)
         fields = manifest_fields(run, chosen, row["onnx"], row["parity"])
+        if key is None:
+            shutil.copyfile(row["path"], tmp / MODEL)
+        else:  # from the in-memory scratch directory, encrypted by the writer
+            fields["model_bytes"] = row["path"].read_bytes()
         fields["variant_metrics"] = {k: row.get(k) for k in row if k.startswith(("val_", "test_", "latency_"))}
         # The bundle is the variant, not the run: its own size, parameters and FLOPs.
         fields["provenance"]["params"] = row["params"]
@@ -279,4 +311,4 @@ def _write(run: Run, out: Path, rows: list[dict[str, Any]], chosen: str, record:
         fields["optimization"] = record
         return fields
 
-    write_bundle(out, fill, force=force)
+    write_bundle(out, fill, force=force, key=key)

@@ -238,8 +238,11 @@ def _plain(v: Any) -> Any:
 
 def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predictions.csv", *,
             threads: int | None = None, chunk_size: int = 4096, force: bool = False, id_column: str | None = None,
-            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            on_progress: Callable[[int, int], None] | None = None, trust: str | Path | None = None,
+            key: bytes | str | Path | None = None) -> dict[str, Any]:
     """``trainfer predict``: load ``bundle`` (hashes verified) and predict every row of a file into ``out``.
+
+    ``trust`` and ``key``: as for :func:`trainfer.load` (a signer's public key file; an encrypted bundle's key).
 
     ``out`` (.csv or .json) is checked before the bundle is loaded; an existing one is replaced only with
     ``force=True``. See the module docstring for the columns written.
@@ -249,8 +252,8 @@ def predict(bundle: str | Path, input_path: str | Path, out: str | Path = "predi
     from trainfer.runtime.predictor import load
 
     check_predictions_out(out, force)
-    return predict_file(load(bundle, threads=threads), input_path, out, chunk_size, on_progress=on_progress,
-                        force=force, id_column=id_column)
+    return predict_file(load(bundle, threads=threads, trust=trust, key=key), input_path, out, chunk_size,
+                        on_progress=on_progress, force=force, id_column=id_column)
 
 
 def _in_file(exc: InputError, path: Path, offset: int) -> InputError:

@@ -22,10 +22,11 @@ def default_threads() -> int:
     return affinity_cpus()
 
 
-def inference_session(model_path: str | Path, threads: int) -> Any:
+def inference_session(model_path: str | Path | bytes, threads: int) -> Any:
     """The onnxruntime session every trainfer graph runs on: the bundle's Predictor, the graphs optimize times
     and sweeps threads on, and the export parity check. One place, so that what optimize measures is what the
-    bundle ships: ``threads`` intra-op threads, one inter-op thread, sequential execution, every graph
+    bundle ships (``model_path`` may be the graph's bytes: encrypted bundles never write it to disk): ``threads``
+    intra-op threads, one inter-op thread, sequential execution, every graph
     optimization, the CPU provider, and onnxruntime's own logging limited to errors."""
     import onnxruntime as ort
 
@@ -35,7 +36,8 @@ def inference_session(model_path: str | Path, threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 class Predictor:
@@ -44,17 +46,29 @@ class Predictor:
     ``predict(X)`` returns labels in the original label space (or values, for regression);
     ``predict_proba(X)`` returns class probabilities. X is raw input exactly as in the training
     data: an ndarray of raw features, a DataFrame, a list of dicts, or image paths.
+
+    ``trust``: a public key file; the bundle must carry a valid signature by its private key (see
+    trainfer.runtime.signing). ``key``: the bundle key (32 bytes, or a key file's path) of an encrypted
+    bundle; the graph is decrypted into memory only.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, *, trust: str | Path | None = None,
+                 key: bytes | str | Path | None = None) -> None:
         self.path = Path(path)
+        self.signed = False
+        if trust is not None:  # before anything of the bundle is read or parsed
+            from trainfer.runtime.signing import verify_bundle
+
+            verify_bundle(self.path, trust)
+            self.signed = True
         self.manifest = read_manifest(self.path)  # verifies every hash before anything is loaded
         self.features = Features.from_dict(self.manifest["preprocessing"])
         self.task = self.manifest["task"]
         # An optimized bundle records the thread count its sweep found fastest; the caller's choice wins.
         self.threads = int(threads or self.manifest.get("runtime", {}).get("threads") or default_threads())
+        model = self._model_bytes(key)
         try:
-            self.session = inference_session(self.path / MODEL, self.threads)
+            self.session = inference_session(self.path / MODEL if model is None else model, self.threads)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
             raise BundleError(f"{MODEL} in {self.path} cannot be loaded by onnxruntime: {exc}") from None
         self.input_name = self.session.get_inputs()[0].name
@@ -67,6 +81,23 @@ class Predictor:
         self.variant = self.manifest.get("variant", "onnx-fp32")
         labels = self.features.target.labels
         self._labels = np.asarray(labels, dtype=object if any(isinstance(v, str) for v in labels) else None)
+
+    def _model_bytes(self, key: bytes | str | Path | None) -> bytes | None:
+        """The decrypted graph of an encrypted bundle (None for a plain one, which onnxruntime reads itself)."""
+        encrypted = "encryption" in self.manifest
+        if not encrypted:
+            if key is not None:
+                raise BundleError(f"bundle {self.path} is not encrypted, and a key was given",
+                                  hint="drop the key (or --key), or export the bundle with --encrypt-key")
+            return None
+        if key is None:
+            raise BundleError(f"bundle {self.path} is encrypted ({self.manifest['encryption'].get('file')}); "
+                              "its key is needed to load it",
+                              hint="pass key=KEYFILE (CLI: predict --key KEYFILE, serve --key-file KEYFILE)")
+        from trainfer.runtime.encryption import decrypt
+        from trainfer.runtime.keys import symmetric_key
+
+        return decrypt(self.path, self.manifest, symmetric_key(key, "key"))
 
     @property
     def labels(self) -> list[Any]:
@@ -95,6 +126,11 @@ class Predictor:
         return f"Predictor({str(self.path)!r}, task={self.task}, variant={self.variant}, threads={self.threads})"
 
 
-def load(path: str | Path, threads: int | None = None) -> Predictor:
-    """Open a bundle for inference, verifying its hashes first. Example: ``trainfer.load("bundles/digits")``."""
-    return Predictor(path, threads)
+def load(path: str | Path, threads: int | None = None, *, trust: str | Path | None = None,
+         key: bytes | str | Path | None = None) -> Predictor:
+    """Open a bundle for inference, verifying its hashes first. Example: ``trainfer.load("bundles/digits")``.
+
+    ``trust="keys/trainfer.pub"`` refuses a bundle that is unsigned, signed by another key, or changed since it
+    was signed; ``key=`` (bytes, or a key file's path) decrypts an encrypted bundle into memory.
+    """
+    return Predictor(path, threads, trust=trust, key=key)

@@ -19,9 +19,11 @@ from trainfer.serving.tls import PASSWORD_ENV, check_tls
 _ENV = "TRAINFER_SERVE"  # how `--workers N` hands the settings to each worker process
 
 
-def build_app(bundle: str | Path, config: ServeConfig, threads: int | None = None) -> Any:
-    """A ready ASGI app for ``bundle`` (hashes verified on load), for uvicorn or any ASGI server."""
-    return create_app(load(bundle, threads=threads), config)
+def build_app(bundle: str | Path, config: ServeConfig, threads: int | None = None, *,
+              trust: str | Path | None = None, key: bytes | str | Path | None = None) -> Any:
+    """A ready ASGI app for ``bundle`` (hashes verified on load), for uvicorn or any ASGI server. ``trust`` and
+    ``key``: as for :func:`trainfer.load` (signer's public key file; an encrypted bundle's key or key file)."""
+    return create_app(load(bundle, threads=threads, trust=trust, key=key), config)
 
 
 def _freeze_heap() -> None:
@@ -42,7 +44,8 @@ def _factory() -> Any:  # uvicorn --factory entry point for multi-process servin
     cfg = ServeConfig(**{**spec["config"], "api_keys": tuple(spec["config"]["api_keys"])})
     HeaderTimeoutProtocol.header_timeout_s = cfg.header_timeout_s
     HeaderTimeoutProtocol.write_timeout_s = cfg.body_timeout_s
-    app = build_app(spec["bundle"], cfg, spec["threads"])
+    # the key file's path travels, never the key: each worker reads it (and decrypts in its own memory)
+    app = build_app(spec["bundle"], cfg, spec["threads"], trust=spec.get("trust"), key=spec.get("key_file"))
     _freeze_heap()
     return app
 
@@ -50,9 +53,11 @@ def _factory() -> Any:  # uvicorn --factory entry point for multi-process servin
 def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1, threads: int | None = None, api_key_file: str | Path | None = None,
           ssl_certfile: str | Path | None = None, ssl_keyfile: str | Path | None = None,
-          access_log: bool = True, **limits: Any) -> None:
+          access_log: bool = True, trust: str | Path | None = None, key_file: str | Path | None = None,
+          **limits: Any) -> None:
     """Serve ``bundle`` until interrupted; SIGTERM/SIGINT drain requests in flight before exiting.
 
+    ``trust``: a public key file the bundle must be signed with; ``key_file``: an encrypted bundle's key file.
     ``limits``: the ServeConfig fields (max_batch_size, max_delay_ms, max_queue, timeout_ms, max_body_mb,
     header_timeout_s, body_timeout_s, keep_alive_s), each checked against its range before start-up.
 
@@ -94,10 +99,12 @@ def serve(bundle: str | Path, *, name: str | None = None, host: str = "127.0.0.1
               **tls}  # uvicorn's own ssl options; its start-up line then says https://
     if workers > 1:
         os.environ[_ENV] = json.dumps({"bundle": str(bundle), "threads": threads,
-                                       "config": dataclasses.asdict(config)})
+                                       "config": dataclasses.asdict(config),
+                                       "trust": None if trust is None else str(Path(trust).resolve()),
+                                       "key_file": None if key_file is None else str(Path(key_file).resolve())})
         uvicorn.run("trainfer.serving:_factory", factory=True, workers=workers, **common)
     else:
-        app = build_app(bundle, config, threads)
+        app = build_app(bundle, config, threads, trust=trust, key=key_file)
         _freeze_heap()
         uvicorn.run(app, **common)
 
