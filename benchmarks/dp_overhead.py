@@ -42,7 +42,9 @@ def one_run(rec: dict[str, Any]) -> dict[str, float]:
         records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()][1:]
     return {"train_s": statistics.median(r["train_s"] for r in records),
             "epoch_s": statistics.median(r["epoch_s"] for r in records),
-            "samples_per_s": statistics.median(r["samples_per_s"] for r in records)}
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in records),
+            # CPU seconds (user + sys) of all epochs: other jobs stretch wall time far more than CPU time
+            "cpu_s_per_epoch": run.summary["timings"]["train_cpu_s"] / run.summary["epochs_run"]}
 
 
 def main() -> None:
@@ -66,11 +68,12 @@ def main() -> None:
         res = {side: one_run(sides[side]) for side in order}
         row = {f"{side}_{k}": v for side in ("plain", "dp") for k, v in res[side].items()}
         row.update(step_ratio=res["dp"]["train_s"] / res["plain"]["train_s"],
-                   epoch_ratio=res["dp"]["epoch_s"] / res["plain"]["epoch_s"])
+                   epoch_ratio=res["dp"]["epoch_s"] / res["plain"]["epoch_s"],
+                   cpu_ratio=res["dp"]["cpu_s_per_epoch"] / res["plain"]["cpu_s_per_epoch"])
         raw.append(row)
         print(f"  round {r + 1}: plain {res['plain']['train_s']:.3f} s steps / {res['plain']['epoch_s']:.3f} s epoch"
               f" | dp {res['dp']['train_s']:.3f} s / {res['dp']['epoch_s']:.3f} s"
-              f" | ratio steps {row['step_ratio']:.2f}x, epoch {row['epoch_ratio']:.2f}x")
+              f" | ratio steps {row['step_ratio']:.2f}x, epoch {row['epoch_ratio']:.2f}x, cpu {row['cpu_ratio']:.2f}x")
 
     # A run with a target ε: the noise search is a one-off cost before the first epoch.
     t0 = time.perf_counter()
@@ -81,15 +84,17 @@ def main() -> None:
 
     step_ratio = statistics.median(x["step_ratio"] for x in raw)
     epoch_ratio = statistics.median(x["epoch_ratio"] for x in raw)
+    cpu_ratio = statistics.median(x["cpu_ratio"] for x in raw)
     ratios = [x["step_ratio"] for x in raw]
     cv = statistics.pstdev(ratios) / statistics.mean(ratios) if len(ratios) > 1 else 0.0
     print(f"DP-SGD costs {step_ratio:.2f}x the plain time per epoch on the steps, {epoch_ratio:.2f}x per whole epoch"
           f" (validation and ε accounting included); ε search + setup for a target ε: {search_s:.1f} s once;"
-          f" step-ratio CV {100 * cv:.0f}%")
+          f" step-ratio CV {100 * cv:.0f}%; CPU time per epoch {cpu_ratio:.2f}x")
     if cv > 0.1:
         print(f"warning: ratios vary by {100 * cv:.0f}% between rounds (load average {load_start} at start)")
     print(json.dumps({
         "benchmark": "dp_overhead", "step_time_ratio": step_ratio, "epoch_time_ratio": epoch_ratio,
+        "cpu_time_ratio": cpu_ratio,
         "step_ratio_cv": cv, "setup_with_epsilon_search_s": search_s, "rounds": rounds, "threads": args.threads,
         "plain_train_s_per_epoch": statistics.median(x["plain_train_s"] for x in raw),
         "dp_train_s_per_epoch": statistics.median(x["dp_train_s"] for x in raw),
