@@ -24,7 +24,7 @@ from conftest import assert_user_error, run_main
 from PIL import Image
 
 LEDGER_ROWS = ["Definition and purpose", "Computational load", "Time required", "Hardware used",
-               "Data requirement", "Output", "Energy", "Memory"]
+               "Data requirement", "Output", "Energy", "Memory", "Privacy budget"]
 CHROMIUM_TIMEOUT_S = 90
 
 

@@ -63,6 +63,44 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(1024, ge=1)
 
 
+class PrivacyConfig(_Strict):
+    """The `privacy:` section: train with DP-SGD (Opacus) to a target (ε, δ), or with a given noise multiplier.
+
+    ``privacy: {epsilon: 3.0, delta: auto, max_grad_norm: 1.0, accountant: prv}``. Exactly one of
+    ``epsilon`` (the noise is searched to spend at most that over train.epochs) and ``noise_multiplier``.
+    Per-example clipping at max_grad_norm replaces train.grad_clip, which is then not used.
+    """
+
+    epsilon: float | None = Field(None, description="target ε over train.epochs; smaller is more private")
+    noise_multiplier: float | None = Field(None, description="noise std / clipping norm, instead of epsilon")
+    delta: float | Literal["auto"] = Field("auto", description="δ; auto = 1/(10·train rows)")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="each example's gradient is clipped to this L2 norm")
+    accountant: Literal["prv", "rdp"] = Field("prv", description="Opacus accountant that adds up ε")
+
+    @field_validator("epsilon", "noise_multiplier")
+    @classmethod
+    def _positive(cls, value: float | None, info: Any) -> float | None:
+        # --dp-epsilon 0 would ask for infinite noise: say what a usable value looks like
+        if value is not None and not value > 0:
+            example = "e.g. 3 (stronger privacy) or 8" if info.field_name == "epsilon" else "e.g. 1.0"
+            raise ValueError(f"must be above 0, not {value:g} ({example})")
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_in_range(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value < 1:
+            raise ValueError(f"must be between 0 and 1 (exclusive), not {value:g}; or auto for 1/(10·train rows)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PrivacyConfig:
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            given = "both" if self.epsilon is not None else "neither"
+            raise ValueError(f"give exactly one of epsilon (a target ε) and noise_multiplier (got {given})")
+        return self
+
+
 class Distribution(_Strict):
     """One search-space entry: exactly one of the four kinds, e.g. ``{log_uniform: [1e-4, 3e-2]}``."""
 
@@ -158,6 +196,7 @@ class Recipe(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig | None = Field(None, description="search space for `trainfer tune`; ignored by train")
+    privacy: PrivacyConfig | None = Field(None, description="differentially private training (DP-SGD)")
 
     @model_validator(mode="after")
     def _space_fits_recipe(self) -> Recipe:
@@ -166,7 +205,7 @@ class Recipe(_Strict):
         return self
 
     def to_yaml(self) -> str:
-        raw = self.model_dump(mode="json", exclude={"tune"})
+        raw = self.model_dump(mode="json", exclude={"tune"} | ({"privacy"} if self.privacy is None else set()))
         if self.tune is not None:
             raw["tune"] = self.tune.flat()
         return yaml.safe_dump(raw, sort_keys=False)

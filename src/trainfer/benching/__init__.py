@@ -152,6 +152,7 @@ def _training(run: Any, target_accuracy: float | None, seeds: int) -> dict[str, 
         "epochs_run": s["epochs_run"], "best_epoch": s["best_epoch"], "params": s["params"],
         "device": s.get("device"), "threads": s.get("threads"), "peak_rss_mb": s.get("peak_rss_mb"),
         "test": s.get("test", {}),
+        "privacy": s.get("privacy"),  # the DP-SGD guarantee, for the ledger's privacy row (None: not DP)
     }
     if target_accuracy is not None:
         out["time_to_target"] = (time_to_target_seeds(run, target_accuracy, seeds) if seeds > 1

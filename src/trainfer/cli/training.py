@@ -5,11 +5,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _force, _train_kept, _verb, app
+
+# Sets privacy.epsilon, as --set privacy.epsilon=E would (a recipe's other privacy keys stay).
+DpEpsilon = Annotated[float | None, typer.Option(
+    "--dp-epsilon", help="Train with DP-SGD (Opacus) to spend at most this ε, e.g. 3 (privacy.epsilon).")]
+
+
+def _dp_set(epsilon: float | None) -> list[str]:
+    return [] if epsilon is None else [f"privacy.epsilon={epsilon!r}"]
+
+
+def _privacy_lines(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    changed = f"{p['model_changes']}\n" if p.get("model_changes") else ""
+    return (f"{changed}privacy: (ε {p['epsilon']:.3g}, δ {p['delta']:.2g})-DP by DP-SGD, {p['accountant']} accountant: "
+            f"noise multiplier {p['noise_multiplier']:.4g}, clipping norm {p['max_grad_norm']:g}, "
+            f"sampling rate {p['sample_rate']:.4g}, {p['steps']} steps\n")
 
 
 @app.command()
@@ -27,6 +44,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     force: Annotated[bool, _force("run directory")] = False,
+    dp_epsilon: DpEpsilon = None,
     quiet: QuietFlag = False,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
@@ -44,7 +62,7 @@ def train(
 
     show = not quiet and not as_json and sys.stdout.isatty()
     run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
-                   resume=resume, force=force, quiet=not show, overrides=set_ or [])
+                   resume=resume, force=force, quiet=not show, overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (
@@ -52,7 +70,7 @@ def train(
         f"best epoch {s['best_epoch']} of {s['epochs_run']}"
         f"{' (early stop)' if s['stopped_early'] else ''}, {s['params']:,} parameters, "
         f"{s['timings']['total_s']:.1f} s, {s['samples_per_s']:,.0f} samples/s\n"
-        f"{s['overfitting']['line']}\nrun: {run.path}"
+        f"{s['overfitting']['line']}\n{_privacy_lines(s.get('privacy'))}run: {run.path}"
     )
     _emit({"run": str(run.path), **s}, as_json, human)
 
@@ -102,6 +120,7 @@ def run_cmd(
                                                           "recipe, add its trials to the study.")] = False,
     force: Annotated[bool, _force("run (training run or study, bundle, measurements)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe value. Repeatable.")] = None,
+    dp_epsilon: DpEpsilon = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -135,7 +154,8 @@ def run_cmd(
 
     try:
         with _sigterm_stops():  # a tune stage's workers are stopped, as by Ctrl-C, not left training as orphans
-            result = run_fn(recipe, out, overrides=set_ or [], max_accuracy_drop=max_accuracy_drop, quick=not full,
+            result = run_fn(recipe, out, overrides=[*(set_ or []), *_dp_set(dp_epsilon)],
+                            max_accuracy_drop=max_accuracy_drop, quick=not full,
                             resume=resume, force=force, on_stage=on_stage)
     except _Terminated:
         print(f"error: terminated: {_run_kept({'out': out, 'recipe': recipe})}", file=sys.stderr, flush=True)

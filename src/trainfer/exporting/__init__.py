@@ -185,6 +185,8 @@ def manifest_fields(run: Run, variant: str, onnx_info: dict[str, Any], parity: d
         "onnx": onnx_info,
         "parity": parity,
         "metrics": {k: run.summary.get(k) for k in ("train", "val", "test")},
+        # the DP-SGD guarantee the weights were trained under (summary.json's privacy), or None
+        "privacy": run.summary.get("privacy"),
         "provenance": {
             "run": str(run.path.resolve()),
             "data": run.summary.get("data"),

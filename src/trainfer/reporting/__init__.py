@@ -112,7 +112,8 @@ def _provenance(bench: dict[str, Any], summary: dict[str, Any], manifest: dict[s
         note = " (a temporary onnx-fp32 export made for the measurement)" if manifest.get("temporary") else ""
         items.append(f"bundle variant: {html.escape(str(manifest['variant']))}{note}")
     items.append(f"git revision: <code>{bench['env'].get('git_revision') or 'n/a'}</code>")
-    items.append("signatures: not signed (signed bundles come later); privacy budget: not trained with DP")
+    privacy = "see the ledger's privacy budget row" if summary.get("privacy") else "not trained with DP"
+    items.append(f"signatures: not signed (signed bundles come later); privacy budget: {privacy}")
     return "".join(f"<li>{i}</li>" for i in items)
 
 

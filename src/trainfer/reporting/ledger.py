@@ -36,6 +36,23 @@ def _per_s(v: Any) -> str:
     return si(v, "/s")
 
 
+def _fixed(digits: int) -> Callable[[Any], str]:
+    # plain decimals (no exponent), so a reader and the report test read the same number
+    return lambda v: "—" if v is None else f"{v:.{digits}f}"
+
+
+def _privacy_row() -> tuple[str, list[Part], list[Part]]:
+    """The DP-SGD guarantee and how it was reached (summary.json's privacy, copied into bench.json)."""
+    p = "training.privacy"
+    return ("Privacy budget",
+            ["(ε ", (f"{p}.epsilon", _fixed(3)), ", δ ", (f"{p}.delta", _fixed(8)), ")-differentially private by "
+             "DP-SGD (", (f"{p}.accountant", str), " accountant): noise multiplier ", (f"{p}.noise_multiplier",
+                                                                                     _fixed(4)),
+             ", per-example clipping norm ", (f"{p}.max_grad_norm", _fixed(3)), ", Poisson sampling rate ",
+             (f"{p}.sample_rate", _fixed(4)), ", ", (f"{p}.steps", _n), " steps"],
+            ["the same guarantee: predictions are post-processing of the private weights, and cost no further ε"])
+
+
 def rows(bench: dict[str, Any], bundle_key: str) -> list[tuple[str, list[Part], list[Part]]]:
     """(row label, training cell, inference cell). ``bundle_key`` names the bundle's variant entry."""
     v = f"inference.variants.{bundle_key}"
@@ -74,4 +91,7 @@ def rows(bench: dict[str, Any], bundle_key: str) -> list[tuple[str, list[Part], 
          [("training.peak_rss_mb", _mb), " peak RSS of the training process"],
          [("inference.cold_start.bundle.peak_rss_mb", _mb), " peak RSS to load and predict (torch: ",
           ("inference.cold_start.torch.peak_rss_mb", _mb), ")"]),
+        _privacy_row() if get(bench, "training.privacy") else
+        ("Privacy budget", ["not trained with DP: no differential-privacy guarantee"],
+         ["none: the bundle's weights may reveal rows of the training data"]),
     ]

@@ -64,15 +64,18 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, model: torch.nn.Module, opt: tor
 
 
 def snapshot(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
-             improved: bool, extra: dict[str, str] | None = None) -> dict[str, Any]:
+             improved: bool, extra: dict[str, str] | None = None,
+             more_tensors: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Everything a checkpoint holds, copied now (training may go on while it is written); updates ``state``
-    with the file names. ``extra``: more text files to write after state.json (name -> content)."""
+    with the file names. ``extra``: more text files to write after state.json (name -> content);
+    ``more_tensors``: an adapter's own state (e.g. DP-SGD's sampler and noise generators), saved beside."""
     opt_tensors, opt_plain = optimizer_to_flat(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors.update(more_tensors or {})
     # Copies: the optimizer and the model update their tensors in place during the next epoch.
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     last_file = f"epoch-{epoch:04d}.safetensors"

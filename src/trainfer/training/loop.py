@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from trainfer._atomic import write_json, write_text
 from trainfer._energy import EnergyMeter
+from trainfer._imports import require_extras
 from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
@@ -36,6 +38,9 @@ from trainfer.training.metrics import compute_metrics, monitor
 from trainfer.training.optim import SGD, AdamW, set_deterministic
 from trainfer.training.progress import Progress
 from trainfer.training.schedule import lr_at
+
+if TYPE_CHECKING:
+    from trainfer.training.privacy import PrivateTraining
 
 
 def pick_device(choice: str) -> torch.device:
@@ -67,6 +72,8 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
     """Train ``recipe`` into the run directory ``out``; returns ``out``. See trainfer.training."""
     t_start = time.perf_counter()
     out = Path(out)
+    if recipe.privacy is not None:
+        require_extras("privacy")  # before any work: the data is not even read without Opacus
     # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
     data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
     # -- model: seeded, so the same seed builds the same initial weights
@@ -100,6 +107,15 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     task = features.task
     t_data = time.perf_counter() - t_start
     device = pick_device(cfg.device)
+    privacy = recipe.privacy
+    changes: list[str] = []
+    if privacy is not None:  # before the optimizer sees the parameters: BatchNorm becomes GroupNorm
+        require_extras("privacy")
+        from trainfer.training.privacy import conversion_line, prepare_model
+
+        model, changes = prepare_model(model)
+        if not quiet and (line := conversion_line(changes)):
+            print(line, file=sys.stderr, flush=True)
     model = model.to(device)
     n_params = count_parameters(model)
 
@@ -133,6 +149,17 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
                              "elapsed_s": 0.0, "cpu_s": 0.0, "energy_j": 0.0, "energy_method": None}
     ckpt = load_checkpoint(ckpt_dir) if resume else None
+    # -- DP-SGD: Poisson batches, per-example clipping and noise, an accountant (training/privacy.py). Set up
+    # before the run dir is written: a target ε that cannot be met is refused with nothing on disk.
+    dp: PrivateTraining | None = None
+    step_opt = opt  # what the loop steps; `opt` stays the plain optimizer that checkpoints save
+    if privacy is not None:
+        from trainfer.training.privacy import PrivateTraining
+
+        dp = PrivateTraining(privacy, model, opt, n_train, bs, cfg.epochs, recipe.seed, device, changes,
+                             *((ckpt[0].get("privacy"), ckpt[1]) if ckpt is not None else ()))
+        step_opt, loss_fn, steps_per_epoch = dp.optimizer, dp.loss(loss_fn), dp.steps_per_epoch
+        total_steps = steps_per_epoch * cfg.epochs
     # Held nothing before this call: removed again if the run diverges before its first checkpoint.
     fresh_dir = ckpt is None and (not out.exists() or not any(out.iterdir()))
     existed = out.exists()  # an empty folder the user made stays (emptied), as the disk-error clean-up does
@@ -141,10 +168,6 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         restore(model, opt, state, tensors)
     else:
         _start_run_dir(out, recipe, data, resume)
-    # Each step's batch size, to turn the per-step mean losses into the epoch's mean per sample.
-    sizes = [bs] * (steps_per_epoch - 1) + [min(bs, n_train - (steps_per_epoch - 1) * bs)]
-    seen = sum(sizes)
-    step_sizes = torch.tensor(sizes, dtype=torch.float64, device=device)
 
     prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -161,7 +184,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     best_model: dict[str, torch.Tensor] | None = None  # the best epoch's weights this call, as checkpointed
     t_loop = time.perf_counter()
     try:
-        with progress:
+        with progress, dp if dp is not None else nullcontext():
             progress.advance_to(state["epoch"])
             for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
@@ -169,34 +192,40 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 t0 = time.perf_counter()
                 meter = EnergyMeter(device.type).start()
                 model.train()
-                # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state.
-                perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(recipe.seed * 100003 + epoch))
-                perm = perm.to(device)
+                # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state. Under DP
+                # the batches are Poisson samples, their generator's state in the checkpoint.
+                if dp is None:
+                    order = torch.Generator().manual_seed(recipe.seed * 100003 + epoch)
+                    perm = torch.randperm(n_train, generator=order).to(device)
+                    batches: Iterable[torch.Tensor] = (perm[i * bs:(i + 1) * bs] for i in range(steps_per_epoch))
+                else:
+                    batches = dp.batches(device)
                 # Per-step results stay on the device and are read once an epoch: no host sync per step.
                 step_losses: list[torch.Tensor] = []
                 step_preds: list[torch.Tensor] = []
-                for i in range(steps_per_epoch):
+                step_idx: list[torch.Tensor] = []
+                for i, idx in enumerate(batches):
                     step = (epoch - 1) * steps_per_epoch + i
                     lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup_fraction)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    idx = perm[i * bs:(i + 1) * bs]
                     xb, yb = X_train[idx], y_train[idx]
                     with _autocast(device, cfg.precision):
                         out_b = model(xb)
                         loss = loss_fn(out_b.float(), yb)
-                    opt.zero_grad(set_to_none=True)
+                    step_opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    if cfg.grad_clip is not None:
+                    if cfg.grad_clip is not None and dp is None:  # DP clips each example's gradient instead
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     try:
-                        opt.step()
+                        step_opt.step()
                     except RuntimeError as exc:  # lr / bias correction beyond float32: torch refuses the step
                         if "overflow" not in str(exc):
                             raise
                         raise _diverged(cfg, epoch, i, steps_per_epoch, "the optimizer's update overflowed float32") \
                             from None
                     step_losses.append(loss.detach())
+                    step_idx.append(idx)
                     if task == "classification":
                         step_preds.append(out_b.argmax(1))  # integer output: no autograd, one op
                     progress.step()
@@ -213,11 +242,18 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     # Every step's loss was finite, so the last step's update broke the weights.
                     raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
                                     f"the validation loss became {val['loss']} after the update")
-                record = {"epoch": epoch, "train_loss": float(losses.double() @ step_sizes) / seen}
+                # Each step's loss is its batch's mean: weighted by batch size, the epoch's mean per sample.
+                lens = [len(i) for i in step_idx]
+                seen = max(sum(lens), 1)
+                sizes = torch.tensor(lens, dtype=torch.float64, device=device)
+                record = {"epoch": epoch, "train_loss": float(losses.double() @ sizes) / seen}
                 if task == "classification":
-                    hits = torch.cat(step_preds) == y_train[perm[:seen]]
+                    hits = torch.cat(step_preds) == y_train[torch.cat(step_idx)]
                     record["train_accuracy"] = int(hits.sum()) / seen
                 record.update({f"val_{k}": v for k, v in val.items()})
+                if dp is not None:  # ε spent so far; summary.json has the final (ε, δ) and how it was reached
+                    record["epsilon"] = dp.epsilon()
+                    state["privacy"] = dp.checkpoint_state()
                 record.update(lr=lr, samples_per_s=seen / train_s, train_s=train_s,
                               epoch_s=time.perf_counter() - t0)
 
@@ -236,7 +272,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 # Rewritten whole from the checkpointed history (after state.json), so it never holds an
                 # epoch twice; written while the next epoch trains.
                 metrics = "".join(json.dumps(r) + "\n" for r in state["history"])
-                snap = snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics})
+                snap = snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics},
+                                dp.checkpoint_tensors() if dp is not None else None)
                 if improved:
                     best_model = {k[len("model."):]: v for k, v in snap["tensors"].items() if k.startswith("model.")}
                 writer.save(snap)
@@ -260,6 +297,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         set_deterministic(prev_det, warn_only=prev_warn)
         torch.utils.deterministic.fill_uninitialized_memory = prev_fill
         torch.set_num_threads(prev_threads)  # API callers get their process settings back
+        if dp is not None:
+            dp.close()
     t_loop = time.perf_counter() - t_loop
 
     # -- finish: the best epoch's weights become the model; summary.json last marks the run complete.
@@ -273,6 +312,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                            {"data_s": t_data, "train_loop_s": t_loop, "train_total_s": state["elapsed_s"],
                             "train_cpu_s": state["cpu_s"],
                             "total_s": time.perf_counter() - t_start})
+        if dp is not None:
+            summary["privacy"] = dp.summary()
         writer.wait()  # every checkpoint is on disk before the run is marked complete
         write_json(out / "summary.json", summary)
     finally:

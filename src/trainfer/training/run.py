@@ -57,6 +57,10 @@ class Run:
             raise RunError(f"run {path} is damaged: {exc}") from None
         features = Features.load(path / "features.json")
         model = build_model(recipe.model, features.input_shape, features.n_outputs)
+        if recipe.privacy is not None:  # trained with DP-SGD: its BatchNorms became GroupNorms (training/privacy.py)
+            from trainfer.training.privacy import replace_batchnorm
+
+            model, _ = replace_batchnorm(model)
         model.load_state_dict(load_tensors(path / "model.safetensors"))
         model.eval()
         return cls(path, recipe, features, summary, model)
