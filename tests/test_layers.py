@@ -1,7 +1,7 @@
 """The layer rules of DESIGN.md, enforced by parsing the imports of every module under src/trainfer.
 
     L5  cli, pipeline
-    L4  serve (runtime only), bench, report, tuning
+    L4  serve (runtime only), bench, report, tuning, auditing
     L3  exporting
     L2  training, models, data, runtime
     L1  features
@@ -38,6 +38,8 @@ LAYERS: dict[str, int] = {
     "serving": 4, "benching": 4, "reporting": 4,
     # tuning orchestrates runs of the loop, and for the latency objective it exports and times each trial
     "tuning": 4,
+    # the membership-inference audit trains reference models through the loop, like a tuner's trials
+    "auditing": 4,
     "cli": 5, "pipeline": 5,
 }
 # The CLI is the entry point of the pipeline too: `trainfer run` calls it.

@@ -15,14 +15,14 @@ from typing import Any
 import typer
 
 from trainfer._imports import extra_for_missing
-from trainfer.cli import inference, measuring, training, tuning
+from trainfer.cli import auditing, inference, measuring, training, tuning
 from trainfer.cli._common import THREADS_DEFAULT, Interrupted, app
 from trainfer.errors import TrainferError
 
 # --help lists the verbs in the order of the path, whichever module defines them
-ORDER = ("train", "evaluate", "tune", "export", "optimize", "predict", "bench", "report", "run", "serve")
+ORDER = ("train", "evaluate", "audit", "tune", "export", "optimize", "predict", "bench", "report", "run", "serve")
 app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
-__all__ = ["THREADS_DEFAULT", "app", "inference", "main", "measuring", "training", "tuning"]
+__all__ = ["THREADS_DEFAULT", "app", "auditing", "inference", "main", "measuring", "training", "tuning"]
 
 
 def main(argv: list[str] | None = None) -> None:
