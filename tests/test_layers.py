@@ -2,7 +2,7 @@
 
     L6  __main__ (`python -m trainfer`)
     L5  cli, pipeline
-    L4  serve (runtime only), bench, report, tuning
+    L4  serve (runtime only), bench, report, tuning, auditing
     L3  exporting
     L2  training, models, data, runtime
     L1  features
@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "serving": 4, "benching": 4, "reporting": 4,
     # tuning orchestrates runs of the loop, and for the latency objective it exports and times each trial
     "tuning": 4,
+    # the membership-inference audit trains reference models through the loop, like a tuner's trials
+    "auditing": 4,
     "cli": 5, "pipeline": 5, "__main__": 6,  # `python -m trainfer`: the console script, above the CLI
 }
 # The CLI is the entry point of the pipeline too: `trainfer run` calls it.

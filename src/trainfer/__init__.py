@@ -5,6 +5,7 @@ Public API (the same verbs as the CLI)::
     import trainfer
     run = trainfer.train(data="digits", model="mlp", epochs=30, out="runs/digits")
     trainfer.evaluate(run)
+    trainfer.audit(run)                           # membership-inference attack: what the model leaks
     trainfer.export(run, "bundles/digits")
     predictor = trainfer.load("bundles/digits")   # numpy + onnxruntime only: no torch
     trainfer.load("bundles/digits", trust="keys/trainfer.pub", key="keys/bundle.key")  # signed / encrypted
@@ -25,6 +26,7 @@ from trainfer.errors import TrainferError
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from trainfer.auditing import audit
     from trainfer.benching import bench
     from trainfer.config import Recipe
     from trainfer.exporting import export
@@ -44,6 +46,7 @@ _LAZY = {
     "train": "trainfer.training",
     "evaluate": "trainfer.training",
     "Run": "trainfer.training",
+    "audit": "trainfer.auditing",
     "Recipe": "trainfer.config",
     "export": "trainfer.exporting",
     "optimize": "trainfer.exporting.optimize",
@@ -67,5 +70,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainfer' has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "Recipe", "Run", "Study", "TrainferError", "__version__", "bench", "evaluate", "export",
-           "load", "optimize", "predict", "report", "run", "serve", "train", "tune"]
+__all__ = ["Predictor", "Recipe", "Run", "Study", "TrainferError", "__version__", "audit", "bench", "evaluate",
+           "export", "load", "optimize", "predict", "report", "run", "serve", "train", "tune"]

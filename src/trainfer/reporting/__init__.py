@@ -10,7 +10,7 @@ from typing import Any
 
 from trainfer._atomic import write_text, write_with
 from trainfer.errors import RunError
-from trainfer.reporting import charts, study
+from trainfer.reporting import audit, charts, study
 from trainfer.reporting.fmt import duration_ms, get, si
 from trainfer.reporting.infographic import draw
 from trainfer.reporting.ledger import rows
@@ -77,7 +77,7 @@ def report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     origin = study.study_of_run(run)  # a study's best run: the study's charts go in too
     page = _PAGE.format(
         style=STYLE, title=html.escape(title), table=table,
-        charts="\n".join(figure(c, svg) for c, svg in figs),
+        charts="\n".join(figure(c, svg) for c, svg in figs), audit=audit.section(run, summary),
         study=f"<h2>The tuning study this run came from</h2>\n{study.section(origin)}" if origin else "",
         scenarios=_scenarios(bench), provenance=_provenance(bench, summary, manifest),
         env=html.escape(json.dumps(bench["env"], indent=1)),
@@ -127,6 +127,8 @@ _PAGE = """<!doctype html>
 <tbody>
 {table}
 </tbody></table>
+<h2>Privacy: membership-inference audit</h2>
+{audit}
 <h2>Charts</h2>
 {charts}
 {study}
