@@ -74,7 +74,12 @@ def export(
              f"max abs diff {m['parity']['max_abs_diff']:.2e}")
     if "argmax_agreement" in m["parity"]:
         human += f", argmax agreement {m['parity']['argmax_agreement']:.4f}"
-    _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"]}, as_json, human)
+    if "encryption" in m:  # say so: TRAINFER_BUNDLE_KEY set in the environment encrypts without any flag
+        enc = m["encryption"]
+        human += (f"\n[bold]encrypted[/] {enc['file']} ({enc['algorithm']}, key id {enc['key_id']}): "
+                  "predict --key / serve --key-file need the key")
+    _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"],
+           **({"encryption": m["encryption"]} if "encryption" in m else {})}, as_json, human)
 
 
 @app.command(epilog="Variants (--variant NAME):\n\n" + _variants.help_text())
@@ -133,6 +138,8 @@ def optimize(
             console.print(f"{STATUS[r['status']]} {r['name']}: {r['reason']}")
     console.print(f"[bold]chosen:[/] {record['chosen']} — {record['reason']}\n"
                                    f"bundle: {record['bundle']} (recommended threads: {record['recommended_threads']})")
+    if encrypt_key is not None:  # given by --encrypt-key or, silently, by TRAINFER_BUNDLE_KEY: say so
+        console.print("[bold]encrypted[/] model.onnx.enc (AES-256-GCM): predict --key / serve --key-file need the key")
 
 
 @app.command()

@@ -45,8 +45,11 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def read_manifest(bundle: Path) -> dict[str, Any]:
+def read_manifest(bundle: Path, sha256: str | None = None) -> dict[str, Any]:
     """Read and verify a bundle: the manifest's own hash, then every file it lists.
+
+    ``sha256``: the digest a verified signature gives for manifest.json. The bytes parsed here are checked
+    against it, so that a manifest swapped after the signature was checked is refused, not trusted.
 
     Raises BundleError naming the file that is missing or does not match; nothing is loaded then.
     """
@@ -55,6 +58,9 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if not path.is_file():
         raise _not_a_bundle(bundle)
     raw = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise BundleError(f"{MANIFEST} in {bundle} changed after its signature was verified",
+                          hint="something is writing to the bundle; load it again once it is left alone")
     found = _SELF_HASH.findall(raw)
     if len(found) != 1:
         raise BundleError(f"{MANIFEST} in {bundle} was modified: its manifest_sha256 field is damaged")
@@ -71,6 +77,10 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         raise BundleError(f"{bundle} is not a trainfer bundle of format version <= {FORMAT_VERSION}",
                           hint="upgrade trainfer to read newer bundles")
     for name, digest in manifest.get("files", {}).items():
+        # a bundle is flat: a listed name with a path (../x, /etc/x) would make loading read outside it
+        if Path(name).name != name or name in (".", ".."):
+            raise BundleError(f"{MANIFEST} in {bundle} lists {name!r}, which is not a file name inside the bundle",
+                              hint="re-export the bundle; do not edit bundle files by hand")
         f = bundle / name
         if not f.is_file():
             raise BundleError(f"{name} is missing from bundle {bundle}")
@@ -78,6 +88,28 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
             raise BundleError(f"{name} in bundle {bundle} does not match its sha256 in the manifest",
                               hint="the file was modified or corrupted; re-export the bundle")
     return manifest
+
+
+def read_listed(bundle: Path, manifest: dict[str, Any], name: str) -> bytes:
+    """The bytes of ``name``, a file the manifest lists, read once and checked against its sha256 in memory.
+
+    What is loaded is then exactly what was checked: hashing the file and letting onnxruntime open it again
+    would leave a window in which a file swapped on disk (after read_manifest, or after a signature was
+    verified) is loaded unchecked. ``name`` must be a plain file name of the bundle (no path), whatever the
+    manifest says.
+    """
+    digest = manifest.get("files", {}).get(name) if isinstance(name, str) else None
+    if digest is None or Path(name).name != name or name in (".", ".."):
+        raise BundleError(f"{name!r} is not a file listed in the manifest of bundle {bundle}",
+                          hint="re-export the bundle; do not edit bundle files by hand")
+    try:
+        data = (Path(bundle) / name).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {name} in bundle {bundle}: {exc.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise BundleError(f"{name} in bundle {bundle} does not match its sha256 in the manifest",
+                          hint="the file was modified or corrupted; re-export the bundle")
+    return data
 
 
 # Files that only a training run directory holds (see trainfer.training); runtime must not import training.

@@ -56,9 +56,10 @@ def encrypt(plaintext: bytes, key: bytes, manifest: dict[str, Any]) -> bytes:
     return AESGCM(key).encrypt(nonce, plaintext, binding(manifest))
 
 
-def decrypt(bundle: Path, manifest: dict[str, Any], key: bytes) -> bytes:
+def decrypt(bundle: Path, manifest: dict[str, Any], key: bytes, data: bytes) -> bytes:
     """The ONNX bytes of an encrypted bundle whose manifest was verified; a wrong key or a changed byte is an
-    error, never a garbage model (GCM's tag is checked before anything is returned)."""
+    error, never a garbage model (GCM's tag is checked before anything is returned). ``data``: the ciphertext,
+    read by the caller once and checked against the manifest (bundle.read_listed), never re-read here."""
     require_extras("secure")
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -73,7 +74,6 @@ def decrypt(bundle: Path, manifest: dict[str, Any], key: bytes) -> bytes:
                           hint="pass the bundle key it was exported with")
     try:
         nonce = bytes.fromhex(enc["nonce"])
-        data = (bundle / enc.get("file", ENCRYPTED_MODEL)).read_bytes()
         return AESGCM(key).decrypt(nonce, data, binding(manifest))
     except (InvalidTag, ValueError, KeyError):
         raise BundleError(f"cannot decrypt {bundle}: wrong key or tampered bundle (the authentication tag of "

@@ -8,6 +8,7 @@ mode 0600. ``cryptography`` is imported on first use (the ``secure`` extra).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -26,10 +27,31 @@ class KeyFileError(TrainferError):
     """A key file is missing, of the wrong kind, or cannot be read."""
 
 
+# 32+ characters of hex or base64 with a digit and no dot: how a key looks when it is passed where its file's
+# path belongs (`--key "$(cat bundle.key | base64)"`, TRAINFER_BUNDLE_KEY=<hex>); a path rarely looks so
+_KEY_LIKE = re.compile(r"(?=[^.]*\d)[A-Za-z0-9+/=_-]{32,}")
+
+
+def shown(path: str | Path) -> str:
+    """A key option's value as an error line may show it: the value, unless it names no file and looks like
+    key material itself (a PEM block, or a long hex/base64 string). Error lines end up in terminals, CI logs
+    and tickets; the key must not."""
+    text = str(path)
+    if "-----BEGIN" in text or "\n" in text or _KEY_LIKE.fullmatch(text):
+        try:
+            if Path(text).exists():
+                return text
+        except OSError:  # a name too long to be a path
+            pass
+        return "(value not shown: it looks like a key itself, not the path of a key file)"
+    return text
+
+
 def _read(path: str | Path, option: str, what: str) -> bytes:
     path = Path(path)
     if not path.exists():
-        raise KeyFileError(f"{option} {path}: no such file", hint=f"pass the {what} file")
+        env = " (TRAINFER_BUNDLE_KEY names the file too, not the key)" if what == "bundle key" else ""
+        raise KeyFileError(f"{option} {shown(path)}: no such file", hint=f"pass the path of the {what} file{env}")
     if path.is_dir():
         raise KeyFileError(f"{option} {path} is a directory, not a {what} file", hint=f"pass the {what} file itself")
     try:
@@ -120,7 +142,10 @@ def _check_curve(key: Any, path: str | Path, option: str) -> None:
 
     curve = getattr(getattr(key, "curve", None), "name", None)
     if not isinstance(key, ec.EllipticCurvePublicKey) or curve not in SIGNING_CURVES:
-        kind = f"an EC key on curve {curve}" if curve else f"a {type(key).__name__.lstrip('_')}"
+        # the public half is checked for a private key file too: name the algorithm, not the class
+        algo = type(key).__name__.lstrip("_").removesuffix("PublicKey") or "unknown"
+        article = "an" if algo[0] in "AEIOU" or algo == "RSA" else "a"
+        kind = f"an EC key on curve {curve}" if curve else f"{article} {algo} key"
         raise KeyFileError(f"{option} {path} is {kind}; OpenSSF model signing takes EC P-256 (or P-384/P-521) keys",
                         hint="make a P-256 key pair with `trainfer keys generate --out DIR`")
 

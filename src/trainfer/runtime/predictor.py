@@ -14,7 +14,7 @@ import numpy as np
 from trainfer._env import affinity_cpus
 from trainfer.errors import BundleError
 from trainfer.features import Features
-from trainfer.runtime.bundle import MODEL, read_manifest
+from trainfer.runtime.bundle import MANIFEST, MODEL, read_listed, read_manifest
 
 
 def default_threads() -> int:
@@ -56,19 +56,22 @@ class Predictor:
                  key: bytes | str | Path | None = None) -> None:
         self.path = Path(path)
         self.signed = False
+        signed_manifest = None
         if trust is not None:  # before anything of the bundle is read or parsed
             from trainfer.runtime.signing import verify_bundle
 
-            verify_bundle(self.path, trust)
+            # The chain from the signature to what runs: the manifest bytes parsed below must have the digest
+            # the verified signature gives, and the graph is read once and checked against that manifest.
+            signed_manifest = verify_bundle(self.path, trust)["sha256"][MANIFEST]
             self.signed = True
-        self.manifest = read_manifest(self.path)  # verifies every hash before anything is loaded
+        self.manifest = read_manifest(self.path, signed_manifest)  # verifies every hash before anything is loaded
         self.features = Features.from_dict(self.manifest["preprocessing"])
         self.task = self.manifest["task"]
         # An optimized bundle records the thread count its sweep found fastest; the caller's choice wins.
         self.threads = int(threads or self.manifest.get("runtime", {}).get("threads") or default_threads())
         model = self._model_bytes(key)
         try:
-            self.session = inference_session(self.path / MODEL if model is None else model, self.threads)
+            self.session = inference_session(model, self.threads)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
             raise BundleError(f"{MODEL} in {self.path} cannot be loaded by onnxruntime: {exc}") from None
         self.input_name = self.session.get_inputs()[0].name
@@ -82,22 +85,25 @@ class Predictor:
         labels = self.features.target.labels
         self._labels = np.asarray(labels, dtype=object if any(isinstance(v, str) for v in labels) else None)
 
-    def _model_bytes(self, key: bytes | str | Path | None) -> bytes | None:
-        """The decrypted graph of an encrypted bundle (None for a plain one, which onnxruntime reads itself)."""
+    def _model_bytes(self, key: bytes | str | Path | None) -> bytes:
+        """The graph's bytes, read once and checked against the manifest (onnxruntime never opens the file
+        itself: a file swapped after the check would be loaded unchecked), decrypted for an encrypted bundle."""
         encrypted = "encryption" in self.manifest
         if not encrypted:
             if key is not None:
                 raise BundleError(f"bundle {self.path} is not encrypted, and a key was given",
                                   hint="drop the key (or --key), or export the bundle with --encrypt-key")
-            return None
+            return read_listed(self.path, self.manifest, MODEL)
         if key is None:
             raise BundleError(f"bundle {self.path} is encrypted ({self.manifest['encryption'].get('file')}); "
                               "its key is needed to load it",
                               hint="pass key=KEYFILE (CLI: predict --key KEYFILE, serve --key-file KEYFILE)")
-        from trainfer.runtime.encryption import decrypt
+        from trainfer.runtime.encryption import ENCRYPTED_MODEL, decrypt
         from trainfer.runtime.keys import symmetric_key
 
-        return decrypt(self.path, self.manifest, symmetric_key(key, "key"))
+        raw_key = symmetric_key(key, "key")
+        data = read_listed(self.path, self.manifest, self.manifest["encryption"].get("file", ENCRYPTED_MODEL))
+        return decrypt(self.path, self.manifest, raw_key, data)
 
     @property
     def labels(self) -> list[Any]:

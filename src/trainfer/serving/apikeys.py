@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from trainfer.errors import ConfigError
+from trainfer.runtime.keys import shown
 
 PREFIX = "sha256:"
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -83,7 +84,7 @@ def read_api_keys(path: str | Path, warn: Callable[[str], None] | None = None) -
     """The keys in ``path`` as ``sha256:hex`` lines. One key per line, plain or ``sha256:HEX``; blank
     lines and # comments ignored. A plain key in a file that others may read is a ``warn``ing."""
     path = Path(path)
-    flag = f"--api-key-file {path}"
+    flag = f"--api-key-file {shown(path)}"  # shown(): a key pasted where the file's path belongs is not echoed
     try:
         if path.is_dir():
             raise ConfigError(f"{flag} is a directory, not a file", hint="give the file that holds the keys")

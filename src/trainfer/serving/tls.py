@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainfer.errors import ConfigError
+from trainfer.runtime.keys import shown
 
 PASSWORD_ENV = "TRAINFER_SSL_KEYFILE_PASSWORD"  # an encrypted key's password: never on the command line (ps)
 
@@ -83,7 +84,7 @@ def _read(flag: str, path: Path) -> bytes:
         if path.is_dir():
             raise ConfigError(f"{flag} {path} is a directory, not a file", hint=f"{flag} takes a PEM file")
         return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{flag} {path} does not exist", hint=f"{flag} takes a PEM file") from None
+    except FileNotFoundError:  # shown(): a key pasted where its path belongs is not echoed into logs
+        raise ConfigError(f"{flag} {shown(path)} does not exist", hint=f"{flag} takes a PEM file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {flag} {path}: {exc.strerror}") from None
