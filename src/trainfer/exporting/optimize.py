@@ -140,7 +140,10 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
         X_std[s], X[s] = graph_inputs(run.features, run.load_split(s)[0])
     y = {s: enc(run.load_split(s)[1]) for s in ("val", "test")}
     rng = np.random.default_rng(run.recipe.seed)
-    calib = X["train"][rng.choice(len(X["train"]), size=min(256, len(X["train"])), replace=False)]
+    # A DP run's guarantee covers its train rows: static int8 calibration (activation min/max, percentiles) is
+    # fitted outside DP-SGD, so it reads the validation rows instead, which model selection already reads.
+    pool = X["val"] if run.summary.get("privacy") else X["train"]
+    calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
     metric, _ = monitor(run.task)
     work = Path(tempfile.mkdtemp(prefix="trainfer-optimize-", dir=scratch))
     saved_tempdir = tempfile.tempdir
@@ -226,6 +229,12 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
                    y: dict[str, np.ndarray], calib: np.ndarray, threads: int,
                    work: Path) -> tuple[dict[str, Any], Any]:
     row: dict[str, Any] = {"name": v.name, "status": "ok", "reason": None}
+    if v.prune is not None and run.summary.get("privacy"):
+        # Pruning fine-tunes on the train rows again: that spends privacy beyond the run's recorded ε, which the
+        # bundle's manifest would still claim (and with the recipe's seed, the same noise a second time).
+        row.update(status="skipped", reason="not built for a DP-SGD run: the fine-tuning after pruning would "
+                                            "spend privacy budget beyond the run's recorded ε")
+        return row, None
     try:
         base = bases.get(v.prune)
         path, info = base["onnx"], base["info"]

@@ -55,8 +55,11 @@ def _resume_recipe(out: Path, recipe: Any, shortcuts: dict[str, Any], overrides:
     stored = build_recipe(out / "recipe.yaml")
     asked = build_recipe(recipe if recipe is not None else stored, overrides, **shortcuts)
     a, b = stored.model_dump(), asked.model_dump()
-    diff = [f"{sec}.{k}" for sec in a if isinstance(a[sec], dict) for k in a[sec] if a[sec][k] != b[sec][k]]
-    diff += [k for k in a if not isinstance(a[k], dict) and a[k] != b[k]]
+    # An optional section (privacy:, tune:) may be a dict on one side and None on the other: compared whole,
+    # so that resuming a DP run without its privacy section is refused, not a TypeError.
+    both = [sec for sec in a if isinstance(a[sec], dict) and isinstance(b[sec], dict)]
+    diff = [f"{sec}.{k}" for sec in both for k in a[sec] if a[sec][k] != b[sec][k]]
+    diff += [k for k in a if k not in both and a[k] != b[k]]
     if diff:
         raise ConfigError(f"cannot resume {out} with a different recipe (differs in: {', '.join(diff)})",
                           hint="drop those options to resume as recorded, or train into a new --out")

@@ -24,6 +24,9 @@ from trainfer.errors import ConfigError, ModelError
 # a 64-unit layer then has 2 channels per group and even non-private training collapsed to 10% on digits;
 # 8 channels per group kept 96.9% (DEPENDENCY-NOTES.md).
 MIN_CHANNELS_PER_GROUP = 8
+# The least noise multiplier find_noise considers: below it ε is ~50 or more (no guarantee worth the name) and the
+# PRV accountant slows down steeply (measured: see find_noise).
+MIN_NOISE = 0.3
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -111,6 +114,15 @@ def find_noise(cfg: PrivacyConfig, sample_rate: float, steps: int, delta: float,
     floor = epsilon_of(cfg.accountant, [(batch, sample_rate, steps)], delta)
     if target < floor:
         raise _unreachable(target, steps, sample_rate, batch, floor)
+    # And at the other end: Opacus bisects the noise down towards 0 for a target no noise reaches (ε 1e9), and
+    # below ~0.3 one PRV evaluation takes seconds to minutes (0.1: 143 s, then inf): `--dp-epsilon 1e9` hung.
+    ceiling = epsilon_of(cfg.accountant, [(MIN_NOISE, sample_rate, steps)], delta)
+    if target >= ceiling:
+        raise ConfigError(
+            f"privacy.epsilon={target:g} is more than DP-SGD spends here even with the least noise trainfer "
+            f"searches ({MIN_NOISE:g} × the clipping norm): ε {ceiling:.3g} in {steps} steps",
+            hint=f"ask for --dp-epsilon {ceiling * 0.95:.3g} or less (ε above ~10 promises little), or set "
+                 "privacy.noise_multiplier directly")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
