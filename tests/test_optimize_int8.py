@@ -24,6 +24,9 @@ from trainfer.exporting.fold import fold_batchnorm
 
 INT8 = ["int8-dynamic", "int8-static-minmax", "int8-static-percentile"]
 FAST = {"min_count": 64, "min_seconds": 0.2}
+# optimize times with 1 thread: nothing here is about latency, and torch and onnxruntime at 2 threads on a busy
+# 2-core machine spin against each other (torch eager's timing was half of this file's time)
+THREADS = 1
 
 
 def _scaled_diabetes(path: Path) -> Path:
@@ -53,7 +56,7 @@ def test_int8_variants_keep_accuracy_on_standardized_tables(table: str, tmp_path
         monkeypatch.setitem(_timing.QUICK, k, v)
     run = train(out=tmp_path / "run", model="mlp", seed=0, quiet=True, **_spec(table, tmp_path))
     assert graph_standardizes(run.features), "the case under test: the graph standardizes its input"
-    record = trainfer.optimize(run, tmp_path / "bundle", variants=INT8, max_accuracy_drop=0.5)
+    record = trainfer.optimize(run, tmp_path / "bundle", variants=INT8, max_accuracy_drop=0.5, threads=THREADS)
     rows = {r["name"]: r for r in record["variants"]}
     metric = record["metric"]
     figures = {n: (round(rows[n][f"test_{metric}"], 4), round(rows[n]["test_drop"], 2)) for n in rows}
@@ -82,7 +85,7 @@ def test_quantized_graph_standardizes_in_float_before_its_first_int8_layer(tmp_p
     run = train(out=tmp_path / "run", data="breast_cancer", model="mlp", epochs=2, seed=0, quiet=True,
                 overrides=["model.hidden=[16]"])
     bundle = tmp_path / "bundle"
-    trainfer.optimize(run, bundle, variants=["int8-dynamic"], max_accuracy_drop=100.0)
+    trainfer.optimize(run, bundle, variants=["int8-dynamic"], max_accuracy_drop=100.0, threads=THREADS)
     graph = onnx.load(str(bundle / "model.onnx")).graph
     consumers = [n for n in graph.node if "input" in n.input]
     assert [n.op_type for n in consumers] == ["Mul"], [n.op_type for n in consumers]

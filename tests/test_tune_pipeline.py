@@ -121,9 +121,23 @@ def _tuned_recipe(root: Path, trials: int = 3, **train: Any) -> Path:
     return path
 
 
+# optimize and bench measured briefly: this test is about what `run` hands them and where their outputs go,
+# not about their figures (tests/test_optimize.py and tests/test_bench.py check those at the shipped settings)
+SHORT_TIMING = {"min_count": 64, "min_seconds": 0.3}
+SHORT_BENCH = {"min_duration_s": 0.1, "min_queries": 10, "offline_batches": [1, 8], "server_steps": 1,
+               "coldstart_repeats": 1}
+
+
 @pytest.mark.slow
-def test_run_tunes_then_optimizes_benches_and_reports_the_best_trial(tmp_path: Path,
+def test_run_tunes_then_optimizes_benches_and_reports_the_best_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from trainfer import _timing
+    from trainfer.benching import inference as bench_inference
+
+    for key, value in SHORT_TIMING.items():  # optimize holds the same dict object: patch its entries
+        monkeypatch.setitem(_timing.QUICK, key, value)
+    for key, value in SHORT_BENCH.items():  # bench imported QUICK by name: patch the dict's entries
+        monkeypatch.setitem(bench_inference.QUICK, key, value)
     out = tmp_path / "out"
     res = run_main(["run", _tuned_recipe(tmp_path), "--out", out, "--json"], capsys).check()
     result = res.json()

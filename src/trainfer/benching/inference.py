@@ -34,11 +34,19 @@ def _estimate(fn: Callable[[np.ndarray], Any], n: int, batch: int, calls: int = 
 
 def _offline_rate(predict: Callable[[np.ndarray], Any], n: int, batch: int, min_duration_s: float) -> float:
     """Samples/s through the same LoadGen path as the real run (its per-sample overhead included), from
-    a short pilot run: Offline issues expected_qps x duration samples at once, so the hint must be close."""
-    guess = batch / _estimate(predict, n, batch, calls=10)
-    pilot = run_scenario(predict, n, "Offline", min_duration_s=min(0.3, min_duration_s), min_queries=1,
-                         expected_qps=guess, batch_size=batch)
-    return pilot["throughput_per_s"] or guess
+    a short pilot run: Offline issues expected_qps x duration samples at once, so the hint must be close.
+
+    The pilot needs a hint too, and the bare call's rate leaves out LoadGen's per-sample overhead: it was
+    5-35x too high for small models, so a "0.3 s" pilot ran for up to 12 s. A 30 ms pre-pilot on that guess
+    measures the rate with the overhead (too few samples only makes it shorter) and sizes the real pilot,
+    which runs up to 1 s: a shorter one reads the rate low (LoadGen and the caches warming up), and a main
+    run sized on that ends early, INVALID, and runs again."""
+    rate = batch / _estimate(predict, n, batch, calls=10)
+    for duration_s in (min(0.03, min_duration_s), min(1.0, min_duration_s)):
+        pilot = run_scenario(predict, n, "Offline", min_duration_s=duration_s, min_queries=1,
+                             expected_qps=rate, batch_size=batch)
+        rate = pilot["throughput_per_s"] or rate
+    return rate
 
 
 def measure_target(name: str, predict: Callable[[np.ndarray], Any], n: int, cfg: dict[str, Any],
