@@ -87,6 +87,8 @@ class Server:
         self.stop()
         raise AssertionError(f"`trainfer serve` did not become ready; log:\n{self.log()}")
 
+    verify: object = True  # httpx's verify: a TLS server's tests give their CA's context
+
     def _wait_ready(self) -> bool:
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -94,7 +96,7 @@ class Server:
             if self.proc.poll() is not None:
                 return False
             try:
-                r = httpx.get(f"{self.url}/v2/health/ready", timeout=2)
+                r = httpx.get(f"{self.url}/v2/health/ready", timeout=2, verify=self.verify)
                 if r.status_code == 200 and r.json().get("ready") is True:
                     return True
             except httpx.TransportError:

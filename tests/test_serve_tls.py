@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from _inference_fixtures import get_run
-from _serve_fixtures import START_TIMEOUT_S, Server, running_server
+from _serve_fixtures import Server, running_server
 from conftest import assert_user_error, run_main
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -110,25 +110,11 @@ class TLSServer(Server):
 
     def __init__(self, bundle: Path, args: list[str], workdir: Path, context: ssl.SSLContext) -> None:
         super().__init__(bundle, args, workdir)
-        self.context = context
+        self.context = self.verify = context
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
-
-    def _wait_ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", verify=self.context, timeout=2).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        return False
 
 
 def _sha256_line(key: str) -> str:
