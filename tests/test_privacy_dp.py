@@ -51,7 +51,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], tup
     tmp = tmp_path_factory.mktemp("dp")
     keys = [(data, dp) for data in CASES for dp in (False, True)]
     commands = [["train", "--data", data, "--epochs", CASES[data][1], *SMALL, "--out", tmp / f"{data}-{dp}",
-                 *(["--dp-epsilon", CASES[data][0]] if dp else [])] for data, dp in keys]
+                 # noise_seed: the figures stay reproducible (the default draws a secret seed per run)
+                 *(["--dp-epsilon", CASES[data][0], "--set", "privacy.noise_seed=0"] if dp else [])]
+                for data, dp in keys]
     results = run_cli_many(commands)
     return {key: (tmp / f"{key[0]}-{key[1]}", result.check()) for key, result in zip(keys, results, strict=True)}
 
@@ -64,6 +66,7 @@ def test_dp_run_spends_at_most_its_epsilon_and_stays_near_the_private_free_accur
     p = summary["privacy"]
     assert p == read_summary(run)["privacy"]
     assert p["target_epsilon"] == target and p["accountant"] == "prv" and p["max_grad_norm"] == 1.0
+    assert p["noise_seed"] == "recipe"  # set on purpose: the summary says the noise is not secret
     assert p["delta"] == pytest.approx(1 / (10 * summary["samples"]["train"]))
     assert p["steps"] == epochs * round(1 / p["sample_rate"])
     # the guarantee, recomputed from what the run recorded: not just the run's own word
@@ -133,10 +136,13 @@ def _state_epoch(run: Path) -> int:
 
 
 def test_a_killed_dp_run_resumes_to_identical_weights_and_epsilon(tmp_path: Path) -> None:
+    # The default noise seed is a secret drawn per run: the reference is given, as privacy.noise_seed, the secret
+    # the killed run's checkpoint holds. Equal weights then show the resume continued with that secret's noise
+    # and batches from exactly where the kill left them.
     run, reference = tmp_path / "killed", tmp_path / "uninterrupted"
-    ref_proc = start_cli([*RESUMABLE, "--out", reference])
     proc = start_cli([*RESUMABLE, "--out", run])
     deadline = time.monotonic() + CLI_TIMEOUT_S
+    ref_proc = None
     try:
         while _state_epoch(run) < 2:
             assert proc.poll() is None, finish_cli(proc, RESUMABLE).stderr
@@ -147,23 +153,80 @@ def test_a_killed_dp_run_resumes_to_identical_weights_and_epsilon(tmp_path: Path
         killed_at = _state_epoch(run)
         assert 2 <= killed_at < 6 and not (run / "summary.json").exists(), killed_at
         state = json.loads((run / "checkpoints" / "state.json").read_text())
-        # what the resume needs is in the checkpoint: the accountant's history and the noise and sampler RNGs
+        # what the resume needs is in the checkpoint: the accountant's history, the secret and the RNG states
         assert state["privacy"]["history"][0][2] == killed_at * round(1 / state["privacy"]["sample_rate"])
+        secret = state["privacy"]["noise_seed"]
+        assert isinstance(secret, int) and 0 <= secret < 2**64
         ckpt = load_file(str(run / "checkpoints" / state["last_file"]))
         assert {"rng.dp_noise", "rng.dp_sampler", "rng.torch"} <= set(ckpt)
+        ref_cmd = [*RESUMABLE, "--set", f"privacy.noise_seed={secret}", "--out", reference]
+        ref_proc = start_cli(ref_cmd)
         resumed = run_cli("train", "--out", run, "--resume", "--json").check()
     finally:
         if proc.poll() is None:
             proc.kill()
-        ref = finish_cli(ref_proc, RESUMABLE).check()
+        ref = finish_cli(ref_proc, ref_cmd).check() if ref_proc is not None else None
 
     ours, theirs = load_file(str(run / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     assert sorted(ours) == sorted(theirs) and any("weight" in k for k in ours)
     for name in ours:
         assert (ours[name] == theirs[name]).all() and ours[name].dtype == theirs[name].dtype, name
-    assert resumed.json()["privacy"] == ref.json()["privacy"]  # same ε, δ, noise, steps
+    mine, other = resumed.json()["privacy"], ref.json()["privacy"]
+    assert mine.pop("noise_seed") == "secret" and other.pop("noise_seed") == "recipe"
+    assert mine == other  # same ε, δ, noise, steps
     assert [r["epsilon"] for r in read_metrics(run)] == [r["epsilon"] for r in read_metrics(reference)]
     assert [r["train_loss"] for r in read_metrics(run)] == [r["train_loss"] for r in read_metrics(reference)]
+    # the secret is still the checkpoint's after the resume, and nowhere else in the run
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["privacy"]["noise_seed"] == secret
+    assert_secret_absent(run, secret)
+
+
+def secret_forms(secret: int) -> list[bytes]:
+    """How a 64-bit seed could be written: decimal, hex (both cases, with and without 0x), 8 raw bytes."""
+    forms = [str(secret).encode(), f"{secret:x}".encode(), f"{secret:X}".encode(),
+             secret.to_bytes(8, "little"), secret.to_bytes(8, "big")]
+    return forms
+
+
+def assert_secret_absent(root: Path, secret: int) -> None:
+    """No file under ``root`` outside checkpoints/ holds ``secret`` in any of its forms."""
+    files = [f for f in root.rglob("*") if f.is_file() and "checkpoints" not in f.relative_to(root).parts]
+    assert files
+    for f in files:
+        data = f.read_bytes()
+        for form in secret_forms(secret):
+            assert form not in data, f"{f} holds the secret noise seed ({form!r})"
+
+
+def test_two_default_dp_runs_of_one_recipe_draw_different_noise_and_keep_the_secret_in_the_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--data", "iris", "--epochs", "2", "--seed", "0", "--set", "model.hidden=[8]",
+            "--dp-epsilon", "8", "--json"]
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        assert run_main([*args, "--out", run], capsys).check().json()["privacy"]["noise_seed"] == "secret"
+    secrets_ = [json.loads((r / "checkpoints" / "state.json").read_text())["privacy"]["noise_seed"] for r in runs]
+    assert secrets_[0] != secrets_[1]
+    # same recipe, same seed, same initial weights: only the noise and batches differ, and so do the weights
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    assert any(not (a[k] == b[k]).all() for k in a)
+    assert (runs[0] / "recipe.yaml").read_text() == (runs[1] / "recipe.yaml").read_text()
+    # nothing a run shares (summary, recipe, metrics, the bundle and its manifest) holds its secret
+    run_main(["export", runs[0], "--out", tmp_path / "bundle"], capsys).check()
+    assert (tmp_path / "bundle" / "manifest.json").is_file()
+    assert_secret_absent(runs[0], secrets_[0])
+    assert_secret_absent(tmp_path / "bundle", secrets_[0])
+
+
+@pytest.mark.parametrize(("value", "mentions"), [("-1", ["privacy.noise_seed"]), ("1.5", ["privacy.noise_seed"]),
+                                                 ("abc", ["privacy.noise_seed"]),
+                                                 (str(2**64), ["privacy.noise_seed"])])
+def test_a_bad_noise_seed_is_one_error(value: str, mentions: list[str], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    result = run_main(["train", "--data", "iris", "--epochs", "1", "--dp-epsilon", "8", "--out", out,
+                       "--set", f"privacy.noise_seed={value}"], capsys)
+    assert_user_error(result, out, mentions=mentions)
 
 
 # -- bad input: one error line, exit 2, nothing written ---------------------------------------------------------

@@ -81,3 +81,44 @@ def test_optimize_of_a_dp_run_neither_fine_tunes_nor_calibrates_on_the_private_r
     for calib in seen:
         used = {tuple(r) for r in calib.reshape(len(calib), -1).round(5)}
         assert used <= rows_of["val"] and not used & (rows_of["train"] - rows_of["val"]), "calibrated on train rows"
+
+
+# -- tune of a DP recipe: independent noise per trial, and the cost of choosing among trials is said -----------
+TUNE_RECIPE = {"data": {"source": "iris"}, "seed": 0, "model": {"name": "mlp", "hidden": [8]},
+               "train": {"epochs": 1, "patience": None}, "privacy": {"epsilon": 8},
+               "tune": {"train.lr": {"log_uniform": [0.001, 0.01]}}}
+
+
+def test_tuning_a_dp_recipe_says_that_choosing_among_trials_spends_n_epsilon(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "dp.yaml"
+    recipe.write_text(yaml.safe_dump(TUNE_RECIPE))
+    result = run_main(["tune", str(recipe), "--out", tmp_path / "study", "--trials", "2"], capsys).check()
+    warnings_ = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "N·ε" in line]
+    assert len(warnings_) == 1 and warnings_[0].startswith("warning: privacy:"), result.stderr
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    p = summary["privacy"]
+    trials = [json.loads((tmp_path / "study" / r["run"] / "summary.json").read_text())["privacy"]
+              for r in summary["trials"]]
+    assert p["trials"] == len(trials) == 2 and "N·ε" in p["note"]
+    assert p["trial_epsilon"] == max(t["epsilon"] for t in trials) <= 8
+    assert p["study_epsilon_bound"] == pytest.approx(2 * p["trial_epsilon"])
+    # each trial drew its own secret noise seed
+    seeds = {json.loads((tmp_path / "study" / r["run"] / "checkpoints" / "state.json").read_text())
+             ["privacy"]["noise_seed"] for r in summary["trials"]}
+    assert len(seeds) == 2 and all(t["noise_seed"] == "secret" for t in trials)
+
+
+def test_tuning_a_dp_recipe_with_a_fixed_noise_seed_is_refused(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "dp.yaml"
+    recipe.write_text(yaml.safe_dump({**TUNE_RECIPE, "privacy": {"epsilon": 8, "noise_seed": 3}}))
+    result = run_main(["tune", str(recipe), "--out", tmp_path / "study", "--trials", "2"], capsys)
+    assert_user_error(result, tmp_path / "study", mentions=["privacy.noise_seed", "same DP noise"])
+
+
+def test_help_says_what_auc_and_epsilon_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    audit = " ".join(run_main(["audit", "--help"], capsys).check().stdout.split())
+    assert "AUC 0.5 means chance" in audit
+    train = " ".join(run_main(["train", "--help"], capsys).check().stdout.split())
+    assert "smaller ε is more private" in train

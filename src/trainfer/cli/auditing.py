@@ -45,6 +45,7 @@ def audit(
     a calibrated one (offline LiRA) whose per-example difficulty comes from reference models trained by the
     same loop on rows they are never used to score. Reports AUC and TPR at 1% and 0.1% FPR with bootstrap
     intervals, and the empirical epsilon lower bound they imply (the DP guarantee can only be above it).
+    AUC 0.5 means chance: the attacker tells members from non-members no better than a coin; 1.0, always.
 
     Example: trainfer audit runs/digits --references 4
     """

@@ -13,7 +13,8 @@ from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _force, _
 
 # Sets privacy.epsilon, as --set privacy.epsilon=E would (a recipe's other privacy keys stay).
 DpEpsilon = Annotated[float | None, typer.Option(
-    "--dp-epsilon", help="Train with DP-SGD (Opacus) to spend at most this ε, e.g. 3 (privacy.epsilon).")]
+    "--dp-epsilon", help="Train with DP-SGD (Opacus) to spend at most this ε, e.g. 3 (privacy.epsilon); "
+                         "smaller ε is more private (and costs more accuracy).")]
 
 
 def _dp_set(epsilon: float | None) -> list[str]:

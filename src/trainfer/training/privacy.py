@@ -10,6 +10,7 @@ its loss, and hands it the checkpoint to fill and to restore from.
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -146,13 +147,42 @@ def _unreachable(target: float, steps: int, sample_rate: float, batch: float, fl
              "larger train.batch_size")
 
 
+# torch's CPU generator state: u64 initial seed, i32 left, i32 seeded, u64 next, then mt19937's 624 words (one
+# u64 each), then 40 bytes of cached normals (torch 2.x, aten CPUGeneratorImplState).
+_MT_WORDS, _MT_OFFSET, _CPU_STATE_BYTES = 624, 24, 5056
+
+
+def seeded_generator(noise_seed: int, stream: int, device: torch.device) -> torch.Generator:
+    """Generator number ``stream`` (0: noise, 1: batches) for the run's 64-bit ``noise_seed``, using all its bits.
+
+    ``manual_seed`` would not do on the CPU: mt19937 keeps only the low 32 bits of its seed (measured: seeds 1
+    and 1 + 2**32 draw the same numbers), so a secret would have 2**32 candidates. Instead the 624-word state is
+    filled from numpy's SeedSequence of (noise_seed, stream); CUDA's Philox takes a full 64-bit seed as it is.
+    """
+    import numpy as np
+
+    seq = np.random.SeedSequence(noise_seed, spawn_key=(stream,))
+    gen = torch.Generator(device=device)
+    if gen.device.type != "cpu":
+        return gen.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0]))
+    raw = gen.manual_seed(0).get_state().numpy().copy()
+    if raw.size != _CPU_STATE_BYTES or raw[_MT_OFFSET:_MT_OFFSET + 8].view(np.uint64)[0] != 0:
+        raise RuntimeError(f"unknown torch CPU generator state layout ({raw.size} bytes): privacy.py needs updating")
+    words = seq.generate_state(_MT_WORDS, dtype=np.uint32).astype(np.uint64)
+    raw[_MT_OFFSET:_MT_OFFSET + 8 * _MT_WORDS] = words.view(np.uint8)
+    gen.set_state(torch.from_numpy(raw))
+    return gen
+
+
 class PrivateTraining:
     """DP-SGD around one loop's model and optimizer: Poisson batches, per-sample clipping, noise, accounting.
 
     Uses Opacus's PrivacyEngine.make_private with hooks on the model itself (``wrap_model=False``), so the loop's
     ``model`` stays the module it checkpoints and evaluates. The sampler and the noise draw from their own
-    generators, seeded from the recipe's seed; their states and the accountant's history go into every
-    checkpoint, so a resumed run draws the same batches and noise as an uninterrupted one.
+    generators, seeded from a secret drawn at the start of the run (or privacy.noise_seed, for experiments):
+    never from the recipe's seed, which recipe.yaml and the bundle manifest carry, since whoever can replay the
+    noise can subtract it. The secret, the generators' states and the accountant's history go into every
+    checkpoint (and nowhere else), so a resumed run draws the same batches and noise as an uninterrupted one.
     """
 
     def __init__(self, cfg: PrivacyConfig, model: nn.Module, opt: torch.optim.Optimizer, n_train: int,
@@ -175,8 +205,15 @@ class PrivateTraining:
         else:
             self.noise_multiplier = find_noise(cfg, self.sample_rate, self.steps_per_epoch * epochs, self.delta,
                                                self.expected_batch)
-        self.noise_gen = torch.Generator(device=device).manual_seed(seed * 2 + 1)
-        self.sampler_gen = torch.Generator().manual_seed(seed * 2 + 2)
+        # The recipe's `seed` is deliberately unused here: see the class docstring.
+        if resumed is not None and "noise_seed" in resumed:  # the run's own secret, from its checkpoint
+            self.noise_seed = int(resumed["noise_seed"])
+        elif cfg.noise_seed is not None:
+            self.noise_seed = int(cfg.noise_seed)
+        else:
+            self.noise_seed = secrets.randbits(64)
+        self.noise_gen = seeded_generator(self.noise_seed, 0, device)
+        self.sampler_gen = seeded_generator(self.noise_seed, 1, torch.device("cpu"))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "secure RNG turned off": summary.json records secure_rng false
@@ -226,8 +263,9 @@ class PrivateTraining:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """JSON for state.json: what a resumed run needs to account exactly as an uninterrupted one."""
+        # noise_seed is the run's secret: state.json under checkpoints/ is the one place it is written
         return {"noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate, "delta": self.delta,
-                "history": [list(h) for h in self.engine.accountant.history]}
+                "history": [list(h) for h in self.engine.accountant.history], "noise_seed": self.noise_seed}
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         return {"rng.dp_noise": self.noise_gen.get_state(), "rng.dp_sampler": self.sampler_gen.get_state()}
@@ -243,6 +281,9 @@ class PrivateTraining:
             "expected_batch_size": self.expected_batch, "train_rows": self.n_train,
             "mechanism": "DP-SGD: Poisson sampling, per-example clipping (flat), Gaussian noise",
             "model_changes": conversion_line(self.changes), "secure_rng": False,
+            # "secret": drawn per run and kept in its checkpoint only; "recipe": privacy.noise_seed, known to
+            # whoever holds the recipe, who can then reproduce the noise (experiments only)
+            "noise_seed": "secret" if self.cfg.noise_seed is None else "recipe",
             "library": f"opacus {opacus.__version__}",
         }
 

@@ -23,7 +23,7 @@ from trainfer.config import Recipe, TuneConfig, build_recipe
 from trainfer.errors import ConfigError
 from trainfer.tuning import studydir
 from trainfer.tuning.processes import run_workers, usable_cpus, worker_threads
-from trainfer.tuning.results import finish, parse_pick
+from trainfer.tuning.results import PRIVACY_NOTE, finish, parse_pick
 from trainfer.tuning.space import apply, describe, space_of
 from trainfer.tuning.storage import _redact, recover_stale, recovered, storage_url
 from trainfer.tuning.trial import Plan, directions, prepared_data
@@ -140,6 +140,10 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     require_extras("tune")  # before anything is written (the study dir was created, then optuna failed to import)
     _check_arguments(overrides=overrides, seed=seed, storage=storage)
     base = build_recipe(recipe, overrides)
+    if base.privacy is not None and base.privacy.noise_seed is not None:
+        # every trial would draw the same noise and batches: trials must be independent DP runs
+        raise ConfigError(f"privacy.noise_seed={base.privacy.noise_seed} would give every trial the same DP noise",
+                          hint="remove privacy.noise_seed from the recipe: each trial then draws its own secret seed")
     conf = settings(base, trials=trials, timeout=timeout, workers=workers, sampler=sampler, pruner=pruner,
                     objectives=objectives, pick=pick, study_name=study_name)
     objs = conf["objectives"].split(",")
@@ -176,6 +180,8 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
     say(f"study {conf['study_name']!r} in {_redact(url)}: {len(study.trials)} trials so far")
     for note in conf["notes"]:
         say(note)
+    if base.privacy is not None:
+        say(f"warning: privacy: {PRIVACY_NOTE}")
     say(("default search space for " + base.model.name if is_default else "search space") + ":\n  "
         + "\n  ".join(describe(space)))
     failed = recover_stale(study)

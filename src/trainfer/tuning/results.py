@@ -153,6 +153,34 @@ def _score_best(root: Path, recipe: Recipe, best: dict[str, Any]) -> dict[str, A
     return result["metrics"]
 
 
+PRIVACY_NOTE = ("each trial is (ε, δ)-DP on the training rows, but choosing the best of N trials on the validation "
+                "split composes them: the study spends up to N·ε (δ up to N·δ) on the training rows")
+
+
+def privacy_note(base: Recipe, records: list[dict[str, Any]], root: Path) -> dict[str, Any] | None:
+    """summary.json's ``privacy`` for a study of a DP recipe: what each trial spent and what the choice spends.
+
+    Every trial that ran trained on the rows and was seen by the choice (pruned and failed ones too), so N
+    counts them all: a bound by basic composition, the loosest but one a reader can check by hand.
+    """
+    if base.privacy is None:
+        return None
+    spent = []
+    for r in records:
+        path = root / str(r.get("run")) / "summary.json"
+        if r.get("run") and path.is_file():
+            p = json.loads(path.read_text()).get("privacy") or {}
+            if "epsilon" in p:
+                spent.append((float(p["epsilon"]), float(p["delta"])))
+    eps = max((e for e, _ in spent), default=base.privacy.epsilon)
+    delta = max((d for _, d in spent), default=None)
+    n = len(records)
+    return {"trial_epsilon": eps, "trial_delta": delta, "trials": n,
+            "study_epsilon_bound": eps * n if eps is not None else None,
+            "study_delta_bound": delta * n if delta is not None else None,
+            "noise": "independent per trial (each draws a secret noise seed)", "note": PRIVACY_NOTE}
+
+
 def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution], objectives: list[str],
            conf: dict[str, Any], task: str, command: str, wall: float, n_workers: int, threads: int, url: str,
            is_default: bool) -> dict[str, Any]:
@@ -196,5 +224,7 @@ def finish(study: Any, root: Path, base: Recipe, space: dict[str, Distribution],
                     "outside_trials_share": max(0.0, 1 - trial_s / (n_workers * wall)) if wall > 0 else 0.0},
         "trials": records,
     }
+    if (privacy := privacy_note(base, records, root)) is not None:
+        summary["privacy"] = privacy
     write_json(root / "summary.json", summary)
     return summary
