@@ -207,6 +207,8 @@ def test_two_default_dp_runs_of_one_recipe_draw_different_noise_and_keep_the_sec
         assert run_main([*args, "--out", run], capsys).check().json()["privacy"]["noise_seed"] == "secret"
     secrets_ = [json.loads((r / "checkpoints" / "state.json").read_text())["privacy"]["noise_seed"] for r in runs]
     assert secrets_[0] != secrets_[1]
+    # the one file that holds the secret is its owner's alone (it was written 0644, as every other output is)
+    assert all((r / "checkpoints" / "state.json").stat().st_mode & 0o777 == 0o600 for r in runs)
     # same recipe, same seed, same initial weights: only the noise and batches differ, and so do the weights
     a, b = (load_file(str(r / "model.safetensors")) for r in runs)
     assert any(not (a[k] == b[k]).all() for k in a)

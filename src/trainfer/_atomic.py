@@ -164,8 +164,9 @@ def _no_space(directory: Path) -> bool:
     return blocks == 0 and st.f_blocks > 0
 
 
-def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically.
+def write_with(path: str | Path, writer: Callable[[Path], None], mode: int | None = None) -> None:
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically, with ``mode`` (default: what any
+    program's new file gets; 0o600 for a file that holds a secret).
 
     An OS error (here, or wrapped by the writer's library) raises OutputError naming ``path``; the
     temporary file is removed whatever happens.
@@ -179,7 +180,7 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         os.close(fd)
         writer(tmp)
         # After the writer: some libraries (safetensors) replace the file they are given, with their own mode.
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, file_mode() if mode is None else mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -192,16 +193,16 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         raise
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    write_with(path, lambda tmp: tmp.write_bytes(data))
+def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    write_with(path, lambda tmp: tmp.write_bytes(data), mode)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | Path, text: str, mode: int | None = None) -> None:
+    write_bytes(path, text.encode("utf-8"), mode)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+def write_json(path: str | Path, obj: Any, mode: int | None = None) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n", mode)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -91,7 +91,9 @@ def write_snapshot(ckpt_dir: Path, snap: dict[str, Any]) -> None:
     then the extra files, then stale files go."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(ckpt_dir / snap["last_file"], snap["tensors"])
-    write_json(ckpt_dir / "state.json", snap["state"])
+    # A DP run's state holds the secret its noise was drawn from: only the owner may read it.
+    secret = "noise_seed" in (snap["state"].get("privacy") or {})
+    write_json(ckpt_dir / "state.json", snap["state"], mode=0o600 if secret else None)
     for path, text in snap["extra"].items():
         write_text(path, text)
     keep = {snap["last_file"], snap["best_file"], "state.json"}
