@@ -156,7 +156,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     if privacy is not None:
         from trainfer.training.privacy import PrivateTraining
 
-        dp = PrivateTraining(privacy, model, opt, n_train, bs, cfg.epochs, recipe.seed, device, changes,
+        dp = PrivateTraining(privacy, model, opt, n_train, bs, cfg.epochs, device, changes,
                              *((ckpt[0].get("privacy"), ckpt[1]) if ckpt is not None else ()))
         step_opt, loss_fn, steps_per_epoch = dp.optimizer, dp.loss(loss_fn), dp.steps_per_epoch
         total_steps = steps_per_epoch * cfg.epochs

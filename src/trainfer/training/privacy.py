@@ -186,7 +186,7 @@ class PrivateTraining:
     """
 
     def __init__(self, cfg: PrivacyConfig, model: nn.Module, opt: torch.optim.Optimizer, n_train: int,
-                 batch_size: int, epochs: int, seed: int, device: torch.device, changes: list[str],
+                 batch_size: int, epochs: int, device: torch.device, changes: list[str],
                  resumed: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
         from opacus import PrivacyEngine
 
@@ -205,7 +205,7 @@ class PrivateTraining:
         else:
             self.noise_multiplier = find_noise(cfg, self.sample_rate, self.steps_per_epoch * epochs, self.delta,
                                                self.expected_batch)
-        # The recipe's `seed` is deliberately unused here: see the class docstring.
+        # Never the recipe's seed (recipe.yaml and the manifest carry it): see the class docstring.
         if resumed is not None and "noise_seed" in resumed:  # the run's own secret, from its checkpoint
             self.noise_seed = int(resumed["noise_seed"])
         elif cfg.noise_seed is not None:
