@@ -28,8 +28,9 @@ BUDGET = 10  # trials per study: the same for the two-objective study and the si
 def one_cpu() -> Iterator[None]:
     """Run the studies here as on a one-CPU machine: tune then gives its worker one torch thread.
 
-    tune sizes a worker's threads from the CPUs it may use (CPUs / workers, capped by train.threads and OMP_NUM_THREADS); on
-    this shared 2-core machine a trial with 2 threads took 14 s where 1 thread took 0.84 s (spinning threads).
+    tune sizes a worker's threads from the CPUs it may use (CPUs / workers, capped by train.threads and
+    OMP_NUM_THREADS); on this shared 2-core machine a trial with 2 threads took 14 s where 1 thread took 0.84 s
+    (spinning threads).
     Only this thread's affinity changes (tune's one worker trains in it), and it is restored after."""
     if not hasattr(os, "sched_setaffinity"):
         yield
