@@ -4,6 +4,7 @@ are refused by load(trust=), `predict --trust` and `serve --trust` (a real uvico
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -71,6 +72,26 @@ def test_keys_generate_writes_a_private_key_only_its_owner_reads_and_never_repla
     assert priv.read_bytes() != before and stat.S_IMODE(priv.stat().st_mode) == 0o600
     (tmp_path / "file").write_text("x")
     assert_user_error(run_main(["keys", "generate", "--out", tmp_path / "file"], capsys), mentions=["is a file"])
+
+
+def test_keys_generate_force_replaces_the_pair_whole_or_not_at_all(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The keys were written one after the other: the disk filling up while the public key was written removed the
+    # new private key too, leaving the old public key with no private key at all.
+    out = tmp_path / "k"
+    run_main(["keys", "generate", "--out", out], capsys).check()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:  # the second file's write fails as on a full disk
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert_user_error(run_main(["keys", "generate", "--out", out, "--force"], capsys), mentions=["cannot write keys"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old pair, whole; no temporary left
 
 
 def test_an_untouched_signed_bundle_verifies_loads_and_the_stock_verifier_accepts_it(

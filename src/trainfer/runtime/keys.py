@@ -153,17 +153,29 @@ def _check_curve(key: Any, path: str | Path, option: str) -> None:
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` with ``mode`` from the start (a secret is never readable by others, not even briefly),
     under a temporary name renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _write_all([(path, data, mode)])
+
+
+def _write_all(files: list[tuple[Path, bytes, int]]) -> None:
+    """Write every file under a temporary name first, then rename them all: a key pair is replaced whole. Writing
+    them one by one, a failure (disk full, Ctrl-C) between the two left a new private key beside the old public
+    key, or, with the clean-up, no private key at all."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)  # the umask may have removed bits the public key should have
-        os.replace(tmp, path)
+        for path, data, mode in files:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)  # the umask may have removed bits the public key should have
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -201,10 +213,8 @@ def generate_signing_keys(out: str | Path, force: bool = False) -> dict[str, str
                              serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
-        _write_new(priv_path, priv, 0o600)
-        _write_new(pub_path, pub, 0o644)
+        _write_all([(priv_path, priv, 0o600), (pub_path, pub, 0o644)])  # never half a pair
     except OSError as exc:
-        priv_path.unlink(missing_ok=True)  # never half a pair
         raise OutputError(f"cannot write keys in {out}: {exc.strerror}") from None
     return {"private_key": str(priv_path), "public_key": str(pub_path), "curve": "P-256"}
 
