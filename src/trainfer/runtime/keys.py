@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainfer._imports import require_extras
-from trainfer.errors import OutputError, TrainferError
+from trainfer.errors import ConfigError, OutputError, TrainferError
 
 PRIVATE_NAME, PUBLIC_NAME, SYMMETRIC_NAME = "trainfer.key", "trainfer.pub", "bundle.key"
 KEY_BYTES = 32
@@ -66,14 +66,34 @@ _warned: set[str] = set()
 def warn_if_loose(path: str | Path, option: str) -> None:
     """A secret key readable by others works, but says so on stderr (as ssh does, without refusing); once per
     file and process (serve reads the key to check the bundle, then again to serve it)."""
+    mode = loose_mode(path)
+    if mode is not None and str(Path(path).resolve()) not in _warned:
+        _warned.add(str(Path(path).resolve()))
+        print(f"warning: {option} {path} is readable by other users (mode {mode}); chmod 600 {path}",
+              file=sys.stderr)
+
+
+def loose_mode(path: str | Path) -> str | None:
+    """The file's mode in octal when users other than its owner may access it (a secret there is exposed), else
+    None (also when it cannot be read: the reader reports that)."""
     try:
         mode = Path(path).stat().st_mode
     except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) and str(Path(path).resolve()) not in _warned:
-        _warned.add(str(Path(path).resolve()))
-        print(f"warning: {option} {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-              f"chmod 600 {path}", file=sys.stderr)
+        return None
+    return f"{stat.S_IMODE(mode):04o}" if mode & (stat.S_IRWXG | stat.S_IRWXO) else None
+
+
+def read_file(flag: str, path: Path, hint: str) -> bytes:
+    """A secret file's bytes for the server's options (a TLS key, an API key file), or one ConfigError naming
+    the option; a key pasted where its path belongs is not echoed (``shown``)."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path} is a directory, not a file", hint=hint)
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} {shown(path)} does not exist", hint=hint) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {flag} {path}: {exc.strerror}") from None
 
 
 def symmetric_key(key: bytes | str | Path, option: str = "key") -> bytes:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from trainfer.errors import ConfigError
-from trainfer.runtime.keys import shown
+from trainfer.runtime.keys import loose_mode, read_file, shown
 
 PREFIX = "sha256:"
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -85,14 +84,7 @@ def read_api_keys(path: str | Path, warn: Callable[[str], None] | None = None) -
     lines and # comments ignored. A plain key in a file that others may read is a ``warn``ing."""
     path = Path(path)
     flag = f"--api-key-file {shown(path)}"  # shown(): a key pasted where the file's path belongs is not echoed
-    try:
-        if path.is_dir():
-            raise ConfigError(f"{flag} is a directory, not a file", hint="give the file that holds the keys")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{flag} does not exist", hint="give a file with one key (or sha256:HEX) per line") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {flag}: {exc.strerror}") from None
+    raw = read_file("--api-key-file", path, hint="give a file with one key (or sha256:HEX) per line")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -112,8 +104,8 @@ def read_api_keys(path: str | Path, warn: Callable[[str], None] | None = None) -
         plain += was_plain
     if not keys:
         raise ConfigError(f"{flag} holds no key", hint="put one key (or sha256:HEX) per line")
-    mode = path.stat().st_mode
-    if plain and warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    mode = loose_mode(path)
+    if plain and warn is not None and mode is not None:
         warn(f"warning: {flag} holds {plain} plain key{'s' if plain > 1 else ''} and others may read it "
-             f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it, or store sha256:HEX lines instead")
+             f"(mode {mode}): chmod 600 it, or store sha256:HEX lines instead")
     return tuple(keys)

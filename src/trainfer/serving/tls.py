@@ -8,15 +8,13 @@ every such mistake is one ConfigError that says what to change.
 
 from __future__ import annotations
 
-import os
 import ssl
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainfer.errors import ConfigError
-from trainfer.runtime.keys import shown
+from trainfer.runtime.keys import loose_mode, read_file
 
 PASSWORD_ENV = "TRAINFER_SSL_KEYFILE_PASSWORD"  # an encrypted key's password: never on the command line (ps)
 
@@ -38,8 +36,8 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None, password:
         given, missing = ("--ssl-certfile", "--ssl-keyfile") if keyfile is None else ("--ssl-keyfile", "--ssl-certfile")
         raise ConfigError(f"{given} needs {missing} too",
                           hint="TLS takes both: --ssl-certfile CERT.pem --ssl-keyfile KEY.pem (or neither)")
-    cert = _read("--ssl-certfile", Path(certfile))
-    key = _read("--ssl-keyfile", Path(keyfile))
+    cert = read_file("--ssl-certfile", Path(certfile), hint="--ssl-certfile takes a PEM file")
+    key = read_file("--ssl-keyfile", Path(keyfile), hint="--ssl-keyfile takes a PEM file")
     if b"-----BEGIN CERTIFICATE-----" not in cert:
         what = "holds a private key, not a certificate" if b"PRIVATE KEY-----" in cert else "is not a PEM certificate"
         raise ConfigError(f"--ssl-certfile {certfile} {what}",
@@ -73,18 +71,8 @@ def check_tls(certfile: str | Path | None, keyfile: str | Path | None, password:
             raise ConfigError(f"--ssl-keyfile {keyfile}: wrong password in {PASSWORD_ENV}") from None
         raise ConfigError(f"cannot load --ssl-certfile {certfile} with --ssl-keyfile {keyfile}: {exc.reason or exc}",
                           hint="both must be PEM files: the certificate (chain) and its private key") from None
-    mode = os.stat(keyfile).st_mode
-    if warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn(f"warning: --ssl-keyfile {keyfile} may be read by others (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
+    mode = loose_mode(keyfile)
+    if warn is not None and mode is not None:
+        warn(f"warning: --ssl-keyfile {keyfile} may be read by others (mode {mode}): chmod 600 it")
     return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile), "ssl_keyfile_password": password}
 
-
-def _read(flag: str, path: Path) -> bytes:
-    try:
-        if path.is_dir():
-            raise ConfigError(f"{flag} {path} is a directory, not a file", hint=f"{flag} takes a PEM file")
-        return path.read_bytes()
-    except FileNotFoundError:  # shown(): a key pasted where its path belongs is not echoed into logs
-        raise ConfigError(f"{flag} {shown(path)} does not exist", hint=f"{flag} takes a PEM file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {flag} {path}: {exc.strerror}") from None
