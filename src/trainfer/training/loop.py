@@ -26,6 +26,7 @@ from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
+from trainfer.training.batches import InMemoryBatches
 from trainfer.training.checkpoint import (
     CheckpointWriter,
     best_weights,
@@ -132,16 +133,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     else:
         loss_fn = nn.MSELoss()
 
-    # -- tensors on the device once; batches are index slices (no DataLoader overhead for in-memory data)
-    X_train = torch.from_numpy(data.X["train"]).to(device)
-    y_train = torch.from_numpy(data.y["train"]).to(device)
-    if task == "regression":
-        y_train = y_train.view(-1, 1)
-    n_train = len(X_train)
-    bs = min(cfg.batch_size, n_train)
-    steps_per_epoch = -(-n_train // bs)
-    if n_train % bs == 1 and steps_per_epoch > 1:
-        steps_per_epoch -= 1  # a batch of one breaks BatchNorm's batch statistics: drop it
+    # -- the train split as batches (training/batches.py): tensors on the device once, index slices per step
+    train = InMemoryBatches(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
+                            regression=task == "regression")
+    n_train, bs, steps_per_epoch = train.n_rows, train.batch_size, train.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     metric_name, mode = monitor(task)
 
@@ -194,22 +189,17 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 model.train()
                 # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state. Under DP
                 # the batches are Poisson samples, their generator's state in the checkpoint.
-                if dp is None:
-                    order = torch.Generator().manual_seed(recipe.seed * 100003 + epoch)
-                    perm = torch.randperm(n_train, generator=order).to(device)
-                    batches: Iterable[torch.Tensor] = (perm[i * bs:(i + 1) * bs] for i in range(steps_per_epoch))
-                else:
-                    batches = dp.batches(device)
+                batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = \
+                    train.epoch(epoch) if dp is None else (train.rows(idx) for idx in dp.batches(device))
                 # Per-step results stay on the device and are read once an epoch: no host sync per step.
                 step_losses: list[torch.Tensor] = []
                 step_preds: list[torch.Tensor] = []
-                step_idx: list[torch.Tensor] = []
-                for i, idx in enumerate(batches):
+                step_ys: list[torch.Tensor] = []
+                for i, (xb, yb) in enumerate(batches):
                     step = (epoch - 1) * steps_per_epoch + i
                     lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup_fraction)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    xb, yb = X_train[idx], y_train[idx]
                     with _autocast(device, cfg.precision):
                         out_b = model(xb)
                         loss = loss_fn(out_b.float(), yb)
@@ -225,7 +215,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                         raise _diverged(cfg, epoch, i, steps_per_epoch, "the optimizer's update overflowed float32") \
                             from None
                     step_losses.append(loss.detach())
-                    step_idx.append(idx)
+                    step_ys.append(yb)
                     if task == "classification":
                         step_preds.append(out_b.argmax(1))  # integer output: no autograd, one op
                     progress.step()
@@ -243,12 +233,12 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
                                     f"the validation loss became {val['loss']} after the update")
                 # Each step's loss is its batch's mean: weighted by batch size, the epoch's mean per sample.
-                lens = [len(i) for i in step_idx]
+                lens = [len(y) for y in step_ys]
                 seen = max(sum(lens), 1)
                 sizes = torch.tensor(lens, dtype=torch.float64, device=device)
                 record = {"epoch": epoch, "train_loss": float(losses.double() @ sizes) / seen}
                 if task == "classification":
-                    hits = torch.cat(step_preds) == y_train[torch.cat(step_idx)]
+                    hits = torch.cat(step_preds) == torch.cat(step_ys)
                     record["train_accuracy"] = int(hits.sum()) / seen
                 record.update({f"val_{k}": v for k, v in val.items()})
                 if dp is not None:  # ε spent so far; summary.json has the final (ε, δ) and how it was reached
