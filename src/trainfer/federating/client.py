@@ -61,7 +61,6 @@ def privacy_noise(recipe: Recipe, n_rows: int, local_epochs: int, rounds: int) -
 def train_round(recipe: Recipe, features: Features, state: dict[str, Any], dataset: Dataset, X: np.ndarray,
                 y: np.ndarray, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     """Train the global ``state`` (a torch state dict) on (X, y) for one round; (new state dict, metrics)."""
-    import torch
 
     from trainfer.models import build_model
     from trainfer.training.loop import fit

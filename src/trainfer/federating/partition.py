@@ -32,7 +32,8 @@ def parse_partition(text: str) -> tuple[str, float | None]:
             raise ConfigError(f"--partition {text}: the Dirichlet α must be a number above 0, not {arg!r}",
                               hint="e.g. --partition dirichlet:0.5 (smaller α: more skewed clients; 100: nearly iid)")
         return "dirichlet", alpha
-    raise ConfigError(f"--partition {text!r} is not a partition", hint="use iid or dirichlet:ALPHA (e.g. dirichlet:0.5)")
+    raise ConfigError(f"--partition {text!r} is not a partition",
+                      hint="use iid or dirichlet:ALPHA (e.g. dirichlet:0.5)")
 
 
 def partition(labels: np.ndarray, clients: int, spec: str, seed: int) -> list[np.ndarray]:
