@@ -2,10 +2,9 @@
 
 Acceptance 4 of issue 13: 5 clients, 10 rounds; the non-iid federation (Dirichlet α=0.5 over labels) should
 reach >= 95% of the centralized test accuracy, the iid one >= 98%. The centralized baseline is `trainfer.train`
-with the same recipe and the same total epochs (rounds × local epochs). Prints test accuracy per round (the
-global model after each round, scored on the test split from the run's per-round checkpoints would need them;
-per round we print validation accuracy, which the server measures every round, and the final test accuracy),
-the bytes sent and received, and the ratios.
+with the same recipe and the same total epochs (rounds × local epochs). Prints the validation accuracy of the
+global model after every round (the server scores it each round), the final test accuracy, the bytes sent
+and received, and the ratios. Local training runs at a constant learning rate (federating/client.py).
 
     .venv/bin/python benchmarks/federated.py           # ~2-3 min on 2 cores
     .venv/bin/python benchmarks/federated.py --quick   # smoke run (3 rounds)

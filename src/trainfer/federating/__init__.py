@@ -87,12 +87,11 @@ def federate(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out:
     check_options(clients=clients, rounds=rounds, partition=partition, local_epochs=local_epochs,
                   strategy=strategy, proximal_mu=proximal_mu, fraction=fraction, dp_epsilon=dp_epsilon,
                   superlink=superlink, round_timeout=round_timeout)
-    resolved = build_recipe(recipe, overrides)
     if dp_epsilon is not None:
         require_extras("privacy")
-        privacy = resolved.privacy.model_dump() if resolved.privacy is not None else {}
-        resolved = build_recipe({**resolved.model_dump(mode="json"),
-                                 "privacy": {**privacy, "epsilon": float(dp_epsilon), "noise_multiplier": None}})
+        # --dp-epsilon is the target of each client's ε over the whole federation; it replaces the recipe's own
+        overrides = [*(overrides or []), f"privacy.epsilon={float(dp_epsilon)!r}", "privacy.noise_multiplier=null"]
+    resolved = build_recipe(recipe, overrides)
     out = Path(out).expanduser().absolute()
     check_run_out(out, resume=False, force=False)
     spec = {"recipe": resolved.model_dump(mode="json"), "out": str(out), "clients": clients, "rounds": rounds,

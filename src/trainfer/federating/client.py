@@ -8,6 +8,7 @@ SuperNode on the machine that owns the data (rows read from ``--node-config data
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -46,16 +47,23 @@ def privacy_noise(recipe: Recipe, n_rows: int, local_epochs: int, rounds: int) -
     whole federation: the noise is searched for all ``rounds × local_epochs`` epochs it could train, since a
     client that takes part in every round composes every round's DP-SGD steps on the same rows. A client that
     sits out rounds (``--fraction`` < 1) spends less; the federation adds up what each one actually ran."""
+    assert recipe.privacy is not None
+    return _noise(recipe.privacy.model_dump_json(), recipe.train.batch_size, n_rows, local_epochs, rounds)
+
+
+@functools.lru_cache(maxsize=64)
+def _noise(privacy_json: str, batch_size: int, n_rows: int, local_epochs: int, rounds: int) -> tuple[float, float]:
+    # the same for every round of a client: searched once per process (a simulation's Ray actor keeps it)
     from trainfer.training.privacy import find_noise, resolve_delta
 
-    assert recipe.privacy is not None
-    bs = min(recipe.train.batch_size, n_rows)
+    privacy = PrivacyConfig.model_validate_json(privacy_json)
+    bs = min(batch_size, n_rows)
     steps_per_epoch = -(-n_rows // bs)
     q = 1.0 / steps_per_epoch
-    delta = resolve_delta(recipe.privacy, n_rows)
-    if recipe.privacy.noise_multiplier is not None:
-        return float(recipe.privacy.noise_multiplier), delta
-    return find_noise(recipe.privacy, q, steps_per_epoch * local_epochs * rounds, delta, n_rows * q), delta
+    delta = resolve_delta(privacy, n_rows)
+    if privacy.noise_multiplier is not None:
+        return float(privacy.noise_multiplier), delta
+    return find_noise(privacy, q, steps_per_epoch * local_epochs * rounds, delta, n_rows * q), delta
 
 
 def train_round(recipe: Recipe, features: Features, state: dict[str, Any], dataset: Dataset, X: np.ndarray,
