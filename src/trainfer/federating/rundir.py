@@ -40,7 +40,8 @@ def client_epsilons(recipe: Recipe, clients: dict[str, dict[str, Any]]) -> dict[
 
     per = {k: {"epsilon": epsilon_of(recipe.privacy.accountant, c["dp_history"], c["dp_delta"]),
                "delta": c["dp_delta"], "steps": int(sum(h[2] for h in c["dp_history"])),
-               "noise_multiplier": c["dp_history"][0][0] if c["dp_history"] else None, "rounds": c["rounds"]}
+               "noise_multiplier": c["dp_history"][0][0] if c["dp_history"] else None,
+               "sample_rate": c["dp_history"][0][1] if c["dp_history"] else None, "rounds": c["rounds"]}
            for k, c in sorted(clients.items(), key=lambda kv: int(kv[0]))}
     worst = max(per.values(), key=lambda p: p["epsilon"])
     return {
