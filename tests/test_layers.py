@@ -2,7 +2,7 @@
 
     L6  __main__ (`python -m trainfer`)
     L5  cli, pipeline
-    L4  serve (runtime only), bench, report, tuning, auditing
+    L4  serve (runtime only), bench, report, tuning, auditing, federating
     L3  exporting
     L2  training, models, data, runtime
     L1  features
@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "tuning": 4,
     # the membership-inference audit trains reference models through the loop, like a tuner's trials
     "auditing": 4,
+    # federated learning runs the loop once per client and round (Flower drives the rounds)
+    "federating": 4,
     "cli": 5, "pipeline": 5, "__main__": 6,  # `python -m trainfer`: the console script, above the CLI
 }
 # The CLI is the entry point of the pipeline too: `trainfer run` calls it.

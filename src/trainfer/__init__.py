@@ -13,6 +13,7 @@ Public API (the same verbs as the CLI)::
     trainfer.predict("bundles/digits", "rows.csv", "preds.csv")
     trainfer.bench(run, quick=True); trainfer.report(run)
     study = trainfer.tune("examples/digits.yaml", out="studies/digits", trials=30, workers=2)
+    fed = trainfer.federate("examples/digits.yaml", out="runs/fed", clients=5, rounds=10, partition="dirichlet:0.5")
 
 Heavy dependencies (torch) load on first use, never at import.
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from trainfer.config import Recipe
     from trainfer.exporting import export
     from trainfer.exporting.optimize import optimize
+    from trainfer.federating import federate
     from trainfer.pipeline import run
     from trainfer.reporting import report
     from trainfer.runtime import Predictor, load
@@ -58,6 +60,7 @@ _LAZY = {
     "report": "trainfer.reporting",
     "run": "trainfer.pipeline",
     "tune": "trainfer.tuning",
+    "federate": "trainfer.federating",
     "Study": "trainfer.tuning",
 }
 
@@ -71,4 +74,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Predictor", "Recipe", "Run", "Study", "TrainferError", "__version__", "audit", "bench", "evaluate",
-           "export", "load", "optimize", "predict", "report", "run", "serve", "train", "tune"]
+           "export", "federate", "load", "optimize", "predict", "report", "run", "serve", "train", "tune"]

@@ -28,10 +28,12 @@ _EXTRAS = {
     "uvicorn": "serve",
     "prometheus_client": "serve",
     "orjson": "serve",
+    "flwr": "federated",
+    "ray": "federated",
 }
 # what each extra brings (its own modules and those of the extras it includes), for up-front checks
 _INCLUDES = {"export": ("train",), "optimize": ("export",), "bench": ("export", "report"), "tune": ("export",),
-             "privacy": ("train",)}
+             "privacy": ("train",), "federated": ("train",)}
 
 
 def extra_modules(extra: str) -> list[str]:

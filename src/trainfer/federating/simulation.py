@@ -1,0 +1,75 @@
+"""The simulation engine: Flower's Ray-backed runtime with ``clients`` virtual SuperNodes on this machine.
+
+Why ``flwr.simulation.run_simulation`` although Flower marks it deprecated in favour of `flwr run`: `flwr run`
+submits an app bundle to a SuperLink, and the local SuperLink it starts on its own installs each run's
+dependencies from the package index (DEPENDENCY-NOTES.md: a multi-GB CUDA torch) and needs a packaged app.
+``run_simulation`` runs the same ServerApp/ClientApp pair in this process (the ServerApp in a thread, the
+ClientApps in Ray actors), offline, with the data already in memory; it is pinned with flwr 1.42.*.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from trainfer.config import Recipe
+from trainfer.errors import RunError
+
+# Ray's object store is sized for big clusters by default (30% of RAM): a federation of small models needs little
+RAY_OBJECT_STORE_BYTES = 80 * 1024 * 1024
+
+
+def simulate(spec: dict[str, Any], recipe: Recipe, progress: Callable[[dict[str, Any]], None] | None) -> None:
+    from trainfer.data import prepare
+    from trainfer.federating.partition import histograms, partition
+    from trainfer.federating.rundir import write_run
+
+    prepared = prepare(recipe.data, recipe.seed)
+    if prepared.features.task != "classification" and spec["partition"] != "iid":
+        from trainfer.errors import ConfigError
+
+        raise ConfigError("--partition dirichlet splits by class: it needs a classification target",
+                          hint="use --partition iid for regression")
+    labels = prepared.y["train"]
+    parts = partition(labels, spec["clients"], spec["partition"], recipe.seed)
+    hist = histograms(labels, parts, [str(v) for v in prepared.features.target.labels]) \
+        if prepared.features.task == "classification" else None
+    cpus = os.cpu_count() or 1
+    actors = min(spec["clients"], cpus)
+    spec["client_threads"] = max(1, cpus // actors)
+    outcome: dict[str, Any] = {}
+
+    from trainfer.federating.apps import simulation_apps
+
+    client, server = simulation_apps(spec, prepared, parts, recipe, outcome.update, progress)
+    backend = {"init_args": {"num_cpus": cpus, "object_store_memory": RAY_OBJECT_STORE_BYTES,
+                             "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False},
+               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    t0 = time.perf_counter()
+    _run(server, client, spec["clients"], backend)
+    spec["simulation_s"] = time.perf_counter() - t0
+    if "state" not in outcome:
+        raise RunError("the simulation ended without a result (see the messages above)")
+    write_run(spec, recipe, prepared, outcome, parts, hist)
+
+
+def _run(server: Any, client: Any, clients: int, backend: dict[str, Any]) -> None:
+    from flwr.simulation import run_simulation
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # every round at INFO; its own deprecation notice (see above)
+        try:
+            run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_config=backend)
+        finally:
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    ray.shutdown()
+            except ImportError:
+                pass

@@ -1,0 +1,182 @@
+"""Federated learning on Flower: partitions, bad input, and one simulated federation with DP per client.
+
+The simulation test runs Flower's simulation engine (Ray) for real: 3 clients on iris, 3 rounds, DP-SGD on
+every client, half the clients per round; its run directory goes through `trainfer export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SRC, assert_user_error, read_metrics, read_summary, run_main
+
+from trainfer.errors import ConfigError
+from trainfer.federating.partition import histograms, partition
+
+LABELS = np.repeat(np.arange(10), 50)  # 500 rows, 10 balanced classes
+
+
+def test_iid_partition_is_seeded_disjoint_and_balanced() -> None:
+    parts = partition(LABELS, 5, "iid", seed=3)
+    assert [len(p) for p in parts] == [100] * 5
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(500))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(LABELS, 5, "iid", seed=3), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, partition(LABELS, 5, "iid", seed=4), strict=True))
+
+
+def test_dirichlet_partition_skews_labels_more_as_alpha_falls() -> None:
+    def skew(spec: str) -> float:
+        # mean over clients of the share of its rows in its most common class (iid: ~0.1 for 10 classes)
+        hist = histograms(LABELS, partition(LABELS, 5, spec, seed=0), [str(c) for c in range(10)])
+        return float(np.mean([max(h.values()) / sum(h.values()) for h in hist]))
+
+    low = partition(LABELS, 5, "dirichlet:0.1", seed=0)
+    assert np.array_equal(np.sort(np.concatenate(low)), np.arange(500)) and all(len(p) for p in low)
+    assert all(np.array_equal(a, b) for a, b in zip(low, partition(LABELS, 5, "dirichlet:0.1", seed=0), strict=True))
+    assert skew("dirichlet:0.1") > skew("dirichlet:1") > skew("dirichlet:1000") > 0.1 - 1e-9
+    assert skew("dirichlet:0.1") > 0.4 and skew("iid") < 0.2
+
+
+@pytest.mark.parametrize(("labels", "clients", "spec", "words"), [
+    (LABELS, 5, "dirichlet:0", ["α", "above 0"]),
+    (LABELS, 5, "dirichlet:-2", ["α"]),
+    (LABELS, 5, "dirichlet:nan", ["α"]),
+    (LABELS, 5, "dirichlet:x", ["α"]),
+    (LABELS, 5, "random", ["not a partition"]),
+    (LABELS, 501, "iid", ["501", "500 rows"]),
+    (LABELS, 0, "iid", ["at least 1"]),
+    # 2 classes of 3 rows among 6 clients at a tiny α: some client always ends up empty
+    (np.array([0, 0, 0, 1, 1, 1]), 6, "dirichlet:0.01", ["no rows"]),
+])
+def test_bad_partitions_are_refused(labels: np.ndarray, clients: int, spec: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        partition(labels, clients, spec, seed=0)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--clients", "0", "--rounds", "1"], ["--clients"]),
+    (["--clients", "2", "--rounds", "0"], ["--rounds"]),
+    (["--clients", "2", "--rounds", "1", "--partition", "dirichlet:0"], ["α"]),
+    (["--clients", "2", "--rounds", "1", "--fraction", "0"], ["--fraction"]),
+    (["--clients", "2", "--rounds", "1", "--fraction", "1.01"], ["--fraction"]),
+    (["--clients", "2", "--rounds", "1", "--fraction", "nan"], ["--fraction"]),
+    (["--clients", "2", "--rounds", "1", "--local-epochs", "0"], ["--local-epochs"]),
+    (["--clients", "2", "--rounds", "1", "--strategy", "fedsgd"], ["--strategy"]),
+    (["--clients", "2", "--rounds", "1", "--proximal-mu", "0.1"], ["fedprox"]),
+    (["--clients", "2", "--rounds", "1", "--strategy", "fedprox", "--dp-epsilon", "3"], ["fedprox", "dp-epsilon"]),
+    (["--clients", "2", "--rounds", "1", "--dp-epsilon", "0"], ["--dp-epsilon"]),
+    (["--clients", "2", "--rounds", "1", "--dp-epsilon", "inf"], ["--dp-epsilon"]),
+    (["--clients", "2", "--rounds", "1", "--superlink", "localhost"], ["HOST:PORT"]),
+    (["--clients", "2", "--rounds", "1", "--round-timeout", "0"], ["--round-timeout"]),
+    (["--clients", "1000", "--rounds", "1"], ["--clients 1000", "rows"]),  # iris: 105 train rows
+    (["--clients", "two", "--rounds", "1"], ["clients"]),
+])
+def test_federate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                            words: list[str]) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: iris}\nmodel: {name: mlp, hidden: [8]}\n")
+    out = tmp_path / "out"
+    assert_user_error(run_main(["federate", recipe, *extra, "--out", out], capsys), out, mentions=words)
+
+
+def test_federate_bad_recipe_out_and_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: iris}\n")
+    args = ["--clients", "2", "--rounds", "1"]
+    assert_user_error(run_main(["federate", tmp_path / "missing.yaml", *args, "--out", tmp_path / "o"], capsys),
+                      tmp_path / "o")
+    assert_user_error(run_main(["federate", tmp_path, *args, "--out", tmp_path / "o"], capsys), tmp_path / "o")
+    (tmp_path / "file").write_text("x")
+    assert_user_error(run_main(["federate", recipe, *args, "--out", tmp_path / "file"], capsys), mentions=["file"])
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "summary.json").write_text("{}")
+    assert_user_error(run_main(["federate", recipe, *args, "--out", taken], capsys), mentions=["exists"])
+    assert_user_error(run_main(["federate-node", "--superlink", "127.0.0.1:9", "--data", tmp_path / "no.csv"],
+                               capsys), mentions=["no.csv", "not found"])
+    assert_user_error(run_main(["federate-node", "--superlink", "nohost", "--data", recipe], capsys),
+                      mentions=["HOST:PORT"])
+
+
+BLOCKED = textwrap.dedent("""
+    import sys
+    class _NotInstalled:  # flwr cannot be imported, exactly as when it is not installed
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "flwr":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    sys.meta_path.insert(0, _NotInstalled())
+    from trainfer.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def test_without_flwr_the_extra_is_named(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", BLOCKED, "federate", "x.yaml", "--clients", "2", "--rounds", "1",
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and res.stderr.splitlines() == [
+        "error: flwr is needed for this and is not installed", "hint: pip install 'trainfer[federated]'"], res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def dp_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import trainfer
+
+    work = tmp_path_factory.mktemp("fed")
+    recipe = {"seed": 1, "data": {"source": "iris"}, "model": {"name": "mlp", "hidden": [16], "batchnorm": True},
+              "train": {"batch_size": 16, "lr": 0.01}, "privacy": {"accountant": "rdp"}}
+    run = trainfer.federate(recipe, out=work / "run", clients=3, rounds=3, partition="dirichlet:1",
+                            local_epochs=2, fraction=0.5, dp_epsilon=4.0)
+    return run.path
+
+
+def test_simulated_dp_federation_is_a_run_that_exports(dp_federation: Path, capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Path) -> None:
+    from trainfer.training.privacy import epsilon_of
+
+    summary = read_summary(dp_federation)
+    fed = summary["federated"]
+    rows = read_metrics(dp_federation)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    # half of 3 clients, rounded up, train each round; every round sends and receives weights
+    assert all(r["clients_sampled"] == r["clients_replied"] == 2 for r in rows)
+    assert all(r["bytes_sent"] > r["bytes_received"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in rows)
+    assert fed["bytes_sent"] == sum(r["bytes_sent"] for r in rows)
+    assert fed["strategy"] == "fedavg" and fed["partition"] == "dirichlet:1" and fed["clients"] == 3
+    assert sum(sum(h.values()) for h in fed["label_histograms"]) == summary["samples"]["train"] == sum(
+        fed["client_rows"])
+    assert "simplification" in fed["preprocessing"]
+    # per-client ε: every client within the target; one that trained in more rounds spent more
+    privacy = summary["privacy"]
+    per = privacy["per_client"]
+    assert sum(c["rounds"] for c in per.values()) == 6
+    assert all(0 < c["epsilon"] <= 4.0 + 1e-6 for c in per.values()), per
+    assert privacy["epsilon"] == max(c["epsilon"] for c in per.values())
+    for k, c in per.items():
+        # honest composition: the client's accountant covers every step of every round it took part in
+        # (2 local epochs of ceil(rows / 16) Poisson steps each), at the noise fixed for the whole federation
+        rows_k = fed["client_rows"][int(k)]
+        assert c["steps"] == c["rounds"] * 2 * -(-rows_k // 16), (k, c, rows_k)
+        assert c["epsilon"] == pytest.approx(epsilon_of("rdp", [(c["noise_multiplier"], c["sample_rate"], c["steps"])],
+                                                        c["delta"]), rel=1e-9)
+    # the run directory is an ordinary one: export turns it into a bundle (GroupNorm, as DP trained it)
+    bundle = tmp_path / "bundle"
+    res = run_main(["export", dp_federation, "--out", bundle], capsys)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["privacy"]["epsilon"] == privacy["epsilon"]
+    import trainfer
+
+    predictor = trainfer.load(bundle)
+    run = trainfer.Run.load(dp_federation)
+    X, _ = run.load_split("test")
+    assert np.allclose(predictor.predict_proba(X), run.predict_proba(X), atol=1e-4)
