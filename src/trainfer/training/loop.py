@@ -26,7 +26,7 @@ from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
-from trainfer.training.batches import InMemoryBatches
+from trainfer.training.batches import batches_for
 from trainfer.training.checkpoint import (
     CheckpointWriter,
     best_weights,
@@ -77,10 +77,13 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
         require_extras("privacy")  # before any work: the data is not even read without Opacus
     # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
     data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
-    # -- model: seeded, so the same seed builds the same initial weights
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
-    fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
+    try:
+        # -- model: seeded, so the same seed builds the same initial weights
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+        fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
+    finally:
+        data.close()  # a streamed run's row caches (data/streaming.py)
     return out
 
 
@@ -133,9 +136,13 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     else:
         loss_fn = nn.MSELoss()
 
-    # -- the train split as batches (training/batches.py): tensors on the device once, index slices per step
-    train = InMemoryBatches(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
-                            regression=task == "regression")
+    # -- the train split as batches (training/batches.py): in memory, tensors on the device once and index slices
+    # per step; streamed, windows read from the row cache on disk in the same order
+    if privacy is not None and data.streamed:
+        raise RunError("differentially private training (privacy:) needs the data in memory: its Poisson batches "
+                       "draw rows at random", hint="set data.streaming=false (or remove privacy:)")
+    train = batches_for(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
+                        regression=task == "regression", workers=cfg.workers)
     n_train, bs, steps_per_epoch = train.n_rows, train.batch_size, train.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     metric_name, mode = monitor(task)
