@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainfer._atomic import write_json, write_text
+from trainfer._atomic import write_json, write_pieces, write_text
 from trainfer._energy import EnergyMeter
 from trainfer._imports import require_extras
 from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
+from trainfer.data.split import split_json
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
 from trainfer.training.batches import batches_for
@@ -359,8 +360,7 @@ def _start_run_dir(out: Path, recipe: Recipe, data: Prepared, resume: bool) -> N
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "recipe.yaml", recipe.to_yaml())
     data.features.save(out / "features.json")
-    write_json(out / "split.json", {"seed": recipe.seed, "fingerprint": data.dataset.fingerprint(),
-                                    **data.split.to_dict()})
+    write_pieces(out / "split.json", split_json(recipe.seed, data.dataset.fingerprint(), data.split))
 
 
 def _recorded_split(out: Path) -> Split | None:
@@ -406,6 +406,6 @@ def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, s
         "timings": timings,
         "device": device.type,
         "threads": threads,
-        "data": {"source": data.dataset.name, "fingerprint": data.dataset.fingerprint()},
+        "data": {"source": data.dataset.name, "fingerprint": data.dataset.fingerprint(), "streamed": data.streamed},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
