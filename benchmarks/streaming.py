@@ -7,7 +7,7 @@ streaming path against the in-memory path on a 100 MB slice (same metrics, sampl
 2. Trains an MLP [64] for 1 epoch on it in a child process with `data.streaming: auto` (the file is above
    the default 1024 MiB threshold). Peak RSS is the child's VmHWM, read by the child from /proc at its end
    (ru_maxrss is not used: Linux carries the forking parent's peak into it across exec). Goal: <= 1024 MiB.
-3. On a 419,430-row table from the same generator (100 MiB of float32 values) trains the same recipe in memory
+3. On a 409,600-row table from the same generator (100 MiB of float32 values) trains the same recipe in memory
    (`data.streaming: false`) and streamed (`true`), interleaved A B, B A, ... in one process, same seed:
    the test metrics must be equal, and the training loop's samples/s (median over rounds of the per-round
    ratio) is reported, goal >= 0.7x. End-to-end seconds (streaming's extra passes over the file included)
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to write the table (default: a temp folder)")
     args = ap.parse_args()
     rows = (1 << 20) if args.quick else (8 << 20)  # 256 MiB or 2 GiB of float32 feature values
-    slice_rows = rows // 20 if not args.quick else 102_400  # 100 MiB (25 MiB quick) of float32 values
+    slice_rows = 102_400 if args.quick else 409_600  # 25 or 100 MiB of float32 values
     rounds = args.rounds or (2 if args.quick else 3)
     tmp = Path(tempfile.mkdtemp(prefix="bench-streaming-", dir=args.dir))
     try:

@@ -396,6 +396,7 @@ def fit_streaming(table: Table, names: list[str], y: np.ndarray, train: np.ndarr
     for i in range(0, len(y), BATCH_ROWS):  # "\x1f".join(all labels), a batch at a time
         h.update(("\x1f" if i else "").encode() + "\x1f".join(map(str, y[i:i + BATCH_ROWS].tolist())).encode())
     ds.streamed_fingerprint = h.hexdigest()
+    _release_arrow_memory()
     columns = []
     for name in names:
         try:
@@ -478,7 +479,15 @@ def cache_splits(table: Table, names: list[str], features: Features, split: Spli
                 column = f", column {exc.column!r}" if exc.column is not None else ""
                 raise DataError(f"{ds.where(start + int(pos[exc.row]))}{column}: {exc.problem}",
                                 hint=exc.hint) from None
+    _release_arrow_memory()
     return {name: c.done() for name, c in caches.items()}
+
+
+def _release_arrow_memory() -> None:
+    """Hand the memory pyarrow's pool keeps after a pass back to the system (training needs none of it)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def distinct(y: np.ndarray) -> np.ndarray:
