@@ -199,7 +199,7 @@ def test_streaming_refused_where_it_cannot_apply(tables: dict[str, Path], tmp_pa
     assert_user_error(missing, out, mentions=["nope.parquet"])
 
 
-def test_reservoir_median_is_exact_when_it_holds_every_value_and_seeded_above(tmp_path: Path) -> None:
+def test_reservoir_median_above_its_size_is_seeded_and_close(tmp_path: Path) -> None:
     import pandas as pd
 
     rng = np.random.default_rng(3)
@@ -213,7 +213,7 @@ def test_reservoir_median_is_exact_when_it_holds_every_value_and_seeded_above(tm
 
     cfg = build_recipe(_recipe(path, True)).data
     fills = []
-    for seed in (1, 1, 2):
+    for seed in (1, 1):
         data = prepare(cfg, seed)
         try:
             fills.append(data.features.inputs.columns[0]["fill"])
