@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,16 @@ def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
 
 def write_text(path: str | Path, text: str, mode: int | None = None) -> None:
     write_bytes(path, text.encode("utf-8"), mode)
+
+
+def write_pieces(path: str | Path, pieces: Iterable[str], mode: int | None = None) -> None:
+    """Text written piece by piece (a large file never held whole in memory), atomically as write_with."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for piece in pieces:
+                fh.write(piece)
+
+    write_with(path, write, mode)
 
 
 def write_json(path: str | Path, obj: Any, mode: int | None = None) -> None:

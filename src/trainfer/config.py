@@ -31,6 +31,19 @@ class DataConfig(_Strict):
     id_column: str | None = Field(None, description="kept out of the features, carried into predictions")
     drop: list[str] = Field(default_factory=list, description="columns to ignore")
     options: dict[str, Any] = Field(default_factory=dict, description="generator options, e.g. n_samples")
+    streaming: bool | Literal["auto"] = Field(
+        "auto", description="read the data in batches from disk instead of into memory: true, false, or auto "
+                            "(above streaming_threshold_mb)")
+    streaming_threshold_mb: float = Field(1024.0, gt=0, description="auto streams a file (or image folder) larger "
+                                                                     "than this many MiB on disk")
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _streaming_choice(cls, value: Any) -> Any:
+        # pydantic reads 1, "on" or "yes" as true: say what the three values are instead
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"must be true, false or auto, not {value!r}")
 
 
 class ModelConfig(_Strict):
@@ -61,6 +74,15 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
     eval_batch_size: int = Field(1024, ge=1)
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that decode streamed images; "
+                                                      "0 decodes in the training process")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_int(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"must be a whole number of worker processes (0 or more), not {value!r}")
+        return value
 
 
 class PrivacyConfig(_Strict):

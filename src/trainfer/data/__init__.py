@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from trainfer.data.builtin import BUILTIN
 from trainfer.data.dataset import Dataset
 from trainfer.data.files import load_image_folder, load_npz, load_table, read_table
 from trainfer.data.split import Split, split_indices
+from trainfer.data.streaming import prepare_streaming, streams
 from trainfer.errors import DataError, InputError
 from trainfer.features import Features, ImageFeatures, TabularFeatures, Target, infer_task, is_missing
 
@@ -137,8 +139,18 @@ class Prepared:
     dataset: Dataset
     features: Features
     split: Split
-    X: dict[str, np.ndarray]
+    X: dict[str, np.ndarray]  # streamed: data.streaming.RowCache (len, [a:b] slices) instead of arrays
     y: dict[str, np.ndarray]
+    closer: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def streamed(self) -> bool:
+        return not all(isinstance(x, np.ndarray) for x in self.X.values())
+
+    def close(self) -> None:
+        """Remove what the streaming path keeps on disk (its row caches); nothing for in-memory data."""
+        if self.closer is not None:
+            self.closer()
 
 
 def prepare(cfg: DataConfig, seed: int, split: Split | None = None,
@@ -146,7 +158,12 @@ def prepare(cfg: DataConfig, seed: int, split: Split | None = None,
     """Load, split (or reuse a recorded split), fit preprocessing on train only, transform ``splits``.
 
     A tuner asks for train and val only: the test rows are then never transformed or looked at.
+    Above ``data.streaming_threshold_mb`` (or with ``data.streaming: true``) a table or image folder is streamed
+    (data/streaming.py): X then holds row caches on disk, and ``Prepared.close()`` removes them.
     """
+    path = None if cfg.source in BUILTIN else Path(cfg.source).expanduser()
+    if streams(cfg, path):
+        return prepare_streaming(cfg, seed, split, splits)
     ds = load_dataset(cfg)
     ds.fingerprint()  # of the data exactly as loaded (cached), before the target is converted below
     task = resolve_task(cfg, ds)

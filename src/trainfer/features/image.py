@@ -78,6 +78,30 @@ def read_images(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarra
     return out
 
 
+class PixelSums:
+    """Per-channel sums of uint8 pixels and of their squares, in exact integers: the mean and std they give
+    do not depend on the order or the chunks the images come in (in memory or streamed, the same bits)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.s = [0, 0, 0]
+        self.ss = [0, 0, 0]
+
+    def add(self, images: np.ndarray) -> None:
+        flat = images.reshape(-1, 3).astype(np.int64)
+        self.n += len(flat)
+        for c in range(3):
+            col = flat[:, c]
+            self.s[c] += int(col.sum())
+            self.ss[c] += int((col * col).sum())
+
+    def features(self, size: int) -> ImageFeatures:
+        n = max(self.n, 1)
+        mean = [s / (n * 255) for s in self.s]  # int / int: correctly rounded
+        var = [(n * ss - s * s) / (n * n * 255 * 255) for s, ss in zip(self.s, self.ss, strict=True)]
+        return ImageFeatures(size, mean, [max(float(np.sqrt(v)), 1e-6) for v in var])
+
+
 class ImageFeatures:
     kind = "image"
 
@@ -92,10 +116,10 @@ class ImageFeatures:
     @classmethod
     def fit(cls, images: np.ndarray) -> ImageFeatures:
         """Per-channel mean and std of the train split, on the [0, 1] scale."""
-        x = images.astype(np.float64) / 255.0
-        mean = x.mean(axis=(0, 1, 2))
-        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
-        return cls(images.shape[1], mean.tolist(), std.tolist())
+        sums = PixelSums()
+        for i in range(0, len(images), 1024):
+            sums.add(images[i:i + 1024])
+        return sums.features(images.shape[1])
 
     @property
     def input_shape(self) -> tuple[int, ...]:

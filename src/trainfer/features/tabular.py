@@ -32,6 +32,73 @@ def _is_numeric(values: np.ndarray) -> bool:
     return values.dtype.kind in "iuf"
 
 
+FIT_CHUNK = 65536  # rows per partial moment: the in-memory and the streaming fit merge the same chunks
+
+
+class NumericStats:
+    """Mean and variance of one numeric column, merged chunk by chunk (Chan et al.) in float64.
+
+    The in-memory fit and the streaming fit feed the same chunks (FIT_CHUNK train rows, in file order), so
+    both get the same bits; with one chunk and nothing missing it is numpy's own mean and std. Missing
+    (non-finite) values count as the imputed ``fill``, added in closed form once the fill is known.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.missing = 0
+        self.largest = 0.0
+
+    def add(self, chunk: np.ndarray) -> None:
+        ok = np.isfinite(chunk)
+        f = chunk if ok.all() else chunk[ok]
+        self.missing += len(chunk) - len(f)
+        k = len(f)
+        if not k:
+            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            m = f.sum() / k
+            d = f - m
+            m2 = (d * d).sum()
+        self.largest = max(self.largest, float(np.abs(f).max()))
+        if self.n == 0:
+            self.n, self.mean, self.m2 = k, float(m), float(m2)
+            return
+        n = self.n + k
+        delta = float(m) - self.mean
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.mean += delta * k / n
+            self.m2 += float(m2) + delta * delta * self.n * k / n
+        self.n = n
+
+    def spec(self, name: str, fill: float, dates: bool = False) -> dict[str, Any]:
+        """The column's entry in features.json, with missing values imputed by ``fill``."""
+        mean, m2, n = self.mean, self.m2, self.n
+        if self.missing:
+            total = n + self.missing
+            with np.errstate(over="ignore", invalid="ignore"):
+                mixed = (n * mean + self.missing * fill) / total
+                m2 = m2 + n * (mean - mixed) ** 2 + self.missing * (fill - mixed) ** 2
+            mean, n = mixed, total
+        with np.errstate(over="ignore", invalid="ignore"):
+            std = float(np.sqrt(m2 / n)) if n else 0.0
+        if not (np.isfinite(std) and np.isfinite(mean)):  # |x| ~ 1e300: squares overflow
+            raise InputError(f"values too large to standardize (largest magnitude {self.largest:.3g})",
+                             hint="rescale the column (e.g. to other units) so its values stay below "
+                                  "about 1e150", column=name)
+        return {"name": name, "type": "numeric", "fill": fill, "mean": float(mean),
+                "std": std if std > 1e-12 else 1.0, **({"datetime": True} if dates else {})}
+
+
+def categorical_spec(name: str, counts: dict[str, int]) -> dict[str, Any]:
+    """A categorical column's entry from exact value counts: the MAX_CATEGORIES most frequent (ties: in
+    sorted order), the most frequent one imputed for missing values."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CATEGORIES]
+    cats = [k for k, _ in ranked]
+    return {"name": name, "type": "categorical", "categories": sorted(cats), "fill": cats[0] if cats else None}
+
+
 class TabularFeatures:
     kind = "tabular"
 
@@ -65,30 +132,16 @@ class TabularFeatures:
             dates = _holds_datetimes(values if whole is None else whole[name].to_numpy())
             if dates or (_is_numeric(values) and series.dtype.kind != "b"):
                 v = _epoch_seconds(values, str(name)) if dates else values.astype(np.float64)
+                stats = NumericStats()
+                for i in range(0, max(len(v), 1), FIT_CHUNK):
+                    stats.add(v[i:i + FIT_CHUNK])
                 finite = v[np.isfinite(v)]
-                fill = float(np.median(finite)) if len(finite) else 0.0
-                v = np.where(np.isfinite(v), v, fill)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    std = float(v.std())
-                if not (np.isfinite(std) and np.isfinite(v.mean())):  # |x| ~ 1e300: squares overflow
-                    raise InputError(f"values too large to standardize (largest magnitude {np.abs(v).max():.3g})",
-                                     hint="rescale the column (e.g. to other units) so its values stay below "
-                                          "about 1e150", column=str(name))
-                columns.append({
-                    "name": str(name), "type": "numeric", "fill": fill,
-                    "mean": float(v.mean()), "std": std if std > 1e-12 else 1.0,
-                    **({"datetime": True} if dates else {}),
-                })
+                columns.append(stats.spec(str(name), float(np.median(finite)) if len(finite) else 0.0, dates))
             else:
                 present = [_category(x) for x in values.tolist() if not is_missing(x)]
                 uniq, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True) \
                     if present else (np.array([]), np.array([]))
-                order = np.argsort(-counts, kind="stable")
-                cats = [str(uniq[i]) for i in order[:MAX_CATEGORIES]]
-                columns.append({
-                    "name": str(name), "type": "categorical",
-                    "categories": sorted(cats), "fill": cats[0] if cats else None,
-                })
+                columns.append(categorical_spec(str(name), dict(zip(uniq.tolist(), counts.tolist(), strict=True))))
         return cls(columns)
 
     # ---- shape -----------------------------------------------------------------------------

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainfer._atomic import write_json, write_text
+from trainfer._atomic import write_json, write_pieces, write_text
 from trainfer._energy import EnergyMeter
 from trainfer._imports import require_extras
 from trainfer.config import Recipe
 from trainfer.data import Prepared, Split, prepare
+from trainfer.data.split import split_json
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
-from trainfer.training.batches import InMemoryBatches
+from trainfer.training.batches import batches_for
 from trainfer.training.checkpoint import (
     CheckpointWriter,
     best_weights,
@@ -77,10 +78,13 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
         require_extras("privacy")  # before any work: the data is not even read without Opacus
     # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
     data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
-    # -- model: seeded, so the same seed builds the same initial weights
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
-    fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
+    try:
+        # -- model: seeded, so the same seed builds the same initial weights
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+        fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
+    finally:
+        data.close()  # a streamed run's row caches (data/streaming.py)
     return out
 
 
@@ -133,9 +137,13 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     else:
         loss_fn = nn.MSELoss()
 
-    # -- the train split as batches (training/batches.py): tensors on the device once, index slices per step
-    train = InMemoryBatches(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
-                            regression=task == "regression")
+    # -- the train split as batches (training/batches.py): in memory, tensors on the device once and index slices
+    # per step; streamed, windows read from the row cache on disk in the same order
+    if privacy is not None and data.streamed:
+        raise RunError("differentially private training (privacy:) needs the data in memory: its Poisson batches "
+                       "draw rows at random", hint="set data.streaming=false (or remove privacy:)")
+    train = batches_for(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
+                        regression=task == "regression", workers=cfg.workers)
     n_train, bs, steps_per_epoch = train.n_rows, train.batch_size, train.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     metric_name, mode = monitor(task)
@@ -193,8 +201,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     train.epoch(epoch) if dp is None else (train.rows(idx) for idx in dp.batches(device))
                 # Per-step results stay on the device and are read once an epoch: no host sync per step.
                 step_losses: list[torch.Tensor] = []
-                step_preds: list[torch.Tensor] = []
-                step_ys: list[torch.Tensor] = []
+                # Per step a count of hits and a batch length, not the batch's labels and predictions: a streamed
+                # epoch of millions of rows kept ~100 MB of them to the end of the epoch.
+                step_hits: list[torch.Tensor] = []
+                step_lens: list[int] = []
                 for i, (xb, yb) in enumerate(batches):
                     step = (epoch - 1) * steps_per_epoch + i
                     lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup_fraction)
@@ -215,9 +225,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                         raise _diverged(cfg, epoch, i, steps_per_epoch, "the optimizer's update overflowed float32") \
                             from None
                     step_losses.append(loss.detach())
-                    step_ys.append(yb)
+                    step_lens.append(len(yb))
                     if task == "classification":
-                        step_preds.append(out_b.argmax(1))  # integer output: no autograd, one op
+                        step_hits.append((out_b.argmax(1) == yb).sum())  # integer output: no autograd
                     progress.step()
                 losses = torch.stack(step_losses)
                 bad = _first_non_finite(losses)
@@ -233,13 +243,11 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
                                     f"the validation loss became {val['loss']} after the update")
                 # Each step's loss is its batch's mean: weighted by batch size, the epoch's mean per sample.
-                lens = [len(y) for y in step_ys]
-                seen = max(sum(lens), 1)
-                sizes = torch.tensor(lens, dtype=torch.float64, device=device)
+                seen = max(sum(step_lens), 1)
+                sizes = torch.tensor(step_lens, dtype=torch.float64, device=device)
                 record = {"epoch": epoch, "train_loss": float(losses.double() @ sizes) / seen}
                 if task == "classification":
-                    hits = torch.cat(step_preds) == torch.cat(step_ys)
-                    record["train_accuracy"] = int(hits.sum()) / seen
+                    record["train_accuracy"] = int(torch.stack(step_hits).sum()) / seen
                 record.update({f"val_{k}": v for k, v in val.items()})
                 if dp is not None:  # ε spent so far; summary.json has the final (ε, δ) and how it was reached
                     record["epsilon"] = dp.epsilon()
@@ -352,8 +360,7 @@ def _start_run_dir(out: Path, recipe: Recipe, data: Prepared, resume: bool) -> N
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "recipe.yaml", recipe.to_yaml())
     data.features.save(out / "features.json")
-    write_json(out / "split.json", {"seed": recipe.seed, "fingerprint": data.dataset.fingerprint(),
-                                    **data.split.to_dict()})
+    write_pieces(out / "split.json", split_json(recipe.seed, data.dataset.fingerprint(), data.split))
 
 
 def _recorded_split(out: Path) -> Split | None:
@@ -399,6 +406,6 @@ def _summary(model: nn.Module, data: Prepared, device: torch.device, cfg: Any, s
         "timings": timings,
         "device": device.type,
         "threads": threads,
-        "data": {"source": data.dataset.name, "fingerprint": data.dataset.fingerprint()},
+        "data": {"source": data.dataset.name, "fingerprint": data.dataset.fingerprint(), "streamed": data.streamed},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }

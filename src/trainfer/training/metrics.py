@@ -8,10 +8,17 @@ from trainfer.features import Target
 
 
 def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    logits = logits.astype(np.float64)
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    pred = logits.argmax(axis=1)
+    # Row by row in chunks: each row's log-probability is computed alone, so the chunks change no bit of the
+    # result, and a split of millions of rows (a streamed run's train split) needs no (n, classes) float64 copies.
+    n = len(y)
+    pred = np.empty(n, dtype=np.int64)
+    nll = np.empty(n, dtype=np.float64)
+    for i in range(0, n, 65536):
+        block = logits[i:i + 65536].astype(np.float64)
+        z = block - block.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        pred[i:i + 65536] = block.argmax(axis=1)
+        nll[i:i + 65536] = -logp[np.arange(len(block)), y[i:i + 65536]]
     n_classes = logits.shape[1]
     f1s = []
     for c in range(n_classes):
@@ -21,7 +28,7 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float
             f1s.append(2.0 * tp / denom)
     return {
         "accuracy": float(np.mean(pred == y)),
-        "loss": float(-logp[np.arange(len(y)), y].mean()),
+        "loss": float(nll.mean()),
         "f1_macro": float(np.mean(f1s)) if f1s else 0.0,
     }
 
