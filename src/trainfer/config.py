@@ -61,6 +61,11 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's")
     eval_batch_size: int = Field(1024, ge=1)
+    # Distributed runs (torchrun / trainfer train --nproc); ignored by a single process.
+    sync_bn: bool = Field(False, description="SyncBatchNorm across ranks (CUDA only)")
+    dist_timeout_s: float = Field(300.0, gt=0.0, le=86400.0,
+                                  description="timeout of every collective: a rank that stops answering "
+                                              "fails the others after this long")
 
 
 class PrivacyConfig(_Strict):
