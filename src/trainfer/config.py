@@ -84,6 +84,12 @@ class TrainConfig(_Strict):
             raise ValueError(f"must be a whole number of worker processes (0 or more), not {value!r}")
         return value
 
+    # Distributed runs (torchrun / trainfer train --nproc); ignored by a single process.
+    sync_bn: bool = Field(False, description="SyncBatchNorm across ranks (CUDA only)")
+    dist_timeout_s: float = Field(300.0, gt=0.0, le=86400.0,
+                                  description="timeout of every collective: a rank that stops answering "
+                                              "fails the others after this long")
+
 
 class PrivacyConfig(_Strict):
     """The `privacy:` section: train with DP-SGD (Opacus) to a target (ε, δ), or with a given noise multiplier.

@@ -51,6 +51,9 @@ def train(
         "--set", help="Override a recipe value, e.g. --set train.lr=0.01 --set model.hidden=[128,64]. Repeatable.",
     )] = None,
     as_json: JsonFlag = False,
+    nproc: Annotated[int | None, typer.Option(
+        "--nproc", help="Train with N processes on this machine (torchrun, DistributedDataParallel); "
+                        "train.batch_size stays the global batch. For several machines run torchrun yourself.")] = None,
 ) -> None:
     """Train a model on your data and write a run directory.
 
@@ -59,11 +62,20 @@ def train(
 
     Example: trainfer train --data digits --model mlp --epochs 30 --out runs/digits --seed 0
     """
+    if nproc is not None:  # this process only launches the ranks (each runs this verb without --nproc)
+        _launch(nproc, recipe=recipe, data=data, target=target, model=model, epochs=epochs, out=out, seed=seed,
+                resume=resume, force=force, dp_epsilon=dp_epsilon, quiet=quiet, set_=set_, as_json=as_json)
+        return
     from trainfer.training import train as train_fn
+    from trainfer.training.distributed import is_writer
 
+    if not is_writer():  # a rank other than 0: rank 0 shows progress and prints the result
+        quiet, as_json = True, False
     show = not quiet and not as_json and sys.stdout.isatty()
     run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
                    resume=resume, force=force, quiet=not show, overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
+    if not is_writer():
+        return
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (
@@ -74,6 +86,43 @@ def train(
         f"{s['overfitting']['line']}\n{_privacy_lines(s.get('privacy'))}run: {run.path}"
     )
     _emit({"run": str(run.path), **s}, as_json, human)
+
+
+def _launch(nproc: int, *, recipe: Path | None, out: Path, resume: bool, force: bool, set_: list[str] | None,
+            dp_epsilon: float | None, quiet: bool, as_json: bool, **shortcuts: Any) -> None:
+    """`train --nproc N`: check what can be checked here, then run the ranks under torchrun."""
+    from trainfer.cli._common import Interrupted
+    from trainfer.config import build_recipe
+    from trainfer.training import launch
+    from trainfer.training.outputs import check_run_out, replacing
+
+    launch.check_nproc(nproc)
+    check_run_out(out, resume=resume, force=force)
+    overrides = [*(set_ or []), *_dp_set(dp_epsilon)]
+    names = {"data": "data.source", "target": "data.target", "model": "model.name", "epochs": "train.epochs",
+             "seed": "seed"}
+    resolved = build_recipe(recipe if not (resume and (out / "recipe.yaml").is_file()) else out / "recipe.yaml",
+                            overrides if not resume else [],
+                            **{names[k]: v for k, v in shortcuts.items() if not resume})
+    if resolved.privacy is not None and nproc > 1:
+        from trainfer.errors import ConfigError
+
+        raise ConfigError("DP-SGD (privacy: / --dp-epsilon) does not run on several processes yet (Opacus's DPDDP "
+                          "is not wired in)", hint="train a private model without --nproc")
+    args = [str(recipe)] if recipe is not None else []
+    for key, value in shortcuts.items():
+        if value is not None:
+            args += [f"--{key}", str(value)]
+    for item in overrides:
+        args += ["--set", item]
+    args += ["--out", str(out)] + ["--resume"] * resume + ["--quiet"] * quiet + ["--json"] * as_json
+    threads = launch.threads_per_process(nproc, resolved.train.threads)
+    try:
+        # --force: the old run is moved aside here, once, and put back if the ranks fail
+        with replacing(out, force and not resume):
+            launch.launch(args, nproc, threads, out)
+    except launch.Interrupted as exc:
+        raise Interrupted(exc.message) from None
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ def train(
     last checkpoint, using the recipe recorded in ``out``. With ``force=True`` an existing run at ``out`` is
     replaced once the new one is complete (it is put back if training fails).
     """
+    from trainfer.training.distributed import env_rank, is_writer
+
+    if force and (env_rank() or (0, 1))[1] > 1:  # each rank would move the old run aside
+        from trainfer.errors import ConfigError
+
+        raise ConfigError("--force is not available to ranks started by torchrun",
+                          hint="use `trainfer train --nproc N --force` (it replaces the run once), or remove the old "
+                               "run first")
     shortcuts = {"data.source": data, "data.target": target, "model.name": model, "train.epochs": epochs,
                  "seed": seed}
     out = Path(out)
@@ -44,7 +53,8 @@ def train(
             return Run.load(out)  # already complete: nothing to do
     else:
         resolved = build_recipe(recipe, overrides, **shortcuts)
-    with replacing(out, force and not resume):
+    # Only rank 0 of a distributed run writes (and cleans up) the run directory.
+    with replacing(out, force and not resume) if is_writer() else contextlib.nullcontext():
         train_run(resolved, out, resume=resume, quiet=quiet)
     return Run.load(out)
 

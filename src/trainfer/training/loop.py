@@ -27,6 +27,7 @@ from trainfer.data import Prepared, Split, prepare
 from trainfer.data.split import split_json
 from trainfer.errors import RunError
 from trainfer.models import build_model, count_parameters
+from trainfer.training import distributed
 from trainfer.training.batches import batches_for
 from trainfer.training.checkpoint import (
     CheckpointWriter,
@@ -76,15 +77,17 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
     out = Path(out)
     if recipe.privacy is not None:
         require_extras("privacy")  # before any work: the data is not even read without Opacus
-    # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
-    data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
-    try:
-        # -- model: seeded, so the same seed builds the same initial weights
-        torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
-        fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
-    finally:
-        data.close()  # a streamed run's row caches (data/streaming.py)
+    # Under torchrun with several ranks: a process group for the whole run (training/distributed.py)
+    with distributed.session(recipe):
+        # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
+        data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
+        try:
+            # -- model: seeded, so the same seed builds the same initial weights
+            torch.manual_seed(recipe.seed)
+            model = build_model(recipe.model, data.features.input_shape, data.features.n_outputs)
+            fit(model, data, recipe, out, resume=resume, quiet=quiet, t_start=t_start)
+        finally:
+            data.close()  # a streamed run's row caches (data/streaming.py)
     return out
 
 
@@ -111,7 +114,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     features = data.features
     task = features.task
     t_data = time.perf_counter() - t_start
-    device = pick_device(cfg.device)
+    dctx = distributed.current()  # None: one process; else this rank's place (rank 0 alone writes)
+    writes = dctx is None or dctx.writer
+    device = dctx.device if dctx is not None else pick_device(cfg.device)
     privacy = recipe.privacy
     changes: list[str] = []
     if privacy is not None:  # before the optimizer sees the parameters: BatchNorm becomes GroupNorm
@@ -138,12 +143,14 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         loss_fn = nn.MSELoss()
 
     # -- the train split as batches (training/batches.py): in memory, tensors on the device once and index slices
-    # per step; streamed, windows read from the row cache on disk in the same order
+    # per step; streamed, windows read from the row cache on disk in the same order. With several ranks: this
+    # rank's rows of each global batch of cfg.batch_size.
     if privacy is not None and data.streamed:
         raise RunError("differentially private training (privacy:) needs the data in memory: its Poisson batches "
                        "draw rows at random", hint="set data.streaming=false (or remove privacy:)")
     train = batches_for(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
-                        regression=task == "regression", workers=cfg.workers)
+                        regression=task == "regression", workers=cfg.workers,
+                        **({"rank": dctx.rank, "world": dctx.world} if dctx is not None else {}))
     n_train, bs, steps_per_epoch = train.n_rows, train.batch_size, train.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     metric_name, mode = monitor(task)
@@ -169,8 +176,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     if ckpt is not None:
         state, tensors = ckpt
         restore(model, opt, state, tensors)
-    else:
+    elif writes:
         _start_run_dir(out, recipe, data, resume)
+    # what the steps run: the model itself, or its DDP wrapper (gradients averaged over ranks in backward)
+    net = distributed.wrap(model, dctx, cfg.sync_bn) if dctx is not None else model
 
     prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -194,6 +203,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     break
                 t0 = time.perf_counter()
                 meter = EnergyMeter(device.type).start()
+                if dctx is not None:
+                    distributed.seed_epoch(recipe.seed, epoch, dctx)
                 model.train()
                 # The order of an epoch depends only on (seed, epoch): resuming needs no sampler state. Under DP
                 # the batches are Poisson samples, their generator's state in the checkpoint.
@@ -211,8 +222,11 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     for group in opt.param_groups:
                         group["lr"] = lr
                     with _autocast(device, cfg.precision):
-                        out_b = model(xb)
+                        out_b = net(xb)
                         loss = loss_fn(out_b.float(), yb)
+                    if dctx is not None:  # DDP averages over ranks: scaled so the average is the global batch's mean
+                        g_rows = distributed.global_rows(i, bs, n_train)
+                        loss = loss * distributed.batch_scale(len(yb), g_rows, dctx) if len(yb) else out_b.sum() * 0.0
                     step_opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip is not None and dp is None:  # DP clips each example's gradient instead
@@ -229,7 +243,11 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     if task == "classification":
                         step_hits.append((out_b.argmax(1) == yb).sum())  # integer output: no autograd
                     progress.step()
-                losses = torch.stack(step_losses)
+                # Each step's loss is its batch's mean: weighted by batch size, the epoch's mean per sample.
+                # With several ranks, summed over them in one all-reduce: the metrics are the global ones.
+                hits = torch.stack(step_hits).sum() if task == "classification" else None
+                sizes = torch.tensor(step_lens, dtype=torch.float64, device=device)
+                losses, sizes, hits = distributed.reduce_epoch(torch.stack(step_losses), sizes, hits, dctx)
                 bad = _first_non_finite(losses)
                 if bad is not None:
                     raise _diverged(cfg, epoch, bad, steps_per_epoch, f"the loss became {float(losses[bad])}")
@@ -238,16 +256,19 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 with np.errstate(invalid="ignore", over="ignore"):  # NaN outputs: checked just below
                     val = compute_metrics(predict_outputs(model, data.X["val"], device, cfg.eval_batch_size,
                                                           cfg.precision), data.y["val"], features.target)
+                # every rank scores the whole val split; rank 0's figures decide (early stopping) everywhere
+                if dctx is not None:
+                    val = dict(zip(val, distributed.broadcast_floats([float(v) for v in val.values()], dctx),
+                                   strict=True))
                 if not np.isfinite(val["loss"]):
                     # Every step's loss was finite, so the last step's update broke the weights.
                     raise _diverged(cfg, epoch, steps_per_epoch - 1, steps_per_epoch,
                                     f"the validation loss became {val['loss']} after the update")
-                # Each step's loss is its batch's mean: weighted by batch size, the epoch's mean per sample.
-                seen = max(sum(step_lens), 1)
-                sizes = torch.tensor(step_lens, dtype=torch.float64, device=device)
-                record = {"epoch": epoch, "train_loss": float(losses.double() @ sizes) / seen}
-                if task == "classification":
-                    record["train_accuracy"] = int(torch.stack(step_hits).sum()) / seen
+                seen = max(int(sizes.sum()), 1)
+                record = {"epoch": epoch, "train_loss": float(losses @ sizes) / seen,
+                          "train_loss_steps": _loss_curve(losses, sizes)}
+                if hits is not None:
+                    record["train_accuracy"] = int(hits) / seen
                 record.update({f"val_{k}": v for k, v in val.items()})
                 if dp is not None:  # ε spent so far; summary.json has the final (ε, δ) and how it was reached
                     record["epsilon"] = dp.epsilon()
@@ -269,19 +290,21 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                 state["energy_method"] = meter.method
                 # Rewritten whole from the checkpointed history (after state.json), so it never holds an
                 # epoch twice; written while the next epoch trains.
-                metrics = "".join(json.dumps(r) + "\n" for r in state["history"])
-                snap = snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics},
-                                dp.checkpoint_tensors() if dp is not None else None)
-                if improved:
-                    best_model = {k[len("model."):]: v for k, v in snap["tensors"].items() if k.startswith("model.")}
-                writer.save(snap)
+                if writes:
+                    metrics = "".join(json.dumps(r) + "\n" for r in state["history"])
+                    snap = snapshot(epoch, model, opt, state, improved, {str(out / "metrics.jsonl"): metrics},
+                                    dp.checkpoint_tensors() if dp is not None else None)
+                    if improved:
+                        best_model = {k[len("model."):]: v for k, v in snap["tensors"].items()
+                                      if k.startswith("model.")}
+                    writer.save(snap)
                 progress.epoch_done(epoch, f"val {metric_name} {score:.4f}")
                 if on_epoch is not None and (reason := on_epoch(record)):
                     state["stopped_by"] = reason
                     break
     except BaseException as exc:
         writer.close()  # the last checkpoint is whole before an error or Ctrl-C goes up
-        if isinstance(exc, RunError) and fresh_dir and not (ckpt_dir / "state.json").is_file():
+        if writes and isinstance(exc, RunError) and fresh_dir and not (ckpt_dir / "state.json").is_file():
             # diverged before any good epoch: nothing worth keeping
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
@@ -292,6 +315,7 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                     child.unlink(missing_ok=True)
         raise
     finally:
+        net = model  # the DDP wrapper goes before the process group does (distributed.session)
         set_deterministic(prev_det, warn_only=prev_warn)
         torch.utils.deterministic.fill_uninitialized_memory = prev_fill
         torch.set_num_threads(prev_threads)  # API callers get their process settings back
@@ -302,6 +326,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     # -- finish: the best epoch's weights become the model; summary.json last marks the run complete.
     # The last checkpoint is still being written meanwhile; the best weights come from memory unless the
     # best epoch was checkpointed before a resume.
+    if not writes:  # rank 0 writes the run; the others wait for it (then `train` can load the finished run)
+        writer.close()
+        distributed.barrier()
+        return {}
     try:
         best = best_model if best_model is not None else best_weights(ckpt_dir, state)
         model.load_state_dict(best)
@@ -312,11 +340,23 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
                             "total_s": time.perf_counter() - t_start})
         if dp is not None:
             summary["privacy"] = dp.summary()
+        summary["processes"] = distributed.summary_fields(dctx, threads)
         writer.wait()  # every checkpoint is on disk before the run is marked complete
         write_json(out / "summary.json", summary)
     finally:
         writer.close()
+    distributed.barrier()
     return summary
+
+
+def _loss_curve(losses: torch.Tensor, sizes: torch.Tensor, points: int = 32) -> list[float]:
+    """The epoch's train loss curve: per step, or the row-weighted mean of each of ``points`` runs of
+    consecutive steps when there are more steps (metrics.jsonl stays small on large data)."""
+    chunks = torch.arange(len(losses), device=losses.device) * min(points, len(losses)) // max(len(losses), 1)
+    n = int(chunks[-1]) + 1 if len(losses) else 0
+    weighted = torch.zeros(n, dtype=torch.float64, device=losses.device).index_add_(0, chunks, losses * sizes)
+    rows = torch.zeros(n, dtype=torch.float64, device=losses.device).index_add_(0, chunks, sizes)
+    return [float(v) for v in (weighted / rows.clamp(min=1)).cpu()]
 
 
 def _first_non_finite(losses: torch.Tensor) -> int | None:
