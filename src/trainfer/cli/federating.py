@@ -19,7 +19,9 @@ def federate(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe (data, model, train); each client trains with it.")],
     clients: Annotated[int, typer.Option(help="Clients (simulation: virtual clients; deployment: SuperNodes).")],
     rounds: Annotated[int, typer.Option(help="Federated rounds.")],
-    out: Annotated[Path, typer.Option(help="Run directory to write (where the server runs).")],
+    out: Annotated[Path, typer.Option(help="Run directory to write. With --superlink it is written on the "
+                                           "SuperLink's machine (Flower 1.42 has no way to send it back): run this "
+                                           "command there, or copy the directory over.")],
     partition: Annotated[str, typer.Option(help="How the train split is dealt to simulated clients: iid or "
                                                 "dirichlet:ALPHA (by label; small ALPHA: skewed clients).")] = "iid",
     local_epochs: Annotated[int, typer.Option(help="Epochs of the loop each client runs per round.")] = 1,
