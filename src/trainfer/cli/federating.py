@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,9 @@ def federate(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe (data, model, train); each client trains with it.")],
     clients: Annotated[int, typer.Option(help="Clients (simulation: virtual clients; deployment: SuperNodes).")],
     rounds: Annotated[int, typer.Option(help="Federated rounds.")],
-    out: Annotated[Path, typer.Option(help="Run directory to write (where the server runs).")],
+    out: Annotated[Path, typer.Option(help="Run directory to write. With --superlink it is written on the "
+                                           "SuperLink's machine (Flower 1.42 has no way to send it back): run this "
+                                           "command there, or copy the directory over.")],
     partition: Annotated[str, typer.Option(help="How the train split is dealt to simulated clients: iid or "
                                                 "dirichlet:ALPHA (by label; small ALPHA: skewed clients).")] = "iid",
     local_epochs: Annotated[int, typer.Option(help="Epochs of the loop each client runs per round.")] = 1,
@@ -50,14 +53,21 @@ def federate(
     def progress(row: dict[str, Any]) -> None:
         if not quiet:
             acc = f" val accuracy {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
-            print(f"round {row['round']}/{rounds}: {row['clients_replied']}/{row['clients_sampled']} clients,"
+            failed = f" ({row['clients_failed']} failed; {row['client_errors'][0]})" if row.get("client_errors") else ""
+            print(f"round {row['round']}/{rounds}: {row['clients_replied']}/{row['clients_sampled']} clients{failed},"
                   f"{acc} val loss {row['val_loss']:.4f}, {row['bytes_sent'] + row['bytes_received']} bytes",
                   file=sys.stderr, flush=True)
 
-    run = federate_fn(recipe, out=out, clients=clients, rounds=rounds, partition=partition,
-                      local_epochs=local_epochs, strategy=strategy, proximal_mu=proximal_mu, fraction=fraction,
-                      dp_epsilon=dp_epsilon, superlink=superlink, round_timeout=round_timeout, overrides=set_,
-                      progress=progress)
+    from trainfer.federating.simulation import Terminated
+
+    try:
+        run = federate_fn(recipe, out=out, clients=clients, rounds=rounds, partition=partition,
+                          local_epochs=local_epochs, strategy=strategy, proximal_mu=proximal_mu, fraction=fraction,
+                          dp_epsilon=dp_epsilon, superlink=superlink, round_timeout=round_timeout, overrides=set_,
+                          progress=progress)
+    except Terminated:  # SIGTERM: stopped as Ctrl-C stops (Ray shut down), with the exit status of SIGTERM
+        print(f"error: terminated: {_nothing_at('out', 'run')({'out': out})}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     fed = run.summary["federated"]
     test = run.summary.get("test", {})
     record = {"run": str(run.path), "test": test, "rounds": fed["rounds"], "clients": fed["clients"],

@@ -111,8 +111,9 @@ def federate(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out:
         submit(spec, superlink)
         if not (out / "summary.json").is_file():
             raise RunError(f"the federation finished but wrote no run at {out}",
-                           hint="the run directory is written where the SuperLink runs: --out must be a path "
-                                "on that machine")
+                           hint="the run directory is written on the SuperLink's machine (Flower 1.42's `flwr "
+                                "pull` needs an artifact store the open-source SuperLink lacks): submit from that "
+                                "machine, or copy the run directory from it")
     return Run.load(out)
 
 

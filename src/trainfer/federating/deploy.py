@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,13 +94,21 @@ def submit(spec: dict[str, Any], superlink: str) -> None:
                            hint="raise --round-timeout, or check the SuperLink and SuperNodes") from None
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0 or "Successfully started run" not in output:
-        last = [ln for ln in output.strip().splitlines() if ln.strip()][-3:]
-        raise RunError(f"the SuperLink at {superlink} did not run the federation: {' | '.join(last)[:500]}",
+        raise RunError(f"the SuperLink at {superlink} did not run the federation: {flwr_message(output)}",
                        hint=f"is `flower-superlink --insecure --disable-runtime-dependency-installation` running at "
                             f"{superlink}?")
     errors = [ln for ln in output.splitlines() if "RunError" in ln or "TrainferError" in ln or "error:" in ln]
     if errors and not Path(spec["out"], "summary.json").is_file():
         raise RunError(f"the federation failed on the SuperLink: {errors[-1].strip()[:500]}")
+
+
+def flwr_message(output: str) -> str:
+    """The message of `flwr`'s output on one line: the text of its boxed error panel when there is one (the box,
+    its colour codes and its wrapping taken out), else its last lines."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    boxed = [ln.strip().strip("│").strip() for ln in text.splitlines() if ln.strip().startswith("│")]
+    lines = boxed or [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-3:]
+    return " ".join(" ".join(lines).split())[:500] or "no output"
 
 
 def node_command(superlink: str, data: Path, port: int | None) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import threading
 import time
 from typing import Any
 
@@ -28,11 +30,26 @@ def record_bytes(content: Any) -> int:
     return n
 
 
-class CountingGrid:
-    """A Flower Grid that counts the payload bytes sent to and received from the clients, round by round."""
+# How often the server polls for replies and connected clients (Flower's own Grid polls every 0.1 s too)
+POLL_S = 0.1
 
-    def __init__(self, grid: Any) -> None:
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise RunError("the federation was stopped")
+
+
+class CountingGrid:
+    """A Flower Grid that counts the payload bytes sent to and received from the clients, round by round.
+
+    It also waits for the replies itself, the way Flower's Grid does, but gives up as soon as ``stop`` is set:
+    in the simulation the ServerApp runs in a (non-daemon) thread of this process, and Flower's own wait for
+    replies that will never come (Ctrl-C stopped Ray) kept the interrupted command alive until --round-timeout.
+    """
+
+    def __init__(self, grid: Any, stop: threading.Event | None = None) -> None:
         self._grid = grid
+        self._stop = stop
         self.sent = 0
         self.received = 0
         self.replies: list[Any] = []
@@ -45,16 +62,26 @@ class CountingGrid:
         if not messages:  # the evaluation round: client-side evaluation is off, nothing is sent
             return []
         self.sent += sum(record_bytes(m.content) for m in messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        pending = set(self._grid.push_messages(messages))
+        end = time.monotonic() + (timeout if timeout is not None else math.inf)
+        replies: list[Any] = []
+        while pending and time.monotonic() < end:
+            _check_stop(self._stop)
+            got = list(self._grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if pending:
+                time.sleep(POLL_S)
         self.received += sum(record_bytes(m.content) for m in replies if not m.has_error())
         self.replies = replies
         return replies
 
 
-def wait_for_nodes(grid: Any, wanted: int, deadline_s: float) -> list[int]:
+def wait_for_nodes(grid: Any, wanted: int, deadline_s: float, stop: threading.Event | None = None) -> list[int]:
     """The connected node ids once ``wanted`` are connected; a RunError after ``deadline_s`` seconds."""
     t0 = time.monotonic()
     while len(nodes := list(grid.get_node_ids())) < wanted:
+        _check_stop(stop)
         if time.monotonic() - t0 > deadline_s:
             raise RunError(f"only {len(nodes)} of {wanted} clients connected to the SuperLink within {deadline_s:g} s",
                            hint="start the missing `trainfer federate-node` processes, or lower --clients")
@@ -62,7 +89,20 @@ def wait_for_nodes(grid: Any, wanted: int, deadline_s: float) -> list[int]:
     return nodes
 
 
-def make_strategy(name: str, fraction: float, mu: float, clients: int, wait_s: float) -> Any:
+def failure_reasons(failed: list[Any]) -> list[str]:
+    """One line per failed reply: trainfer's client names itself and its cause; Flower's own errors (a crashed
+    client, a node gone) have their colour codes and line breaks taken out."""
+    out = []
+    for m in failed:
+        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(m.error.reason or "")).split())
+        if not text.startswith("client "):
+            text = f"node {m.metadata.src_node_id}: {text or f'error code {m.error.code}'}"
+        out.append(text[:300])
+    return out
+
+
+def make_strategy(name: str, fraction: float, mu: float, clients: int, wait_s: float,
+                  stop: threading.Event | None = None) -> Any:
     """Flower's FedAvg or FedProx, sampling with a deadline; client-side evaluation off (the server evaluates)."""
     from flwr.app import Message, MessageType, RecordDict
     from flwr.serverapp.strategy import FedAvg, FedProx
@@ -73,7 +113,7 @@ def make_strategy(name: str, fraction: float, mu: float, clients: int, wait_s: f
         def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> list[Any]:
             # Round 1 waits (up to wait_s) for every client; later rounds sample from the clients still
             # connected, so a client that died does not stop the federation: at least one must remain.
-            nodes = wait_for_nodes(grid, clients if server_round == 1 else 1, wait_s)
+            nodes = wait_for_nodes(grid, clients if server_round == 1 else 1, wait_s, stop)
             rng = np.random.default_rng([int(config["seed"]), server_round])
             k = max(1, min(len(nodes), math.ceil(fraction * len(nodes))))
             ids = sorted(nodes)  # 64-bit unsigned ids: chosen by position, never through a numpy array of them
@@ -91,8 +131,11 @@ def make_strategy(name: str, fraction: float, mu: float, clients: int, wait_s: f
     return Strategy(**kwargs)
 
 
-def run_rounds(grid: Any, spec: dict[str, Any], prepared: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
-    """Run the federation on ``grid``; returns {"state": final weights, "rounds": [...], "clients": {...}}."""
+def run_rounds(grid: Any, spec: dict[str, Any], prepared: Any, recipe: Any, progress: Any = None,
+               stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run the federation on ``grid``; returns {"state": final weights, "rounds": [...], "clients": {...}}.
+
+    Setting ``stop`` (from another thread) ends it with a RunError at its next wait."""
     import torch
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
@@ -109,9 +152,9 @@ def run_rounds(grid: Any, spec: dict[str, Any], prepared: Any, recipe: Any, prog
 
         model, _ = replace_batchnorm(model)
     device = torch.device("cpu")
-    counting = CountingGrid(grid)
+    counting = CountingGrid(grid, stop)
     strategy = make_strategy(spec["strategy"], spec["fraction"], spec["proximal_mu"], spec["clients"],
-                             spec["wait_s"])
+                             spec["wait_s"], stop)
     rounds: list[dict[str, Any]] = []
     clients: dict[str, dict[str, Any]] = {}
     marks = {"sent": 0, "received": 0, "t": time.perf_counter()}
@@ -124,13 +167,17 @@ def run_rounds(grid: Any, spec: dict[str, Any], prepared: Any, recipe: Any, prog
             return MetricRecord({f"val_{k}": float(v) for k, v in val.items()})
         ok = [m for m in counting.replies if not m.has_error()]
         failed = [m for m in counting.replies if m.has_error()]
+        reasons = failure_reasons(failed)
         if not ok:
-            why = "; ".join(sorted({m.error.reason for m in failed}))[:400] or "no client replied before the timeout"
-            raise RunError(f"round {server_round}: no client returned weights ({why})",
+            why = reasons[0] if reasons else "no client replied before the timeout"
+            more = f" ({len(failed) - 1} more clients failed too)" if len(failed) > 1 else ""
+            raise RunError(f"round {server_round}: no client returned weights: {why}{more}",
                            hint="check the clients' logs, or raise --round-timeout")
         row: dict[str, Any] = {"round": server_round, "epoch": server_round,
                                "clients_sampled": len(counting.replies), "clients_replied": len(ok),
                                "clients_failed": len(failed)}
+        if reasons:
+            row["client_errors"] = reasons[:10]
         n = sum(float(m.content.metric_records["metrics"]["num-examples"]) for m in ok)
         for key in ("train_loss", "train_accuracy"):
             vals = [(float(m.content.metric_records["metrics"][key]),

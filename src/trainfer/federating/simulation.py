@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -45,31 +48,50 @@ def simulate(spec: dict[str, Any], recipe: Recipe, progress: Callable[[dict[str,
 
     from trainfer.federating.apps import simulation_apps
 
-    client, server = simulation_apps(spec, prepared, parts, recipe, outcome.update, progress)
+    stop = threading.Event()
+    client, server = simulation_apps(spec, prepared, parts, recipe, outcome.update, progress, stop)
     backend = {"init_args": {"num_cpus": cpus, "object_store_memory": RAY_OBJECT_STORE_BYTES,
                              "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False},
                "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     t0 = time.perf_counter()
-    _run(server, client, spec["clients"], backend)
+    _run(server, client, spec["clients"], backend, stop)
     spec["simulation_s"] = time.perf_counter() - t0
     if "state" not in outcome:
         raise RunError("the simulation ended without a result (see the messages above)")
     write_run(spec, recipe, prepared, outcome, parts, hist)
 
 
-def _run(server: Any, client: Any, clients: int, backend: dict[str, Any]) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a simulation: stopped the way Ctrl-C stops it (the CLI exits 143, not 130)."""
+
+
+def _run(server: Any, client: Any, clients: int, backend: dict[str, Any], stop: threading.Event) -> None:
+    import ray
     from flwr.simulation import run_simulation
 
+    # Ray is started here, not by Flower, so that our SIGTERM handler can replace the one Ray installs in the
+    # driver (it printed a stack dump and aborted: exit 134). Flower's backend reuses an initialized Ray.
+    pythonpath = os.pathsep.join(sys.path)  # what Flower passes its Ray workers: this process's import path
+    previous = signal.getsignal(signal.SIGTERM)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("flwr").setLevel(logging.ERROR)  # every round at INFO; its own deprecation notice (see above)
         try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **backend["init_args"])
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _terminate)
             run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_config=backend)
+        except BaseException:
+            # the ServerApp thread is not a daemon: it must stop waiting for replies, or the process cannot exit
+            stop.set()
+            raise
         finally:
-            try:
-                import ray
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+            if ray.is_initialized():
+                ray.shutdown()
 
-                if ray.is_initialized():
-                    ray.shutdown()
-            except ImportError:
-                pass
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
