@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,8 +63,16 @@ def train(
     from trainfer.training import train as train_fn
 
     show = not quiet and not as_json and sys.stdout.isatty()
-    run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
-                   resume=resume, force=force, quiet=not show, overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
+    from trainfer.cli.tuning import _sigterm_stops, _Terminated
+
+    try:  # SIGTERM stops as Ctrl-C does: the last checkpoint whole, a streamed run's row caches removed
+        with _sigterm_stops():
+            run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
+                           resume=resume, force=force, quiet=not show,
+                           overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
+    except _Terminated:
+        print(f"error: terminated: {_train_kept({'out': out})}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (

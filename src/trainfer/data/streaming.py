@@ -35,7 +35,7 @@ import numpy as np
 from trainfer.config import DataConfig
 from trainfer.data.dataset import Dataset
 from trainfer.data.split import Split, split_indices
-from trainfer.errors import DataError, InputError
+from trainfer.errors import DataError, InputError, OutputError
 from trainfer.features import Features, TabularFeatures, Target
 from trainfer.features.delimiter import csv_format
 from trainfer.features.tabular import (
@@ -222,7 +222,13 @@ class RowCache:
         self.dtype = np.dtype(np.float32)
 
     def append(self, rows: np.ndarray) -> None:
-        self._fh.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
+        try:
+            self._fh.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
+        except OSError as exc:  # a full temp disk is not the run directory's disk: say which folder, and TMPDIR
+            raise OutputError(f"cannot write the streaming row cache in {self.path.parent}: "
+                              f"{(exc.strerror or str(exc)).lower()}",
+                              hint="free space there, or set TMPDIR to a folder on a disk with room for the "
+                                   "transformed rows (4 bytes per feature value)") from None
         self.n += len(rows)
 
     def done(self) -> RowCache:
