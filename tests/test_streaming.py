@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import assert_user_error, make_mixed_frame, read_summary, run_main
 from safetensors.numpy import load_file
@@ -311,3 +318,64 @@ def test_corrupt_image_in_a_streamed_folder(tmp_path: Path, capsys: pytest.Captu
     result = run_main(["train", "--data", root, "--epochs", "1", "--out", out, "--set", "data.streaming=true",
                        "--set", "train.workers=2"], capsys)
     assert_user_error(result, out, mentions=[bad.name])
+
+
+def _cli(args: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trainfer.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    src = str(Path(trainfer.__file__).parents[1])
+    return {**os.environ, "PYTHONPATH": src, "TMPDIR": str(tmp)}
+
+
+def test_sigterm_mid_epoch_removes_the_row_cache_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """SIGTERM (kill, `timeout`, a scheduler) ended a streamed run at once: its row caches stayed in the temp
+    folder until some later streamed run. It now stops as Ctrl-C does: exit 143, one line, caches removed."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.standard_normal((40_000, 8)), columns=[f"x{i}" for i in range(8)])
+    frame["label"] = np.where(frame["x0"] > 0, "yes", "no")
+    frame.to_parquet(tmp_path / "t.parquet")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    run = tmp_path / "run"
+    proc = _cli(["train", "--data", str(tmp_path / "t.parquet"), "--target", "label", "--model", "mlp", "--epochs",
+                 "500", "--out", str(run), "--set", "data.streaming=true", "--set", "train.batch_size=64",
+                 "--set", "train.threads=1", "--set", "train.patience=null", "--quiet"], _env(temp))
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoints" / "state.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert next(p.name for p in temp.iterdir()).startswith("trainfer-stream-")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.startswith("error: terminated") and "Traceback" not in err, err
+    assert list(temp.iterdir()) == []
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert (run / "checkpoints" / f"epoch-{state['epoch']:04d}.safetensors").is_file()
+
+
+def test_full_temp_disk_names_the_row_cache_folder_and_tmpdir(tmp_path: Path) -> None:
+    """A temp folder without room for the row cache said `cannot write RUN: no space` and told the user to choose
+    another --out, which was not the full disk. (A file-size limit stands in for the full disk: EFBIG.)"""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.standard_normal((4000, 16)), columns=[f"x{i}" for i in range(16)])
+    frame["label"] = np.where(frame["x0"] > 0, "yes", "no")
+    frame.to_parquet(tmp_path / "t.parquet")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = _cli(["train", "--data", str(tmp_path / "t.parquet"), "--target", "label", "--model", "mlp", "--epochs",
+                 "1", "--out", str(tmp_path / "run"), "--set", "data.streaming=true", "--quiet"], _env(temp),
+                preexec_fn=limit)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"error: cannot write the streaming row cache in {temp}"), err
+    assert "TMPDIR" in err and "--out" not in err
+    assert list(temp.iterdir()) == [] and not (tmp_path / "run").exists()

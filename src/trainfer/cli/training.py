@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,14 +67,21 @@ def train(
         _launch(nproc, recipe=recipe, data=data, target=target, model=model, epochs=epochs, out=out, seed=seed,
                 resume=resume, force=force, dp_epsilon=dp_epsilon, quiet=quiet, set_=set_, as_json=as_json)
         return
+    from trainfer.cli.tuning import _sigterm_stops, _Terminated
     from trainfer.training import train as train_fn
     from trainfer.training.distributed import is_writer
 
     if not is_writer():  # a rank other than 0: rank 0 shows progress and prints the result
         quiet, as_json = True, False
     show = not quiet and not as_json and sys.stdout.isatty()
-    run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
-                   resume=resume, force=force, quiet=not show, overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
+    try:  # SIGTERM stops as Ctrl-C does: the last checkpoint whole, a streamed run's row caches removed
+        with _sigterm_stops():
+            run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
+                           resume=resume, force=force, quiet=not show,
+                           overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
+    except _Terminated:
+        print(f"error: terminated: {_train_kept({'out': out})}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     if not is_writer():
         return
     s = run.summary
