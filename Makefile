@@ -30,7 +30,7 @@ test: $(BIN)/.installed
 	scripts/ensure-chromium
 	scripts/ensure-postgresql
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

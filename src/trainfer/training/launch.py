@@ -152,7 +152,9 @@ def _failure(logdir: Path, rc: int, stopped: list[int], out: Path, nproc: int) -
         if (msgs := _ERROR.findall(text)):
             hints = _HINT.findall(text)
             errors[rank] = (msgs[-1], hints[-1] if hints else None)
-    own = {r: e for r, e in errors.items() if _PEER not in e[0] and not e[0].startswith("interrupted")}
+    # a rank stopped by torchrun (SIGTERM once another failed) says "terminated": not a cause of its own
+    own = {r: e for r, e in errors.items()
+           if _PEER not in e[0] and not e[0].startswith(("interrupted", "terminated"))}
     if own:  # a rank's own error (a user mistake: usually the same on every rank)
         rank = min(own)
         message, hint = own[rank]
