@@ -203,6 +203,11 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     shutil.copytree(out, root / "node0")
     found["resumed"] = _train("--out", str(out), "--resume", "--nproc", "2", "--quiet", timeout=240)
     (root / "node1").mkdir()
+    t0 = time.monotonic()  # the machines the other way round: rank 0's machine has no run to resume
+    before = {p: p.stat().st_mtime_ns for p in (root / "node0").rglob("*")}
+    found["nodes_swapped"] = _two_nodes((root / "empty", root / "node0"), "--resume", "--quiet")
+    found["swapped_s"] = time.monotonic() - t0
+    found["node0_untouched"] = before == {p: p.stat().st_mtime_ns for p in (root / "node0").rglob("*")}
     found["nodes_resumed"] = _two_nodes((root / "node0", root / "node1"), "--resume", "--quiet")
     found["nodes_fresh"] = _two_nodes((root / "fresh0", root / "fresh1"), *LONG, "--quiet")
     found["root"] = root
@@ -255,6 +260,13 @@ def test_ranks_on_other_machines_never_touch_their_out(killed: dict[str, Any]) -
     fresh0 = json.loads((root / "fresh0" / "summary.json").read_text())
     assert fresh0["processes"]["world_size"] == 2 and fresh0["epochs_run"] == 6
     assert [r["epoch"] for r in _metrics(root / "node0")] == list(range(1, 7))
+    # resuming with rank 0 on the machine without the run is refused (not restarted from scratch there), and
+    # the run on the other machine is not touched
+    swapped0, swapped1 = killed["nodes_swapped"]
+    assert swapped0.returncode != 0 and swapped1.returncode != 0 and killed["swapped_s"] < 60
+    assert "error: --resume: rank 0 runs on" in swapped0.stderr and "--node-rank 0" in swapped0.stderr
+    assert not (root / "empty").exists()
+    assert killed["node0_untouched"]
     # rank 0 printed the result once; rank 1 printed nothing
     assert "trained" not in killed["nodes_fresh"][1].stdout and "error" not in killed["nodes_fresh"][1].stderr
 

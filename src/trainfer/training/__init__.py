@@ -72,6 +72,15 @@ def _train_rank(recipe: Any, out: Path, shortcuts: dict[str, Any], overrides: li
     done = False
     if writer:
         check_run_out(out, resume=resume, force=False)
+        if resume and not (out / "recipe.yaml").is_file() and distributed.several_machines():
+            # c10d orders the machines by host name, not --node-rank: rank 0 may not be the one with the run, and
+            # would otherwise start it again from scratch
+            import socket
+
+            raise ConfigError(f"--resume: rank 0 runs on {socket.gethostname()}, which has no run at {out}",
+                              hint="without a shared disk, rank 0 must be the machine that holds the run: start "
+                                   "torchrun with --node-rank 0 and --master-addr on that machine (static "
+                                   "rendezvous), or drop --resume to train from the start")
         if resume and (out / "recipe.yaml").is_file():
             own = _resume_recipe(out, recipe, shortcuts, overrides)
             done = (out / "summary.json").is_file()

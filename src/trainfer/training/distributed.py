@@ -88,6 +88,16 @@ def env_rank() -> tuple[int, int, int] | None:
     return rank, world, local
 
 
+def several_machines() -> bool:
+    """True when torchrun started ranks on more than one machine (LOCAL_WORLD_SIZE < WORLD_SIZE)."""
+    found = env_rank()
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+    except ValueError:
+        return False
+    return found is not None and 0 < local < found[1]
+
+
 def is_writer() -> bool:
     """True unless this process is a rank other than 0 of a multi-process run (checked from the environment,
     so it holds before the process group exists)."""
@@ -186,10 +196,10 @@ def _agree(recipe: Recipe | None, rank: int) -> Recipe:
 
 
 def _pdeathsig() -> None:
-    """On Linux, this rank gets SIGTERM if its parent (torchrun's agent) dies: killed with SIGKILL, the agent
-    cannot stop its ranks, which would train on as orphans. SIGTERM ends a rank as Ctrl-C does."""
-    if not sys.platform.startswith("linux"):
-        return
+    """On Linux under torchrun, this rank gets SIGTERM if its parent (torchrun's agent) dies: killed with SIGKILL,
+    the agent cannot stop its ranks, which would train on as orphans. SIGTERM ends a rank as Ctrl-C does."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return  # only under torchrun: a rank started by a script that exits must not die with the script
     import ctypes
     import signal
 
