@@ -328,3 +328,19 @@ def test_a_rendezvous_endpoint_that_does_not_answer_fails_within_its_timeout(tmp
     assert time.monotonic() - t0 < 30
     assert "RendezvousConnectionError" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_machine_given_another_recipe_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Each machine has its own command line: rank 1's recipe must be rank 0's (it gets rank 0's on --resume)."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
+                               "--max-restarts", "0", "-m", "trainfer", "train", *TINY, "--epochs", "1", "--quiet",
+                               "--set", f"train.lr={lr}", "--out", str(tmp_path / f"node{r}")],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r, lr in ((0, "0.01"), (1, "0.02"))]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert "error: rank 1 was given another recipe than rank 0 (differs in: train.lr)" in errs[1], errs[1]
+    assert "Traceback" not in errs[1].split("error: rank 1")[0]
+    assert not (tmp_path / "node0").exists() and not (tmp_path / "node1").exists()
