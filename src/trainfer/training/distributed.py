@@ -1,9 +1,10 @@
 """Training on several processes (torch.distributed, started by torchrun): what the loop needs from it.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; ``session()`` sees them and starts a process group
-(gloo on CPU, nccl on CUDA with device ``cuda:LOCAL_RANK``). The loop then wraps its model in
-DistributedDataParallel, takes its rank's rows of every global batch (training/batches.py), and all-reduces
-its epoch figures so that metrics are global. Rank 0 alone writes the run directory.
+(gloo for CPU tensors; where there is a GPU also nccl for CUDA tensors, on device ``cuda:LOCAL_RANK``). The
+loop then wraps its model in DistributedDataParallel, takes its rank's rows of every global batch
+(training/batches.py), and all-reduces its epoch figures so that metrics are global.
+Rank 0 alone writes the run directory.
 
 Ranks other than 0 never read or write the run directory (on several machines each has its own disk): rank 0
 resolves the recipe (on ``--resume``, the one recorded in the run), reads the recorded split and the checkpoint, and

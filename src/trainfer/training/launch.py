@@ -4,7 +4,11 @@ torchrun (``python -m torch.distributed.run --standalone``, from the same enviro
 ends them all when one fails (``--max-restarts 0``). Rank 0's stdout is the command's stdout (its progress bar
 and result); every rank's stderr goes to a log file, so that a failure ends in ONE ``error:`` line here,
 naming the rank that failed first, not one traceback per rank plus torchrun's report. Threads per process:
-``train.threads`` when the recipe sets it, else this machine's cores divided by N (at least 1).
+``train.threads`` when the recipe sets it, else this machine's cores divided by N (at least 1); more threads in
+all than cores is warned about. ``--nproc 1`` trains in the launching process (cli/training.py).
+
+If this launcher dies, even by SIGKILL, torchrun gets SIGTERM from the kernel (PR_SET_PDEATHSIG, Linux) and
+stops its ranks; the ranks ask the same of torchrun (training/distributed.py).
 
 Plain ``torchrun ... -m trainfer train`` (several machines) bypasses this file: each rank prints its own
 ``error:`` line and torchrun prints its failure report.
