@@ -63,9 +63,11 @@ def train(
 
     Example: trainfer train --data digits --model mlp --epochs 30 --out runs/digits --seed 0
     """
-    if nproc is not None:  # this process only launches the ranks (each runs this verb without --nproc)
-        _launch(nproc, recipe=recipe, data=data, target=target, model=model, epochs=epochs, out=out, seed=seed,
-                resume=resume, force=force, dp_epsilon=dp_epsilon, quiet=quiet, set_=set_, as_json=as_json)
+    # this process only launches the ranks (each runs this verb without --nproc); --nproc 1, or resuming a run that
+    # is already complete, runs here: torchrun would add seconds of start-up and change nothing
+    if nproc is not None and _launch(nproc, recipe=recipe, data=data, target=target, model=model, epochs=epochs,
+                                     out=out, seed=seed, resume=resume, force=force, dp_epsilon=dp_epsilon,
+                                     quiet=quiet, set_=set_, as_json=as_json):
         return
     from trainfer.cli.tuning import _sigterm_stops, _Terminated
     from trainfer.training import train as train_fn
@@ -97,11 +99,12 @@ def train(
 
 
 def _launch(nproc: int, *, recipe: Path | None, out: Path, resume: bool, force: bool, set_: list[str] | None,
-            dp_epsilon: float | None, quiet: bool, as_json: bool, **shortcuts: Any) -> None:
-    """`train --nproc N`: check what can be checked here, then run the ranks under torchrun."""
+            dp_epsilon: float | None, quiet: bool, as_json: bool, **shortcuts: Any) -> bool:
+    """`train --nproc N`: check up front what a single-process `train` checks before its work (so that a mistake
+    costs no torchrun start-up), then run the ranks under torchrun. False: train in this process instead."""
     from trainfer.cli._common import Interrupted
     from trainfer.config import build_recipe
-    from trainfer.training import launch
+    from trainfer.training import _resume_recipe, launch
     from trainfer.training.outputs import check_run_out, replacing
 
     launch.check_nproc(nproc)
@@ -109,10 +112,15 @@ def _launch(nproc: int, *, recipe: Path | None, out: Path, resume: bool, force: 
     overrides = [*(set_ or []), *_dp_set(dp_epsilon)]
     names = {"data": "data.source", "target": "data.target", "model": "model.name", "epochs": "train.epochs",
              "seed": "seed"}
-    resolved = build_recipe(recipe if not (resume and (out / "recipe.yaml").is_file()) else out / "recipe.yaml",
-                            overrides if not resume else [],
-                            **{names[k]: v for k, v in shortcuts.items() if not resume})
-    if resolved.privacy is not None and nproc > 1:
+    if resume and (out / "recipe.yaml").is_file():  # as `train --resume` does: the recorded recipe, unchanged
+        resolved = _resume_recipe(out, recipe, {names[k]: v for k, v in shortcuts.items()}, overrides)
+        if (out / "summary.json").is_file():
+            return False  # already complete: `train` loads it here
+    else:
+        resolved = build_recipe(recipe, overrides, **{names[k]: v for k, v in shortcuts.items()})
+    if nproc == 1:
+        return False
+    if resolved.privacy is not None:
         from trainfer.errors import ConfigError
 
         raise ConfigError("DP-SGD (privacy: / --dp-epsilon) does not run on several processes yet (Opacus's DPDDP "
@@ -125,12 +133,15 @@ def _launch(nproc: int, *, recipe: Path | None, out: Path, resume: bool, force: 
         args += ["--set", item]
     args += ["--out", str(out)] + ["--resume"] * resume + ["--quiet"] * quiet + ["--json"] * as_json
     threads = launch.threads_per_process(nproc, resolved.train.threads)
+    if (warning := launch.oversubscribed(nproc, threads)) and not as_json:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     try:
         # --force: the old run is moved aside here, once, and put back if the ranks fail
         with replacing(out, force and not resume):
             launch.launch(args, nproc, threads, out)
     except launch.Interrupted as exc:
         raise Interrupted(exc.message) from None
+    return True
 
 
 @app.command()
@@ -209,7 +220,14 @@ def run_cmd(
                       f"({time.perf_counter() - started:.0f} s)", markup=False, soft_wrap=True)
 
     from trainfer.cli.tuning import _sigterm_stops, _Terminated
+    from trainfer.training.distributed import env_rank
 
+    if (env_rank() or (0, 1))[1] > 1:  # every rank would optimize, bench and report into the same OUT
+        from trainfer.errors import ConfigError
+
+        raise ConfigError("`trainfer run` does not run under torchrun (each rank would run every stage)",
+                          hint="train with `trainfer train --nproc N` (or torchrun ... -m trainfer train), then "
+                               "`trainfer export`, `optimize`, `bench` and `report` on its run")
     try:
         with _sigterm_stops():  # a tune stage's workers are stopped, as by Ctrl-C, not left training as orphans
             result = run_fn(recipe, out, overrides=[*(set_ or []), *_dp_set(dp_epsilon)],

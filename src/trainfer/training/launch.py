@@ -4,7 +4,11 @@ torchrun (``python -m torch.distributed.run --standalone``, from the same enviro
 ends them all when one fails (``--max-restarts 0``). Rank 0's stdout is the command's stdout (its progress bar
 and result); every rank's stderr goes to a log file, so that a failure ends in ONE ``error:`` line here,
 naming the rank that failed first, not one traceback per rank plus torchrun's report. Threads per process:
-``train.threads`` when the recipe sets it, else this machine's cores divided by N (at least 1).
+``train.threads`` when the recipe sets it, else this machine's cores divided by N (at least 1); more threads in
+all than cores is warned about. ``--nproc 1`` trains in the launching process (cli/training.py).
+
+If this launcher dies, even by SIGKILL, torchrun gets SIGTERM from the kernel (PR_SET_PDEATHSIG, Linux) and
+stops its ranks; the ranks ask the same of torchrun (training/distributed.py).
 
 Plain ``torchrun ... -m trainfer train`` (several machines) bypasses this file: each rank prints its own
 ``error:`` line and torchrun prints its failure report.
@@ -57,8 +61,32 @@ def check_nproc(nproc: int) -> int:
 def threads_per_process(nproc: int, recipe_threads: int | None) -> int:
     if recipe_threads:
         return recipe_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // nproc)
+    return max(1, _cores() // nproc)
+
+
+def oversubscribed(nproc: int, threads: int) -> str | None:
+    """A warning when the ranks' threads outnumber the cores: OpenMP threads that share a core spin-wait, and
+    a step can take several times longer (measured here: 6-18x on a busy 2-core machine)."""
+    cores = _cores()
+    if nproc * threads <= cores:
+        return None
+    return (f"{nproc} processes x {threads} threads = {nproc * threads} threads on {cores} cores: oversubscribed, "
+            "training will be slow" + (" (set train.threads=1)" if threads > 1 else " (use fewer processes)"))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the torchrun child, before exec (Linux): SIGTERM when this launcher dies, even by SIGKILL, so that
+    torchrun stops its ranks (each rank also asks for SIGTERM when torchrun dies: training/distributed.py)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the launcher died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def launch(train_args: list[str], nproc: int, threads: int, out: Path) -> None:
@@ -73,7 +101,10 @@ def launch(train_args: list[str], nproc: int, threads: int, out: Path) -> None:
         with open(logdir / "torchrun.log", "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches this process alone, which forwards ONE signal to
             # torchrun, which forwards one to each rank (two SIGINTs could cut a rank's checkpoint clean-up short).
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            me = os.getpid()
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                                    preexec_fn=(lambda: _die_with_parent(me)) if sys.platform.startswith("linux")
+                                    else None)
 
             def forward(signum: int, _frame: object) -> None:
                 if not stopped:

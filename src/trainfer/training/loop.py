@@ -83,9 +83,14 @@ def train_run(recipe: Recipe, out: Path, resume: bool = False, quiet: bool = Tru
     if recipe.privacy is not None:
         require_extras("privacy")  # before any work: the data is not even read without Opacus
     # Under torchrun with several ranks: a process group for the whole run (training/distributed.py)
-    with distributed.session(recipe):
+    with distributed.session(recipe) as dctx:
         # -- data: load, split, fit preprocessing on train only. Errors here leave no run dir behind.
-        data: Prepared = prepare(recipe.data, recipe.seed, _recorded_split(out) if resume else None)
+        # Only rank 0 reads the run directory; the recorded split reaches the other ranks from it.
+        recorded = _recorded_split(out) if resume and (dctx is None or dctx.writer) else None
+        if dctx is not None and resume:
+            arrays = distributed.share_arrays(vars(recorded) if recorded is not None else None)
+            recorded = Split(**arrays) if arrays is not None else None
+        data: Prepared = prepare(recipe.data, recipe.seed, recorded)
         try:
             # -- model: seeded, so the same seed builds the same initial weights
             torch.manual_seed(recipe.seed)
@@ -163,7 +168,9 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     # -- state: fresh, or the last complete checkpoint
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
                              "elapsed_s": 0.0, "cpu_s": 0.0, "energy_j": 0.0, "energy_method": None}
-    ckpt = load_checkpoint(ckpt_dir) if resume else None
+    ckpt = load_checkpoint(ckpt_dir) if resume and writes else None
+    if resume and dctx is not None:  # rank 0's checkpoint: the other ranks may not share its disk
+        ckpt = distributed.share_checkpoint(ckpt)
     # -- DP-SGD: Poisson batches, per-example clipping and noise, an accountant (training/privacy.py). Set up
     # before the run dir is written: a target ε that cannot be met is refused with nothing on disk.
     dp: PrivateTraining | None = None
@@ -176,8 +183,8 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
         step_opt, loss_fn, steps_per_epoch = dp.optimizer, dp.loss(loss_fn), dp.steps_per_epoch
         total_steps = steps_per_epoch * cfg.epochs
     # Held nothing before this call: removed again if the run diverges before its first checkpoint.
-    fresh_dir = ckpt is None and (not out.exists() or not any(out.iterdir()))
-    existed = out.exists()  # an empty folder the user made stays (emptied), as the disk-error clean-up does
+    fresh_dir = writes and ckpt is None and (not out.exists() or not any(out.iterdir()))
+    existed = writes and out.exists()  # an empty folder the user made stays (emptied), as the disk-error clean-up does
     if ckpt is not None:
         state, tensors = ckpt
         restore(model, opt, state, tensors)
