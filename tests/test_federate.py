@@ -6,8 +6,10 @@ every client, half the clients per round; its run directory goes through `trainf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -246,8 +248,8 @@ def test_sigterm_stops_a_simulation_promptly_and_shuts_ray_down(tmp_path: Path) 
 
     from conftest import start_cli
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("data: {source: iris}\nmodel: {name: mlp, hidden: [8]}\n")
+    # no YAML: the CSV and its target given as `trainfer train` takes them (federate had no --data before)
+    data = _small_csv(tmp_path / "iris.csv", 50)
     out = tmp_path / "out"
 
     def ray_processes() -> set[str]:
@@ -257,10 +259,11 @@ def test_sigterm_stops_a_simulation_promptly_and_shuts_ray_down(tmp_path: Path) 
                 and any(w in ln for w in ("raylet", "gcs_server", "ray::"))}
 
     before = ray_processes()
-    proc = start_cli(["federate", recipe, "--clients", "2", "--rounds", "10000", "--out", out])
+    proc = start_cli(["federate", "--data", data, "--target", "target", "--model", "mlp", "--seed", "1", "--set",
+                      "model.hidden=[8]", "--clients", "2", "--rounds", "10000", "--out", out])
     assert proc.stderr is not None
     first = proc.stderr.readline()  # round 1's line: Ray and its actors are up
-    assert first.startswith("round 1/"), first
+    assert first.startswith("round 1/10000: 2/2 clients"), first + proc.stderr.read()
     proc.send_signal(sig)
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=60)
@@ -289,3 +292,70 @@ def test_unreachable_superlink_is_one_clean_error_line(tmp_path: Path, capsys: p
                              mentions=["Connection to the SuperLink is unavailable"])
     assert time.monotonic() - t0 < 60
     assert not any(ch in line for ch in "│╭╰─\x1b"), line
+
+
+def test_federate_takes_data_options_instead_of_a_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `trainfer federate iris.csv` pointed at --data/--target, which federate did not have
+    data = _small_csv(tmp_path / "iris.csv", 50)
+    args = ["--clients", "2", "--rounds", "1", "--out", tmp_path / "o"]
+    res = run_main(["federate", data, *args], capsys)
+    assert_user_error(res, tmp_path / "o")
+    assert f"hint: pass it as --data {data}" in res.stderr  # the options below exist now
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_main(["federate", "--data", data, "--target", "nosuch", *args], capsys), tmp_path / "o",
+                      mentions=["nosuch"])
+    assert_user_error(run_main(["federate", "--data", tmp_path / "missing.csv", *args], capsys), tmp_path / "o",
+                      mentions=["missing.csv"])
+    assert_user_error(run_main(["federate", "--data", tmp_path / "empty", *args], capsys), tmp_path / "o")
+    assert_user_error(run_main(["federate", "--data", data, "--target", "target", "--seed", "x", *args], capsys),
+                      tmp_path / "o", mentions=["seed"])
+    assert_user_error(run_main(["federate", "--data", data, "--target", "target", "--model", "nosuch", *args],
+                               capsys), tmp_path / "o", mentions=["nosuch"])
+
+
+def test_federate_node_refuses_data_it_cannot_train_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node = ["federate-node", "--superlink", "127.0.0.1:9", "--data"]
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_main([*node, tmp_path / "empty"], capsys), mentions=["folder without images"])
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "a").mkdir()
+    (tmp_path / "cls" / "a" / "notes.txt").write_text("x")
+    assert_user_error(run_main([*node, tmp_path / "cls"], capsys), mentions=["folder without images"])
+    (tmp_path / "e.csv").write_text("")
+    assert_user_error(run_main([*node, tmp_path / "e.csv"], capsys), mentions=["empty"])
+    ok = _small_csv(tmp_path / "ok.csv", 5)
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        assert_user_error(run_main([*node, ok, "--connect-timeout", bad], capsys), mentions=["connect-timeout"])
+
+
+def test_a_node_whose_superlink_never_answers_gives_up_within_connect_timeout(tmp_path: Path) -> None:
+    # it retried forever: a SuperNode started against a SuperLink that is down never exited
+    import socket
+    import time
+
+    with socket.socket() as s:  # ports where nothing listens
+        s.bind(("127.0.0.1", 0))
+        link = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        own = s.getsockname()[1]
+    log = tmp_path / "node.log"
+    cmd = [sys.executable, "-m", "trainfer.cli", "federate-node", "--superlink", f"127.0.0.1:{link}", "--data",
+           str(_small_csv(tmp_path / "n.csv", 5)), "--port", str(own), "--connect-timeout", "3"]
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "FLWR_HOME": str(tmp_path), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    # output to a file and the node reaped by wait(): its `flower-superexec` child exits once its parent is gone,
+    # which it cannot tell while the parent is an unreaped zombie (a pipe read to its end would wait for both)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    took = time.monotonic() - t0
+    text = log.read_text(errors="replace")
+    # 3 s of retries after the node's start-up (imports, its local API): ~8 s in all here
+    assert code != 0 and took < 40, (code, took, text[-2000:])
+    assert "could not establish a connection to the SuperLink" in text, text[-2000:]

@@ -106,6 +106,42 @@ def test_one_round_on_real_processes_exports(federation: dict, tmp_path: Path) -
     print(f"1 round on a SuperLink and 2 SuperNodes: {took:.1f} s")
 
 
+def test_ctrl_c_stops_the_run_on_the_superlink(federation: dict, tmp_path: Path) -> None:
+    # Ctrl-C ended `flwr run --stream` only: the run went on on the SuperLink, its nodes still training
+    import json
+
+    from trainfer.federating.deploy import flower_home
+
+    work, out = federation["work"], tmp_path / "run"
+    proc = start_cli(["federate", work / "recipe.yaml", "--clients", "2", "--rounds", "10000", "--superlink",
+                      federation["superlink"], "--round-timeout", "60", "--out", out])
+    t0 = time.monotonic()
+    before = (work / "node0.log").read_text(errors="replace").count("Receiving: train message")
+    while (work / "node0.log").read_text(errors="replace").count("Receiving: train message") == before:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 60, "the run never reached its nodes"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    t1 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t1
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and took < 30, (proc.returncode, took, err)
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted: run ") and "stopped on the SuperLink" in \
+        lines[0] and "no run written" in lines[0], err
+    run_id = lines[0].split("run ")[1].split()[0]
+    home = tmp_path / "home"
+    home.mkdir()
+    flower_home(home, federation["superlink"])  # the same config.toml `federate --superlink` writes
+    listed = subprocess.run([str(BIN / "flwr"), "ls", "--format", "json", "--run-id", run_id, "trainfer"],
+                            env={**federation["env"], "FLWR_HOME": str(home)}, capture_output=True, text=True,
+                            timeout=60)
+    status = json.loads(listed.stdout)["runs"][0]["status"]
+    assert status == "finished:stopped", listed.stdout + listed.stderr
+    assert not out.exists()
+    print(f"Ctrl-C stopped run {run_id} in {took:.1f} s: {status}")
+
+
 def test_a_supernode_killed_mid_round_does_not_hang_the_server(federation: dict, tmp_path: Path) -> None:
     work, (_, victim) = federation["work"], federation["nodes"]
     out = tmp_path / "run"

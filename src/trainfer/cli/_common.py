@@ -31,6 +31,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as
 # One rule for every verb: progress can be silenced with -q, an existing output is replaced only with --force,
 # and --threads means the same thing with the same default everywhere.
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (results are still printed).")]
+# The recipe shortcuts `train` and `federate` share: a YAML recipe is optional when these say what it would.
+DataOption = Annotated[str | None, typer.Option(
+    help="Built-in dataset (digits, iris, wine, breast_cancer, synthetic-classification, "
+         "synthetic-regression, synthetic-images) or a path: .csv, .parquet, .npz, or an image folder "
+         "root/<class>/*.png.")]
+TargetOption = Annotated[str | None, typer.Option(help="Column to predict (CSV/Parquet).")]
+ModelOption = Annotated[str | None, typer.Option(help="mlp, cnn, or a custom builder package.module:function.")]
+SeedOption = Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")]
 THREADS_DEFAULT = "default: the bundle's recommended threads when it records them, else every CPU this process may use"
 
 

@@ -10,18 +10,36 @@ from typing import Annotated, Any
 
 import typer
 
-from trainfer.cli._common import JsonFlag, QuietFlag, _emit, _nothing_at, _verb, app
+from trainfer.cli._common import (
+    DataOption,
+    Interrupted,
+    JsonFlag,
+    ModelOption,
+    QuietFlag,
+    SeedOption,
+    TargetOption,
+    _emit,
+    _nothing_at,
+    _verb,
+    app,
+)
+from trainfer.federating.deploy import CONNECT_TIMEOUT_S
 
 
 @app.command()
 @_verb("federated", kept=_nothing_at("out", "run"))
 def federate(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe (data, model, train); each client trains with it.")],
-    clients: Annotated[int, typer.Option(help="Clients (simulation: virtual clients; deployment: SuperNodes).")],
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")],
+    recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model, train sections; each "
+                                                       "client trains with it.")] = None,
+    clients: Annotated[int, typer.Option(help="Clients (simulation: virtual clients; deployment: SuperNodes).")] = ...,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = ...,
+    data: DataOption = None,
+    target: TargetOption = None,
+    model: ModelOption = None,
+    seed: SeedOption = None,
     out: Annotated[Path, typer.Option(help="Run directory to write. With --superlink it is written on the "
                                            "SuperLink's machine (Flower 1.42 has no way to send it back): run this "
-                                           "command there, or copy the directory over.")],
+                                           "command there, or copy the directory over.")] = ...,
     partition: Annotated[str, typer.Option(help="How the train split is dealt to simulated clients: iid or "
                                                 "dirichlet:ALPHA (by label; small ALPHA: skewed clients).")] = "iid",
     local_epochs: Annotated[int, typer.Option(help="Epochs of the loop each client runs per round.")] = 1,
@@ -47,6 +65,7 @@ def federate(
     histograms in summary.json): `trainfer export RUN` turns it into a bundle.
 
     Example: trainfer federate examples/digits.yaml --clients 5 --rounds 10 --partition dirichlet:0.5 --out runs/fed
+    (or without a recipe: trainfer federate --data data.csv --target label --clients 3 --rounds 5 --out runs/fed)
     """
     from trainfer.federating import federate as federate_fn
 
@@ -61,12 +80,18 @@ def federate(
     from trainfer.federating.simulation import Terminated
 
     try:
-        run = federate_fn(recipe, out=out, clients=clients, rounds=rounds, partition=partition,
-                          local_epochs=local_epochs, strategy=strategy, proximal_mu=proximal_mu, fraction=fraction,
-                          dp_epsilon=dp_epsilon, superlink=superlink, round_timeout=round_timeout, overrides=set_,
-                          progress=progress)
-    except Terminated:  # SIGTERM: stopped as Ctrl-C stops (Ray shut down), with the exit status of SIGTERM
-        print(f"error: terminated: {_nothing_at('out', 'run')({'out': out})}", file=sys.stderr, flush=True)
+        run = federate_fn(recipe, out=out, data=data, target=target, model=model, seed=seed, clients=clients,
+                          rounds=rounds, partition=partition, local_epochs=local_epochs, strategy=strategy,
+                          proximal_mu=proximal_mu, fraction=fraction, dp_epsilon=dp_epsilon, superlink=superlink,
+                          round_timeout=round_timeout, overrides=set_, progress=progress)
+    except KeyboardInterrupt as exc:
+        # SIGTERM is stopped as Ctrl-C stops (Ray shut down; a deployed run stopped on its SuperLink, which the
+        # exception's message says), with the exit status of SIGTERM
+        said = f"{exc.args[0]}; " if exc.args else ""
+        kept = _nothing_at("out", "run")({"out": out})
+        if not isinstance(exc, Terminated):
+            raise Interrupted(f"interrupted: {said}{kept}") from None
+        print(f"error: terminated: {said}{kept}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGTERM) from None
     fed = run.summary["federated"]
     test = run.summary.get("test", {})
@@ -85,6 +110,9 @@ def federate_node(
     data: Annotated[Path, typer.Option(help="This node's labelled rows (the same columns as the recipe's data).")],
     port: Annotated[int | None, typer.Option(help="Port of this SuperNode's local runtime API (default 9094; one "
                                                   "per SuperNode on a machine).")] = None,
+    connect_timeout: Annotated[float, typer.Option(
+        help="Seconds the node keeps trying to reach the SuperLink (when it starts, and again whenever it loses "
+             "it) before it exits with an error; nodes may be started before the SuperLink.")] = CONNECT_TIMEOUT_S,
 ) -> None:
     """Run a Flower SuperNode serving trainfer's ClientApp on the rows at --data (on the machine that owns them).
 
@@ -95,7 +123,9 @@ def federate_node(
 
     check_options(clients=1, rounds=1, partition="iid", local_epochs=1, strategy="fedavg", proximal_mu=0.0,
                   fraction=1.0, dp_epsilon=None, superlink=superlink, round_timeout=1.0)
-    cmd = node_command(superlink, data, port)
+    cmd = node_command(superlink, data, port, connect_timeout)
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # the SuperNode starts `flower-superexec` by name: found beside this Python even when its venv is not activated
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     sys.stdout.flush()
     os.execv(cmd[0], cmd)  # the SuperNode replaces this process: signals and exit status are its own

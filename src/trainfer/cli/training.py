@@ -10,7 +10,20 @@ from typing import Annotated, Any
 
 import typer
 
-from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _force, _train_kept, _verb, app
+from trainfer.cli._common import (
+    DataOption,
+    JsonFlag,
+    ModelOption,
+    QuietFlag,
+    SeedOption,
+    TargetOption,
+    _console,
+    _emit,
+    _force,
+    _train_kept,
+    _verb,
+    app,
+)
 
 # Sets privacy.epsilon, as --set privacy.epsilon=E would (a recipe's other privacy keys stay).
 DpEpsilon = Annotated[float | None, typer.Option(
@@ -35,15 +48,12 @@ def _privacy_lines(p: dict[str, Any] | None) -> str:
 @_verb("train", kept=_train_kept)
 def train(
     recipe: Annotated[Path | None, typer.Argument(help="YAML recipe (optional): data, model, train sections.")] = None,
-    data: Annotated[str | None, typer.Option(
-        help="Built-in dataset (digits, iris, wine, breast_cancer, synthetic-classification, "
-             "synthetic-regression, synthetic-images) or a path: .csv, .parquet, .npz, or an image folder "
-             "root/<class>/*.png.")] = None,
-    target: Annotated[str | None, typer.Option(help="Column to predict (CSV/Parquet).")] = None,
-    model: Annotated[str | None, typer.Option(help="mlp, cnn, or a custom builder package.module:function.")] = None,
+    data: DataOption = None,
+    target: TargetOption = None,
+    model: ModelOption = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory to create (or to continue with --resume).")] = ...,
-    seed: Annotated[int | None, typer.Option(help="Seed for the split, initial weights and batch order.")] = None,
+    seed: SeedOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     force: Annotated[bool, _force("run directory")] = False,
     dp_epsilon: DpEpsilon = None,

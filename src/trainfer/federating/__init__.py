@@ -74,11 +74,14 @@ def federate(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out:
              rounds: int, partition: str = "iid", local_epochs: int = 1, strategy: str = "fedavg",
              proximal_mu: float = 0.0, fraction: float = 1.0, dp_epsilon: float | None = None,
              superlink: str | None = None, round_timeout: float = 600.0, overrides: list[str] | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+             progress: Callable[[dict[str, Any]], None] | None = None, data: str | None = None,
+             target: str | None = None, model: str | None = None, seed: int | None = None) -> Any:
     """Train ``recipe`` federatedly and return the finished ``trainfer.Run``.
 
     Example: ``trainfer.federate("examples/digits.yaml", out="runs/fed", clients=5, rounds=10,
-    partition="dirichlet:0.5")``. ``progress(row)`` sees each round's metrics line.
+    partition="dirichlet:0.5")``, or without a recipe ``trainfer.federate(data="iris", model="mlp", ...)``: the
+    shortcuts ``data``, ``target``, ``model`` and ``seed`` are those of ``trainfer.train`` (there is no ``epochs``:
+    ``local_epochs`` is what each client runs per round). ``progress(row)`` sees each round's metrics line.
     """
     require_extras("federated")
     from trainfer.training import Run
@@ -91,7 +94,8 @@ def federate(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out:
         require_extras("privacy")
         # --dp-epsilon is the target of each client's ε over the whole federation; it replaces the recipe's own
         overrides = [*(overrides or []), f"privacy.epsilon={float(dp_epsilon)!r}", "privacy.noise_multiplier=null"]
-    resolved = build_recipe(recipe, overrides)
+    resolved = build_recipe(recipe, overrides, **{"data.source": data, "data.target": target, "model.name": model,
+                                                  "seed": seed})
     out = Path(out).expanduser().absolute()
     check_run_out(out, resume=False, force=False)
     spec = {"recipe": resolved.model_dump(mode="json"), "out": str(out), "clients": clients, "rounds": rounds,
