@@ -139,6 +139,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     assert json.loads(r2.stdout.splitlines()[-1])["processes"]["world_size"] == 2  # rank 0's result, printed once
     r3 = _train(*args, "--set", "data.streaming=true", "--out", str(streamed), "--nproc", "2", "--quiet")
     assert r3.returncode == 0, r3.stderr
+    assert "(streamed; 2 processes x 1 thread, gloo): test" in r3.stdout, r3.stdout  # the result says how it ran
     return one, two, streamed
 
 

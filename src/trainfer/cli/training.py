@@ -99,13 +99,23 @@ def train(
     s = run.summary
     test = ", ".join(f"{k} {v:.4f}" for k, v in s["test"].items() if k != "loss")
     human = (
-        f"[bold]trained[/] {run.recipe.model.name} on {run.recipe.data.source}: test {test}\n"
+        f"[bold]trained[/] {run.recipe.model.name} on {run.recipe.data.source}{_how_trained(s)}: test {test}\n"
         f"best epoch {s['best_epoch']} of {s['epochs_run']}"
         f"{' (early stop)' if s['stopped_early'] else ''}, {s['params']:,} parameters, "
         f"{s['timings']['total_s']:.1f} s, {s['samples_per_s']:,.0f} samples/s\n"
         f"{s['overfitting']['line']}\n{_privacy_lines(s.get('privacy'))}run: {run.path}"
     )
     _emit({"run": str(run.path), **s}, as_json, human)
+
+
+def _how_trained(summary: dict[str, Any]) -> str:
+    """" (streamed, 2 processes x 1 thread, gloo)": the facts that change what a run's figures mean."""
+    parts = ["streamed"] if summary.get("data", {}).get("streamed") else []
+    procs = summary.get("processes") or {}
+    if procs.get("world_size", 1) > 1:
+        parts.append(f"{procs['world_size']} processes x {procs['threads_per_process']} "
+                     f"thread{'s' if procs['threads_per_process'] != 1 else ''}, {procs['backend']}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _launch(nproc: int, *, recipe: Path | None, out: Path, resume: bool, force: bool, set_: list[str] | None,
