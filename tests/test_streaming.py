@@ -379,3 +379,13 @@ def test_full_temp_disk_names_the_row_cache_folder_and_tmpdir(tmp_path: Path) ->
     assert lines[0].startswith(f"error: cannot write the streaming row cache in {temp}"), err
     assert "TMPDIR" in err and "--out" not in err
     assert list(temp.iterdir()) == [] and not (tmp_path / "run").exists()
+
+
+def test_workers_on_rows_that_are_not_streamed_images_are_said_to_be_unused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # train.workers decode streamed image folders; on a table (in memory or streamed) they would be a silent no-op
+    r = run_main(["train", "--data", "iris", "--model", "mlp", "--epochs", "1", "--set", "train.workers=2",
+                  "--out", tmp_path / "run"], capsys)
+    assert r.returncode == 0, r.stderr
+    assert "warning: train.workers=2 is not used: worker processes decode streamed image folders, and this run's " \
+           "rows are in memory" in r.stderr

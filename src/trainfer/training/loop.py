@@ -158,6 +158,10 @@ def fit(model: nn.Module, data: Prepared, recipe: Recipe, out: Path, *, resume: 
     if privacy is not None and data.streamed:
         raise RunError("differentially private training (privacy:) needs the data in memory: its Poisson batches "
                        "draw rows at random", hint="set data.streaming=false (or remove privacy:)")
+    if cfg.workers and not hasattr(data.X["train"], "decode"):  # only streamed image folders decode in workers
+        print(f"warning: train.workers={cfg.workers} is not used: worker processes decode streamed image folders, "
+              f"and this run's rows are {'a streamed table' if data.streamed else 'in memory'}",
+              file=sys.stderr, flush=True)
     train = batches_for(data.X["train"], data.y["train"], cfg.batch_size, recipe.seed, device,
                         regression=task == "regression", workers=cfg.workers,
                         **({"rank": dctx.rank, "world": dctx.world} if dctx is not None else {}))
