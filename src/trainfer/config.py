@@ -367,7 +367,8 @@ def load_recipe_file(path: str | Path) -> dict[str, Any]:
     if path.suffix.lower() in (".csv", ".parquet", ".npz", ".tsv") or path.is_dir():
         # `trainfer train data.csv`: the first argument is the recipe; data goes to --data
         raise ConfigError(f"{path} looks like data, and the first argument is a YAML recipe",
-                          hint=f"pass it as --data {path} (with --target COLUMN for a table)")
+                          hint=f"pass it as --data {path} (with --target COLUMN for a table); `trainfer run` takes "
+                               f"only a recipe: set data.source: {path} in it, or add --set data.source={path}")
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}", hint="pass a path to a .yaml recipe")
     try:
