@@ -182,7 +182,11 @@ def _energy(record: dict[str, Any], run: Any) -> dict[str, Any]:
         # a federated run measures no energy (its clients spend it): None, not 0 J
         method = e.get("method") or ("not measured" if "federated" in run.summary else "unknown")
         out["training_j"] = {"value": e.get("joules"), "unit": "J", "method": method, "assumption": e.get("assumption")}
-        out["training_j_per_sample"] = {"value": e["joules"] / seen if seen and e.get("joules") is not None
+        # torchrun: the meter ran in rank 0's process alone, which trained about 1/world of the samples
+        world = int((record["training"].get("processes") or {}).get("world_size") or 1)
+        if world > 1:
+            out["training_j"]["scope"] = f"rank 0's process alone, one of {world}: the whole run spent more"
+        out["training_j_per_sample"] = {"value": e["joules"] / (seen / world) if seen and e.get("joules") is not None
                                         else None,
                                         "unit": "J/sample", "method": method, "assumption": e.get("assumption")}
         both = sorted({method, per_pred["method"] or "unknown"})

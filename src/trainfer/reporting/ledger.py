@@ -119,12 +119,16 @@ def rows(bench: dict[str, Any], bundle_key: str) -> list[Row]:
          ["a prediction with class probabilities; bundle variant ", ("inference.variant", str)]),
         ("Energy",
          [("energy.training_j.value", _j), " in total, ", ("energy.training_j_per_sample.value", _j),
-          " per sample (", ("energy.training_j.method", str), ")"]
-         + ([" of rank 0's process alone, one of ", ("training.processes.world_size", _n)] if many else []),
+          " per sample (", ("energy.training_j.method", str), ")"] if not many else
+         [("energy.training_j.value", _j), " in rank 0's process alone (one of ", ("training.processes.world_size",
+                                                                                  _n), " processes), ",
+          ("energy.training_j_per_sample.value", _j), " per sample it trained (", ("energy.training_j.method", str),
+          ")"],
          _inference_energy(bench)),
         ("Memory",
-         [("training.peak_rss_mb", _mb), " peak RSS of the training process"]
-         + ([" of rank 0, one of ", ("training.processes.world_size", _n)] if many else []),
+         [("training.peak_rss_mb", _mb), " peak RSS of the training process"] if not many else
+         [("training.peak_rss_mb", _mb), " peak RSS of rank 0's training process (one of ",
+          ("training.processes.world_size", _n), " processes)"],
          _inference_memory()),
         _privacy_row() if get(bench, "training.privacy") else
         ("Privacy budget", ["not trained with DP: no differential-privacy guarantee"],
@@ -145,8 +149,8 @@ def _federated_rows(bench: dict[str, Any], bundle_key: str) -> list[Row]:
     return [
         ("Definition and purpose",
          ["Federated: ", (f"{f}.clients", _n), " clients each fit the global weights to their own labelled rows "
-          "(", (f"{f}.local_epochs", lambda x: count(x, "local epoch")), " of trainfer's loop per round); the server combines them "
-          "by ", (f"{f}.strategy", str), " over ", (f"{f}.rounds", _n), " rounds."],
+          "(", (f"{f}.local_epochs", lambda x: count(x, "local epoch")), " of trainfer's loop per round); the "
+          "server combines them by ", (f"{f}.strategy", str), " over ", (f"{f}.rounds", _n), " rounds."],
          ["Runs the frozen global model forward on new, unlabelled input to predict."]),
         ("Computational load",
          [("training.flops_per_sample", _flops), " per sample (forward + backward) on the clients, ",
