@@ -42,6 +42,10 @@ def bench(target: str | Path, *, bundle: str | Path | None = None, quick: bool =
         from trainfer.training import Run
 
         run = Run.load(target)
+        if "federated" in run.summary:  # refused before the minutes of measurement, not after
+            from trainfer.benching.federated import check_seeds
+
+            check_seeds(seeds)
     elif not (target / MANIFEST).is_file():
         raise TrainferError(f"{target} is neither a finished run (summary.json) nor a bundle ({MANIFEST})",
                             hint="pass a run directory from `trainfer train` or a bundle from `export`/`optimize`")
@@ -136,8 +140,11 @@ def _torch_fn(run: Any, raw: np.ndarray, threads: int) -> Any:
 
 
 def _training(run: Any, target_accuracy: float | None, seeds: int) -> dict[str, Any]:
+    from trainfer.benching.federated import federated_training, is_federated
     from trainfer.benching.training import flops, throughput, time_to_target, time_to_target_seeds
 
+    if is_federated(run):  # per-round lines, no one training machine: its own figures (benching/federated.py)
+        return federated_training(run, target_accuracy, seeds)
     s = run.summary
     tp, fl = throughput(run), flops(run)
     seen = s["samples"]["train"] * s["epochs_run"]
@@ -153,6 +160,8 @@ def _training(run: Any, target_accuracy: float | None, seeds: int) -> dict[str, 
         "device": s.get("device"), "threads": s.get("threads"), "peak_rss_mb": s.get("peak_rss_mb"),
         "test": s.get("test", {}),
         "privacy": s.get("privacy"),  # the DP-SGD guarantee, for the ledger's privacy row (None: not DP)
+        # how it was trained, for the ledger: torchrun processes (world size, threads each, backend); streamed data
+        "processes": s.get("processes"), "streamed": bool((s.get("data") or {}).get("streamed")),
     }
     if target_accuracy is not None:
         out["time_to_target"] = (time_to_target_seeds(run, target_accuracy, seeds) if seeds > 1
@@ -170,9 +179,15 @@ def _energy(record: dict[str, Any], run: Any) -> dict[str, Any]:
     if run is not None:
         e = run.summary.get("energy") or {}
         seen = record["training"]["samples_seen"]
-        method = e.get("method") or "unknown"
+        # a federated run measures no energy (its clients spend it): None, not 0 J
+        method = e.get("method") or ("not measured" if "federated" in run.summary else "unknown")
         out["training_j"] = {"value": e.get("joules"), "unit": "J", "method": method, "assumption": e.get("assumption")}
-        out["training_j_per_sample"] = {"value": (e.get("joules") or 0) / seen if seen else None,
+        # torchrun: the meter ran in rank 0's process alone, which trained about 1/world of the samples
+        world = int((record["training"].get("processes") or {}).get("world_size") or 1)
+        if world > 1:
+            out["training_j"]["scope"] = f"rank 0's process alone, one of {world}: the whole run spent more"
+        out["training_j_per_sample"] = {"value": e["joules"] / (seen / world) if seen and e.get("joules") is not None
+                                        else None,
                                         "unit": "J/sample", "method": method, "assumption": e.get("assumption")}
         both = sorted({method, per_pred["method"] or "unknown"})
         out["break_even_predictions"] = {

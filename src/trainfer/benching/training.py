@@ -14,13 +14,14 @@ from trainfer.models.flops import forward_flops, training_flops
 from trainfer.training import Run
 
 
-def _history(run: Run) -> list[dict[str, Any]]:
+def history(run: Run) -> list[dict[str, Any]]:
+    """metrics.jsonl: one line per epoch (per round for a federated run)."""
     return [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def throughput(run: Run) -> dict[str, Any]:
     """samples/s and step time over the epochs left after discarding the first 25% (warm-up)."""
-    hist = _history(run)
+    hist = history(run)
     keep = hist[int(len(hist) * 0.25):] or hist
     sps = float(np.median([h["samples_per_s"] for h in keep]))
     batch = min(run.recipe.train.batch_size, run.summary["samples"]["train"])
@@ -31,7 +32,7 @@ def throughput(run: Run) -> dict[str, Any]:
 def time_to_target(run: Run, target: float) -> dict[str, Any]:
     """Wall clock from the first data touch to the first epoch whose validation metric reaches ``target``
     (evaluation included), read from this run's own metrics."""
-    hist = _history(run)
+    hist = history(run)
     metric = "val_accuracy" if run.task == "classification" else "val_rmse"
     reached = (lambda v: v >= target) if run.task == "classification" else (lambda v: v <= target)
     elapsed = run.summary["timings"]["data_s"]

@@ -19,6 +19,7 @@ WIDTH, HEIGHT, DPI = 1600, 900, 100
 def draw(bench: dict[str, Any], title: str, path: Path) -> None:
     v = f"inference.variants.{bench['inference']['bundle_key']}"
     t = bench["training"]
+    fed = t.get("federated")
     left = [
         ("compute", f"{si(t['flops_per_sample'], 'FLOP')} / sample (fwd+bwd)"),
         ("time", f"{seconds(t['wall_s'])} wall, {si(t['samples_per_s'], '/s')} samples"),
@@ -28,6 +29,11 @@ def draw(bench: dict[str, Any], title: str, path: Path) -> None:
                    f"({get(bench, 'energy.training_j.method')})"),
         ("memory", f"{(t.get('peak_rss_mb') or 0):.0f} MB peak"),
     ]
+    if fed:  # no one training machine: rounds and bytes, and no figures it did not measure
+        left[1] = ("time", f"{seconds(t['wall_s'])} wall, {fed['clients']} clients x {fed['rounds']} rounds")
+        left[2] = ("data", f"{t['labelled_samples']:,} labelled, {fed['bytes_total'] / 1e6:.2f} MB exchanged")
+        left[4] = ("energy", "not measured (federated)")
+        left[5] = ("memory", "not measured (federated)")
     right = [
         ("compute", f"{si(bench['inference']['flops_per_sample'], 'FLOP')} / prediction (fwd)"),
         ("latency", f"p50 {duration_ms(get(bench, v + '.latency_ms_p50'))}, "

@@ -69,9 +69,18 @@ def bench_table(record: dict[str, Any]) -> Any:
            else get(record, "inference.flops_per_sample") for name in record["inference"]["variants"]}
     t.add_row("FLOPs / sample", si(tr.get("flops_per_sample"), "FLOP") + " (fwd+bwd)",
               *[si(f, "FLOP") + " (fwd)" for f in fwd.values()])
-    t.add_row("time", f"{seconds(tr.get('wall_s'))} wall, {si(tr.get('samples_per_s'), '/s')} samples",
+    fed = tr.get("federated")
+    if fed:  # no one training machine: rounds and bytes instead of samples/s (bench.json's training.omitted)
+        time_cell = (f"{seconds(tr.get('wall_s'))} wall, {count(fed['clients'], 'client')} x "
+                     f"{count(fed['rounds'], 'round')}, {seconds(fed.get('round_s_median'))}/round")
+        rate_cell = f"federated: {fed['bytes_total'] / 1e6:.2f} MB exchanged"
+    else:
+        world = get(record, "training.processes.world_size") or 1
+        time_cell = f"{seconds(tr.get('wall_s'))} wall, {si(tr.get('samples_per_s'), '/s')} samples"
+        rate_cell = si(tr.get("samples_per_s"), " samples/s") + (f" ({world} processes)" if world > 1 else "")
+    t.add_row("time", time_cell,
               *[f"p50 {duration_ms(v['latency_ms_p50'])}, p90 {duration_ms(v['latency_ms_p90'])}" for v in vs])
-    t.add_row("throughput", si(tr.get("samples_per_s"), " samples/s"),
+    t.add_row("throughput", rate_cell,
               *[f"{si(v['throughput_per_s'], '/s')} (batch {v['throughput_batch_size']})" for v in vs])
     t.add_row("server", "", *[f"{si(v['server']['max_qps_within_bound'], 'QPS')} ≤ "
                                   f"{duration_ms(v['server']['latency_bound_ms_p99'])} p99" for v in vs])
@@ -80,7 +89,9 @@ def bench_table(record: dict[str, Any]) -> Any:
               *[f"{si(get(e, 'inference_j_per_prediction.value'), 'J')}/prediction "
                 f"({get(e, 'inference_j_per_prediction.method')})"] + [""] * (len(vs) - 1))
     cs = record["inference"]["cold_start"]
-    t.add_row("cold start / RSS", f"{(tr.get('peak_rss_mb') or 0):.0f} MB peak",
+    rss = tr.get("peak_rss_mb")
+    rss_cell = "not measured" if rss is None and fed else f"{(rss or 0):.0f} MB peak"
+    t.add_row("cold start / RSS", rss_cell,
               *[f"{seconds(get(cs, 'bundle.time_to_first_prediction_s'))}, "
                 f"{(get(cs, 'bundle.peak_rss_mb') or 0):.0f} MB",
                 f"{seconds(get(cs, 'torch.time_to_first_prediction_s'))}, "
