@@ -7,6 +7,7 @@ every client, half the clients per round; its run directory goes through `trainf
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -151,6 +152,8 @@ def test_simulated_dp_federation_is_a_run_that_exports(dp_federation: Path, caps
     assert [r["round"] for r in rows] == [1, 2, 3]
     # half of 3 clients, rounded up, train each round; every round sends and receives weights
     assert all(r["clients_sampled"] == r["clients_replied"] == 2 for r in rows)
+    pairs = {a + b for a, b in itertools.combinations(fed["client_rows"], 2)}
+    assert all(r["rows_replied"] in pairs for r in rows), (rows, fed["client_rows"])  # 2 of the 3 clients' rows
     assert all(r["bytes_sent"] > r["bytes_received"] > 0 and 0 <= r["val_accuracy"] <= 1 for r in rows)
     assert fed["bytes_sent"] == sum(r["bytes_sent"] for r in rows)
     assert fed["strategy"] == "fedavg" and fed["partition"] == "dirichlet:1" and fed["clients"] == 3

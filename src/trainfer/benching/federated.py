@@ -34,8 +34,10 @@ def is_federated(run: Run) -> bool:
 def rows_per_round(fed: dict[str, Any], line: dict[str, Any]) -> int | None:
     """Training rows one round visited (each replying client's rows x local epochs), when the run says enough.
 
-    The metrics line counts replies, not whose: the rows follow when every client replied, or when all clients
-    hold the same number of rows; otherwise None (not guessed)."""
+    The server records the replying clients' rows per round; for a run without that record, the rows follow
+    when every client replied, or when all clients hold the same number of rows; otherwise None (not guessed)."""
+    if "rows_replied" in line:  # recorded per round by the server
+        return int(line["rows_replied"]) * int(fed["local_epochs"])
     rows = fed["client_rows"]
     sizes = list(rows.values()) if isinstance(rows, dict) else list(rows)
     replied = int(line.get("clients_replied", 0))

@@ -179,6 +179,7 @@ def run_rounds(grid: Any, spec: dict[str, Any], prepared: Any, recipe: Any, prog
         if reasons:
             row["client_errors"] = reasons[:10]
         n = sum(float(m.content.metric_records["metrics"]["num-examples"]) for m in ok)
+        row["rows_replied"] = int(n)  # the replying clients' rows: each trained on them for --local-epochs
         for key in ("train_loss", "train_accuracy"):
             vals = [(float(m.content.metric_records["metrics"][key]),
                      float(m.content.metric_records["metrics"]["num-examples"])) for m in ok
