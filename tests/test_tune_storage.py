@@ -157,11 +157,35 @@ def test_a_database_server_that_goes_away_mid_study_is_one_error(tmp_path: Path)
         def on_progress(_line: str) -> None:
             server.stop()  # once a trial has finished: the others are running
 
-        with pytest.raises(RunError, match="every tuning worker stopped with an error") as err:
+        # Every worker dies of it; or, on a loaded machine, one has finished its share of the trials first and
+        # the command then cannot read the study to finish it: either way one error with the database's words.
+        with pytest.raises(RunError, match=r"every tuning worker stopped with an error|cannot read the study") \
+                as err:
             trainfer.tune(write_recipe(tmp_path, epochs=25), out=tmp_path / "study", storage=url, trials=6,
                           workers=2, pruner="none", on_progress=on_progress)
     assert "the study database: (psycopg2.OperationalError)" in err.value.message, err.value.message
     assert not (tmp_path / "study" / ".claims").exists()
+
+
+def test_a_database_server_that_goes_away_after_the_last_trial_is_one_error(tmp_path: Path) -> None:
+    # The workers are done (none died), then the command cannot read the study to write its summary: that was
+    # SQLAlchemy's traceback (StorageInternalError) from finish(); it is one error with the database's words.
+    from _pg_fixtures import running_postgres
+
+    import trainfer
+    from trainfer.errors import RunError
+
+    with running_postgres() as server:
+        url = server.create_database()
+
+        def on_progress(line: str) -> None:
+            if line.startswith("trial 2/2"):
+                server.stop()  # after the last trial, before the summary
+
+        with pytest.raises(RunError, match="cannot read the study to finish it: the study database: ") as err:
+            trainfer.tune(write_recipe(tmp_path, epochs=2), out=tmp_path / "study", storage=url, trials=2,
+                          workers=1, pruner="none", on_progress=on_progress)
+    assert "OperationalError" in err.value.message, err.value.message
 
 
 def test_a_database_that_does_not_exist_on_the_server_is_a_user_error(postgres: Any, tmp_path: Path,

@@ -17,8 +17,12 @@ class Split:
     val: np.ndarray
     test: np.ndarray
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The three index arrays, for recording the split (split.json): not a read of the rows themselves."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
     def to_dict(self) -> dict[str, list[int]]:
-        return {"train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist()}
+        return {name: idx.tolist() for name, idx in self.arrays().items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, list[int]]) -> Split:
@@ -79,8 +83,7 @@ def split_json(seed: int, fingerprint: str, split: Split) -> Iterator[str]:
     """split.json's text in pieces: the row lists a chunk at a time, never millions of Python ints at once
     (a streamed table of 8 million rows made ~0.5 GB of them)."""
     yield f'{{\n  "seed": {json.dumps(seed)},\n  "fingerprint": {json.dumps(fingerprint)}'
-    for name in ("train", "val", "test"):
-        idx = getattr(split, name)
+    for name, idx in split.arrays().items():
         yield f',\n  "{name}": ['
         for i in range(0, len(idx), 65536):
             yield ("," if i else "") + ",".join(map(str, idx[i:i + 65536].tolist()))

@@ -20,14 +20,14 @@ from typing import Any
 
 from trainfer._imports import require_extras
 from trainfer.config import Recipe, TuneConfig, build_recipe
-from trainfer.errors import ConfigError
+from trainfer.errors import ConfigError, RunError
 from trainfer.tuning import studydir
 from trainfer.tuning.processes import run_workers, usable_cpus, worker_threads
 from trainfer.tuning.results import PRIVACY_NOTE, finish, parse_pick
 from trainfer.tuning.space import apply, describe, space_of
 from trainfer.tuning.storage import _redact, recover_stale, recovered, storage_url
 from trainfer.tuning.trial import Plan, directions, prepared_data
-from trainfer.tuning.worker import work
+from trainfer.tuning.worker import reason, work
 
 DEFAULT_STUDY = "default"
 # The default sampler for two objectives: TPE (multi-objective TPE once its 8 random start-up trials are done).
@@ -219,8 +219,17 @@ def tune(recipe: str | Path | dict[str, Any] | Recipe | None = None, *, out: str
             studydir.remove_if_empty(claims.parent)
     wall = time.time() - started
     with studydir.locked(study_dir):
-        summary = finish(study, root, base, space, objs, conf, task, plan.command, wall, n_workers, threads,
-                         _redact(url), is_default)
+        try:
+            summary = finish(study, root, base, space, objs, conf, task, plan.command, wall, n_workers, threads,
+                             _redact(url), is_default)
+        except Exception as exc:
+            # The database went away after the workers were done with it (one died of it, another had finished
+            # its trials): the study cannot be read. The database's own words, not SQLAlchemy's traceback.
+            if (why := reason(exc)).startswith("the study database: "):
+                raise RunError(f"cannot read the study to finish it: {why}",
+                               hint="the finished trials are in the study; running the command again continues "
+                                    "it once the database answers") from None
+            raise
     return Study(root, summary)
 
 
