@@ -34,26 +34,12 @@ def load_table(path: Path, target: str | None, id_column: str | None, drop: list
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
-    if target is None:
-        raise DataError(f"{path.name} is a table: name the column to predict",
-                        hint=f"add --target COLUMN (columns: {', '.join(columns[:20])})")
-    if target not in columns:
-        raise DataError(f"target column {target!r} not found in {path.name}",
-                        hint=f"columns are: {', '.join(columns[:20])}")
-    unknown = [c for c in drop if c not in columns]
-    if unknown:
-        raise DataError(f"data.drop names column(s) not in {path.name}: {unknown}")
-    if id_column is None and "id" in (c.lower() for c in columns) and target.lower() != "id":
-        id_column = next(c for c in columns if c.lower() == "id")  # ids identify rows, they don't predict
-    if id_column is not None and id_column not in columns:
-        raise DataError(f"id column {id_column!r} not found in {path.name}")
+    target, id_column, features = table_columns(path, columns, target, id_column, drop)
     # Rows without a label are kept here: training refuses them and evaluate skips and counts them
     # (data.check_targets, data.labelled), each naming rows by their number in this file.
     y = frame[target].to_numpy()
     ids = frame[id_column].to_numpy() if id_column else None
-    X = frame.drop(columns=[c for c in [target, id_column, *drop] if c])
-    if X.shape[1] == 0:
-        raise DataError(f"{path.name} has no feature columns left besides the target {target!r}")
+    X = frame[features]
     return Dataset(path.stem, "tabular", X, y, target=target, ids=ids, id_column=id_column, origin=path.name)
 
 
@@ -83,6 +69,41 @@ def load_npz(path: Path) -> Dataset:
 
 
 def load_image_folder(root: Path, size: int) -> Dataset:
+    files, labels = image_files(root)
+    X = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        try:
+            X[i] = read_image(f, size)
+        except InputError as exc:
+            raise DataError(exc.message, hint="remove or replace the corrupt file") from None
+    return Dataset(root.name, "image", X, np.asarray(labels, dtype=object), target="label",
+                   ids=np.asarray([str(f.relative_to(root)) for f in files], dtype=object), id_column="path")
+
+
+def table_columns(path: Path, columns: list[str], target: str | None, id_column: str | None,
+                  drop: list[str]) -> tuple[str, str | None, list[str]]:
+    """(target, id column, feature columns) of a table, checked as the in-memory loader checks them."""
+    if target is None:
+        raise DataError(f"{path.name} is a table: name the column to predict",
+                        hint=f"add --target COLUMN (columns: {', '.join(columns[:20])})")
+    if target not in columns:
+        raise DataError(f"target column {target!r} not found in {path.name}",
+                        hint=f"columns are: {', '.join(columns[:20])}")
+    unknown = [c for c in drop if c not in columns]
+    if unknown:
+        raise DataError(f"data.drop names column(s) not in {path.name}: {unknown}")
+    if id_column is None and "id" in (c.lower() for c in columns) and target.lower() != "id":
+        id_column = next(c for c in columns if c.lower() == "id")  # ids identify rows, they don't predict
+    if id_column is not None and id_column not in columns:
+        raise DataError(f"id column {id_column!r} not found in {path.name}")
+    features = [c for c in columns if c not in {target, id_column, *drop}]
+    if not features:
+        raise DataError(f"{path.name} has no feature columns left besides the target {target!r}")
+    return target, id_column, features
+
+
+def image_files(root: Path) -> tuple[list[Path], list[str]]:
+    """The images of a folder root/<class>/*.png|jpg and their class names, in a fixed order."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[Path] = []
     labels: list[str] = []
@@ -93,11 +114,4 @@ def load_image_folder(root: Path, size: int) -> Dataset:
     if not files:
         raise DataError(f"no images found in {root}",
                         hint="an image folder holds one sub-folder per class: root/<class>/*.png|jpg")
-    X = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    for i, f in enumerate(files):
-        try:
-            X[i] = read_image(f, size)
-        except InputError as exc:
-            raise DataError(exc.message, hint="remove or replace the corrupt file") from None
-    return Dataset(root.name, "image", X, np.asarray(labels, dtype=object), target="label",
-                   ids=np.asarray([str(f.relative_to(root)) for f in files], dtype=object), id_column="path")
+    return files, labels

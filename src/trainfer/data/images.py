@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from trainfer.config import DataConfig
+from trainfer.data.files import image_files
 from trainfer.data.split import Split, split_indices
 from trainfer.data.streaming import StreamedDataset, distinct, encode
 from trainfer.errors import DataError, InputError
 from trainfer.features import Features, ImageFeatures, Target
-from trainfer.features.image import IMAGE_SUFFIXES, PixelSums, read_image
+from trainfer.features.image import PixelSums, read_image
 
 
 class ImageFiles:
@@ -59,16 +60,7 @@ def prepare_image_stream(cfg: DataConfig, seed: int, root: Path, split: Split | 
     if cfg.options or cfg.target is not None or cfg.drop:
         raise DataError(f"{root.name} is an image folder: data.options, data.target and data.drop do not apply",
                         hint="remove them; the labels are the folder names")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files: list[Path] = []
-    labels: list[str] = []
-    for cls in classes:
-        found = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += found
-        labels += [cls] * len(found)
-    if not files:
-        raise DataError(f"no images found in {root}",
-                        hint="an image folder holds one sub-folder per class: root/<class>/*.png|jpg")
+    files, labels = image_files(root)
     y_raw = np.asarray(labels, dtype=object)
     ds = StreamedDataset(root.name, "image", None, y_raw, target="label",
                          ids=np.asarray([str(f.relative_to(root)) for f in files], dtype=object), id_column="path")

@@ -34,6 +34,7 @@ import numpy as np
 
 from trainfer.config import DataConfig
 from trainfer.data.dataset import Dataset
+from trainfer.data.files import table_columns
 from trainfer.data.split import Split, split_indices
 from trainfer.errors import DataError, InputError, OutputError
 from trainfer.features import Features, TabularFeatures, Target
@@ -301,28 +302,6 @@ class StreamedDataset(Dataset):
 
     def fingerprint(self) -> str:
         return self.streamed_fingerprint
-
-
-def table_columns(path: Path, columns: list[str], target: str | None, id_column: str | None,
-                  drop: list[str]) -> tuple[str, str | None, list[str]]:
-    """(target, id column, feature columns) of a table, checked as the in-memory loader checks them."""
-    if target is None:
-        raise DataError(f"{path.name} is a table: name the column to predict",
-                        hint=f"add --target COLUMN (columns: {', '.join(columns[:20])})")
-    if target not in columns:
-        raise DataError(f"target column {target!r} not found in {path.name}",
-                        hint=f"columns are: {', '.join(columns[:20])}")
-    unknown = [c for c in drop if c not in columns]
-    if unknown:
-        raise DataError(f"data.drop names column(s) not in {path.name}: {unknown}")
-    if id_column is None and "id" in (c.lower() for c in columns) and target.lower() != "id":
-        id_column = next(c for c in columns if c.lower() == "id")  # ids identify rows, they don't predict
-    if id_column is not None and id_column not in columns:
-        raise DataError(f"id column {id_column!r} not found in {path.name}")
-    features = [c for c in columns if c not in {target, id_column, *drop}]
-    if not features:
-        raise DataError(f"{path.name} has no feature columns left besides the target {target!r}")
-    return target, id_column, features
 
 
 def _kinds(table: Table, names: list[str]) -> dict[str, str]:
