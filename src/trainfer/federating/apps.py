@@ -48,7 +48,7 @@ def make_client_app(rows: RowSource) -> ClientApp:
             recipe, features = decode_config(cfg)
             dataset, X, y = rows(recipe, features, node_config)
             state = msg.content["arrays"].to_torch_state_dict()
-            new_state, metrics = train_round(recipe, features, state, dataset, X, y, dict(cfg))
+            new_state, metrics = train_round(recipe, features, state, dataset, X, y, dict(cfg), client=who)
         except Exception as exc:
             # Replied as an error naming the client and the cause: raised, Flower logged a multi-page Ray
             # traceback per client and round on the server's console, and its reason was Ray's repr of it.

@@ -67,8 +67,9 @@ def _noise(privacy_json: str, batch_size: int, n_rows: int, local_epochs: int, r
 
 
 def train_round(recipe: Recipe, features: Features, state: dict[str, Any], dataset: Dataset, X: np.ndarray,
-                y: np.ndarray, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+                y: np.ndarray, cfg: dict[str, Any], client: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
     """Train the global ``state`` (a torch state dict) on (X, y) for one round; (new state dict, metrics)."""
+    import torch
 
     from trainfer.models import build_model
     from trainfer.training.loop import fit
@@ -79,6 +80,12 @@ def train_round(recipe: Recipe, features: Features, state: dict[str, Any], datas
     if recipe.privacy is not None:
         noise, delta = privacy_noise(recipe, len(y), int(cfg["local-epochs"]), int(cfg["rounds"]))
     local = local_recipe(recipe, int(cfg["local-epochs"]), cfg.get("threads") or None, noise)
+    # A seed of its own per (recipe seed, round, client): batch order and dropout differ from round to round and
+    # client to client, yet a federation repeats exactly. Without it every round shuffled alike, and dropout
+    # drew from whatever state the worker process (a Ray actor serves several clients) was left in.
+    seed = int(np.random.SeedSequence([recipe.seed, int(cfg.get("server-round", 0)), client]).generate_state(1)[0])
+    local = local.model_copy(update={"seed": seed})
+    torch.manual_seed(seed)
     model = build_model(recipe.model, features.input_shape, features.n_outputs)
     if recipe.privacy is not None:
         model, _ = replace_batchnorm(model)  # the global model's layout (GroupNorm), as Run.load rebuilds it

@@ -73,8 +73,21 @@ class CountingGrid:
             if pending:
                 time.sleep(POLL_S)
         self.received += sum(record_bytes(m.content) for m in replies if not m.has_error())
+        # In client order, not arrival order: FedAvg sums the replies in the order given, and float sums
+        # depend on it, so a federation with a fixed seed repeats only if its replies are summed the same way.
+        replies.sort(key=_reply_order)
         self.replies = replies
         return replies
+
+
+def _reply_order(message: Any) -> tuple[int, int]:
+    """(0, client number) for a reply with weights; (1, node id) for a failed one."""
+    if message.has_error():
+        return 1, int(message.metadata.src_node_id)
+    metrics = message.content.metric_records.get("metrics")
+    if metrics is not None and "client" in metrics:
+        return 0, int(metrics["client"])
+    return 0, int(message.metadata.src_node_id)
 
 
 def wait_for_nodes(grid: Any, wanted: int, deadline_s: float, stop: threading.Event | None = None) -> list[int]:
