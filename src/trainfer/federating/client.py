@@ -42,13 +42,13 @@ def local_recipe(recipe: Recipe, epochs: int, threads: int | None, noise: float 
     return recipe.model_copy(update={"train": train, "privacy": privacy})
 
 
-def privacy_noise(recipe: Recipe, n_rows: int, local_epochs: int, rounds: int) -> tuple[float, float]:
+def privacy_noise(privacy: PrivacyConfig, batch_size: int, n_rows: int, local_epochs: int,
+                  rounds: int) -> tuple[float, float]:
     """(noise multiplier, δ) with which a client of ``n_rows`` rows spends at most ``privacy.epsilon`` over the
     whole federation: the noise is searched for all ``rounds × local_epochs`` epochs it could train, since a
     client that takes part in every round composes every round's DP-SGD steps on the same rows. A client that
     sits out rounds (``--fraction`` < 1) spends less; the federation adds up what each one actually ran."""
-    assert recipe.privacy is not None
-    return _noise(recipe.privacy.model_dump_json(), recipe.train.batch_size, n_rows, local_epochs, rounds)
+    return _noise(privacy.model_dump_json(), batch_size, n_rows, local_epochs, rounds)
 
 
 @functools.lru_cache(maxsize=64)
@@ -78,7 +78,8 @@ def train_round(recipe: Recipe, features: Features, state: dict[str, Any], datas
     t0 = time.perf_counter()
     noise = delta = None
     if recipe.privacy is not None:
-        noise, delta = privacy_noise(recipe, len(y), int(cfg["local-epochs"]), int(cfg["rounds"]))
+        noise, delta = privacy_noise(recipe.privacy, recipe.train.batch_size, len(y), int(cfg["local-epochs"]),
+                                     int(cfg["rounds"]))
     local = local_recipe(recipe, int(cfg["local-epochs"]), cfg.get("threads") or None, noise)
     # A seed of its own per (recipe seed, round, client): batch order and dropout differ from round to round and
     # client to client, yet a federation repeats exactly. Without it every round shuffled alike, and dropout

@@ -38,7 +38,7 @@ def parse_partition(text: str) -> tuple[str, float | None]:
 
 def partition(labels: np.ndarray, clients: int, spec: str, seed: int) -> list[np.ndarray]:
     """Positions into ``labels`` for each of ``clients`` clients (sorted, disjoint, together all of them)."""
-    kind, alpha = parse_partition(spec)
+    _, alpha = parse_partition(spec)
     n = len(labels)
     if clients < 1:
         raise ConfigError(f"--clients must be at least 1, not {clients}")
@@ -46,9 +46,8 @@ def partition(labels: np.ndarray, clients: int, spec: str, seed: int) -> list[np
         raise ConfigError(f"--clients {clients} is more than the {n} rows of the train split: a client would get none",
                           hint=f"use --clients {n} or fewer")
     rng = np.random.default_rng([seed, 0xFED])
-    if kind == "iid":
+    if alpha is None:  # iid
         return [np.sort(part) for part in np.array_split(rng.permutation(n), clients)]
-    assert alpha is not None
     classes = np.unique(labels)
     for _ in range(DIRICHLET_TRIES):
         parts: list[list[np.ndarray]] = [[] for _ in range(clients)]

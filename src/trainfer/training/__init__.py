@@ -60,7 +60,7 @@ def train(
 def _train_rank(recipe: Any, out: Path, shortcuts: dict[str, Any], overrides: list[str] | None, *, resume: bool,
                 force: bool, quiet: bool) -> Run | None:
     """One rank of a distributed run: rank 0 checks, resolves and writes; the others train what it sends."""
-    from trainfer.errors import ConfigError
+    from trainfer.errors import ConfigError, RunError
     from trainfer.training import distributed
 
     if force:  # each rank would move the old run aside
@@ -89,7 +89,9 @@ def _train_rank(recipe: Any, out: Path, shortcuts: dict[str, Any], overrides: li
     elif not resume:  # checked against rank 0's; on --resume the recipe is the one rank 0's run recorded
         own = build_recipe(recipe, overrides, **shortcuts)
     with distributed.session(own) as d:
-        assert d is not None and d.recipe is not None
+        if d is None or d.recipe is None:  # _train_rank runs only under torchrun with several ranks
+            raise RunError("this process is not one of several torchrun ranks (RANK/WORLD_SIZE)",
+                           hint="start it with torchrun, or with `trainfer train --nproc N`")
         if distributed.share_json(done):  # already complete: nothing to do
             return Run.load(out) if writer else None
         with replacing(out, False) if writer else contextlib.nullcontext():

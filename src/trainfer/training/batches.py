@@ -64,7 +64,20 @@ def steps_in_epoch(n_rows: int, batch_size: int) -> int:
     return steps
 
 
-class InMemoryBatches:
+class _Batches:
+    """What every batches class sets up alike: the labels as a tensor, the (global) batch size, the steps of an
+    epoch, and this rank's place among ``world`` ranks."""
+
+    def __init__(self, n_rows: int, y: torch.Tensor, batch_size: int, seed: int, device: torch.device,
+                 regression: bool, rank: int, world: int) -> None:
+        self.y = y.view(-1, 1) if regression else y
+        self.n_rows = n_rows
+        self.batch_size = min(batch_size, n_rows)
+        self.steps_per_epoch = steps_in_epoch(n_rows, self.batch_size)
+        self.seed, self.device, self.rank, self.world = seed, device, rank, world
+
+
+class InMemoryBatches(_Batches):
     """The whole train split as two tensors on the device; batches are index slices (no DataLoader cost).
 
     ``batch_size`` is the global batch: with ``world`` ranks, rank ``r`` takes the rows at positions
@@ -75,12 +88,8 @@ class InMemoryBatches:
     def __init__(self, X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, device: torch.device,
                  regression: bool, rank: int = 0, world: int = 1) -> None:
         self.X = torch.from_numpy(X).to(device)
-        y_t = torch.from_numpy(y).to(device)
-        self.y = y_t.view(-1, 1) if regression else y_t
-        self.n_rows = len(self.X)
-        self.batch_size = min(batch_size, self.n_rows)
-        self.steps_per_epoch = steps_in_epoch(self.n_rows, self.batch_size)
-        self.seed, self.device, self.rank, self.world = seed, device, rank, world
+        super().__init__(len(self.X), torch.from_numpy(y).to(device), batch_size, seed, device, regression, rank,
+                         world)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = epoch_order(self.n_rows, self.seed, epoch).to(self.device)
@@ -104,7 +113,7 @@ class RowSource(Protocol):
     def read(self, start: int, stop: int) -> np.ndarray: ...
 
 
-class StreamingBatches:
+class StreamingBatches(_Batches):
     """The train split read from a row source one window at a time, in the same order as InMemoryBatches.
 
     Memory: one window of rows (CHUNK * WINDOW) plus the labels and the epoch's order (8 bytes a row). Each
@@ -116,12 +125,7 @@ class StreamingBatches:
     def __init__(self, X: RowSource, y: np.ndarray, batch_size: int, seed: int, device: torch.device,
                  regression: bool, rank: int = 0, world: int = 1) -> None:
         self.X = X
-        y_t = torch.from_numpy(y)
-        self.y = y_t.view(-1, 1) if regression else y_t
-        self.n_rows = len(X)
-        self.batch_size = min(batch_size, self.n_rows)
-        self.steps_per_epoch = steps_in_epoch(self.n_rows, self.batch_size)
-        self.seed, self.device, self.rank, self.world = seed, device, rank, world
+        super().__init__(len(X), torch.from_numpy(y), batch_size, seed, device, regression, rank, world)
 
     def _windows(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, their row numbers) per window, in the epoch's order."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainfer.training.batches import epoch_order, steps_in_epoch
+from trainfer.training.batches import _Batches, epoch_order
 
 
 class _Decoded(Dataset):
@@ -28,16 +28,11 @@ class _Decoded(Dataset):
         return torch.from_numpy(self.files.decode(i))
 
 
-class ImageBatches:
+class ImageBatches(_Batches):
     def __init__(self, X: Any, y: np.ndarray, batch_size: int, seed: int, device: torch.device, regression: bool,
                  rank: int = 0, world: int = 1, workers: int = 0) -> None:
-        self.X = X
-        y_t = torch.from_numpy(y)
-        self.y = y_t.view(-1, 1) if regression else y_t
-        self.n_rows = len(X)
-        self.batch_size = min(batch_size, self.n_rows)
-        self.steps_per_epoch = steps_in_epoch(self.n_rows, self.batch_size)
-        self.seed, self.device, self.rank, self.world, self.workers = seed, device, rank, world, workers
+        self.X, self.workers = X, workers
+        super().__init__(len(X), torch.from_numpy(y), batch_size, seed, device, regression, rank, world)
 
     def _sampler(self, epoch: int) -> list[list[int]]:
         perm, bs = epoch_order(self.n_rows, self.seed, epoch), self.batch_size
