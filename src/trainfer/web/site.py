@@ -17,7 +17,7 @@ from typing import Any
 from trainfer._atomic import check_output, make_temp_dir, output_error
 from trainfer.errors import BundleError, OutputError
 from trainfer.runtime.bundle import MODEL, read_listed, read_manifest
-from trainfer.web.assets import ORT_WEB_VERSION, copy_runtime
+from trainfer.web.assets import ORT_WEB_VERSION, copy_runtime, ensure_ort_web
 
 SITE_FORMAT = "trainfer-web"
 SITE_JSON = "site.json"
@@ -83,6 +83,7 @@ def build_site(bundle: str | Path, out: str | Path, force: bool = False) -> dict
     spec = site_spec(manifest, bundle)
     model = read_listed(bundle, manifest, MODEL)  # the bytes copied are the bytes checked
     out = check_site_out(out, force)
+    ensure_ort_web()  # installed (or npm missing: an error) before anything is written
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
