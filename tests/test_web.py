@@ -279,3 +279,15 @@ def test_web_without_npm_says_what_to_install(bad: dict[str, Path], capsys: pyte
     result = run_main(["web", bad["bundle"], "--out", tmp_path / "site"], capsys)
     assert_user_error(result, mentions=["npm", "onnxruntime-web"])
     assert not (tmp_path / "site").exists() and not list(tmp_path.glob(".site*"))
+
+
+def test_ensure_web_reuses_the_cache_and_says_what_to_install_without_npm(tmp_path: Path) -> None:
+    script = REPO / "scripts" / "ensure-web"
+    again = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stderr == "", again.stderr  # both pinned packages are there already
+    bash = shutil.which("bash") or "/bin/bash"
+    bare = subprocess.run([bash, str(script)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": str(tmp_path), "HOME": str(tmp_path)})  # no node, npm nor apt-get
+    assert bare.returncode == 2
+    lines = bare.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "npm" in lines[0], bare.stderr
