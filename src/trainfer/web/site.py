@@ -65,11 +65,12 @@ def is_site(path: Path) -> bool:
 def check_site_out(out: str | Path, force: bool = False) -> Path:
     """Refuse, before any work, an --out that cannot be written or must not be replaced: --force replaces a
     site built here, never another directory that happens to be there."""
-    out = check_output(out, kind="dir", force=force)
+    out = Path(out)
+    # first: --force would not help here, so the "already exists" answer and its hint would mislead
     if out.is_dir() and any(out.iterdir()) and not is_site(out):
         raise OutputError(f"--out {out} holds other files (it is not a site built by `trainfer web`)",
                           hint="choose another --out (an empty or new directory)")
-    return out
+    return check_output(out, kind="dir", force=force)
 
 
 def build_site(bundle: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
