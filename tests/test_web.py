@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from _inference_fixtures import get_bundle, get_run
+from _inference_fixtures import get_bundle, get_run, make_animals
 from conftest import REPO, assert_user_error, run_cli, run_main, start_cli
 
 PUPPETEER = "24.43.1"  # scripts/ensure-web
@@ -94,7 +94,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     broken = root / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really a png" * 4)
 
-    servers = [_serve(digits), _serve(cnn, "--out", root / "cnn-site")]
+    # the messy table: an id column, a string column with missing and unseen values (unicode too), NaN numbers
+    animals = make_animals(24, seed=7).drop(columns=["label"])
+    animals.loc[2, "colour"] = "purple"
+    animals.loc[5, "colour"] = "grün"
+    animals.to_csv(root / "animals.csv", index=False)
+    table = get_bundle(tmp_path_factory, "csv")
+
+    servers = [_serve(digits), _serve(cnn, "--out", root / "cnn-site"), _serve(table)]
     try:
         job = {"puppeteer": str(CACHE / f"puppeteer-core-{PUPPETEER}" / "node_modules" / "puppeteer-core"),
                "chromium": CHROMIUM, "timeout_ms": 60000, "pages": [
@@ -102,7 +109,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                        {"do": "paste", "text": text}, {"do": "csv_file", "path": str(root / "rows.csv")},
                        {"do": "paste", "text": missing_column}, {"do": "paste", "text": not_a_number}]},
                    {"url": servers[1][1], "steps": [
-                       {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]}]}
+                       {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
+                   {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]}]}
         proc = subprocess.run(["node", str(DRIVER)], input=json.dumps(job), capture_output=True, text=True,
                               timeout=240)
         assert proc.returncode == 0, f"the driver failed:\n{proc.stderr[-4000:]}"
@@ -113,7 +121,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         assert "driver_error" not in page, (page["driver_error"], page["console"], page["page_errors"])
     return {"digits": digits, "cnn": cnn, "columns": columns, "pages": pages, "stops": stops, "root": root,
             "expected_digits": _predict(digits, root / "rows.csv", root / "digits.csv"),
-            "expected_cnn": _predict(cnn, folder, root / "cnn.csv")}
+            "expected_cnn": _predict(cnn, folder, root / "cnn.csv"),
+            "expected_table": _predict(table, root / "animals.csv", root / "table.csv")}
 
 
 def _labels(step: dict) -> list[str]:
@@ -146,6 +155,13 @@ def test_page_predicts_images_like_trainfer_predict(world: dict) -> None:
     want = {Path(r["path"]).name: r["prediction"] for r in world["expected_cnn"]}
     shown = {r["name"]: r["label"] for r in step["rows"]}
     assert len(shown) == 6 and shown == want
+
+
+def test_page_predicts_strings_missing_and_unseen_values_like_trainfer_predict(world: dict) -> None:
+    step = world["pages"][2]["steps"][0]
+    assert step["error"] is None
+    want = [(r["id"], r["prediction"]) for r in world["expected_table"]]
+    assert len(want) == 24 and [(r["name"], r["label"]) for r in step["rows"]] == want  # rows named by their id
 
 
 def test_page_requests_nothing_outside_its_origin_and_logs_no_error(world: dict) -> None:
