@@ -262,8 +262,8 @@ function showResults(results, what) {
 
 async function predictTable(text) {
   clearError();
-  if (state.state !== 'ready') return showError('the model is not loaded yet');
   try {
+    if (state.state !== 'ready') throw new InputProblem('the model is not loaded yet');
     const rows = tableFeeds(text);
     const results = [];
     for (const row of rows) results.push({ name: row.name, ...(await runOne(row.feeds)) });
@@ -273,25 +273,29 @@ async function predictTable(text) {
     $('results').replaceChildren();
     state.results = [];
     showError(e instanceof InputProblem ? e.message : `prediction failed: ${e.message || e}`);
+  } finally {
+    state.done++; // tests and benchmarks wait for this
   }
-  state.done++;
 }
 
 async function predictImages(files) {
   clearError();
-  if (state.state !== 'ready') return showError('the model is not loaded yet');
-  const results = [];
-  const problems = [];
-  for (const file of files) {
-    try {
-      results.push({ name: file.name, ...(await runOne(await imageFeed(file))) });
-    } catch (e) {
-      problems.push(e instanceof InputProblem ? e.message : `${file.name}: prediction failed: ${e.message || e}`);
+  try {
+    if (state.state !== 'ready') return showError('the model is not loaded yet');
+    const results = [];
+    const problems = [];
+    for (const file of files) {
+      try {
+        results.push({ name: file.name, ...(await runOne(await imageFeed(file))) });
+      } catch (e) {
+        problems.push(e instanceof InputProblem ? e.message : `${file.name}: prediction failed: ${e.message || e}`);
+      }
     }
+    if (results.length) showResults(results, 'file');
+    if (problems.length) showError(problems.join('\n'));
+  } finally {
+    state.done++;
   }
-  if (results.length) showResults(results, 'file');
-  if (problems.length) showError(problems.join('\n'));
-  state.done++;
 }
 
 // Benchmarks: n more calls on the last input at batch 1; returns every sample (ms).
