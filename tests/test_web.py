@@ -79,6 +79,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cells[7] = "seven"  # data row 6, column 8
     not_a_number = "\n".join([*lines[:6], ",".join(cells), *lines[7:]]) + "\n"
     missing_column = _csv_text(columns[:-1], values[:2, :-1].tolist())
+    cells = lines[2].split(",")
+    cells[0] = "-inf"  # refused, as trainfer predict refuses it (a raw runtime would compute with it)
+    infinite = "\n".join([lines[0], lines[1], ",".join(cells)]) + "\n"
 
     from PIL import Image
 
@@ -107,7 +110,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                "chromium": CHROMIUM, "timeout_ms": 60000, "pages": [
                    {"url": servers[0][1], "steps": [
                        {"do": "paste", "text": text}, {"do": "csv_file", "path": str(root / "rows.csv")},
-                       {"do": "paste", "text": missing_column}, {"do": "paste", "text": not_a_number}]},
+                       {"do": "paste", "text": missing_column}, {"do": "paste", "text": not_a_number},
+                       {"do": "paste", "text": infinite}]},
                    {"url": servers[1][1], "steps": [
                        {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
                    {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]}]}
@@ -185,6 +189,9 @@ def test_page_names_the_missing_column_the_bad_cell_and_the_unreadable_file(worl
     assert missing["rows"] == []  # no stale table under the message
     assert "data row 6" in bad_cell["error"] and world["columns"][7] in bad_cell["error"]
     assert "seven" in bad_cell["error"]
+    infinite = world["pages"][0]["steps"][4]
+    assert "data row 2" in infinite["error"] and world["columns"][0] in infinite["error"]
+    assert "infinite" in infinite["error"]
     broken = world["pages"][1]["steps"][1]
     assert "broken.png" in broken["error"] and "cannot be read as an image" in broken["error"]
 
