@@ -14,6 +14,7 @@ import numpy as np
 from trainfer._env import affinity_cpus
 from trainfer.errors import BundleError
 from trainfer.features import Features
+from trainfer.features.raw import RawFeeder
 from trainfer.runtime.bundle import MANIFEST, MODEL, read_listed, read_manifest
 
 
@@ -77,13 +78,25 @@ class Predictor:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._first_output = self.output_names[:1]
-        # Bound once: predict is a hot path at batch 1. A graph that standardizes its input itself takes
-        # the imputed, one-hot encoded rows; otherwise numpy standardizes them too.
-        in_graph = self.manifest.get("input", {}).get("standardization") == "in_graph"
-        self._transform = self.features.inputs.encode if in_graph else self.features.inputs.transform
         self.variant = self.manifest.get("variant", "onnx-fp32")
         labels = self.features.target.labels
         self._labels = np.asarray(labels, dtype=object if any(isinstance(v, str) for v in labels) else None)
+        # A whole-graph bundle (model.onnx takes raw columns: see exporting.graph) needs only checks, column order
+        # and dtypes here; a bundle exported before it takes one preprocessed tensor, made in numpy.
+        spec = self.manifest.get("input", {})
+        self.whole_graph = spec.get("pipeline") == "in_graph"
+        if self.whole_graph:
+            self.feeder: RawFeeder | None = RawFeeder(self.features, spec.get("raw_inputs"))
+            self._feed = self.feeder.feed
+            # The graph's own label output, unless labels mix types (the graph holds them as text then).
+            kinds = {type(v) for v in labels}
+            self._label_output = "label" in self.output_names and len(kinds) <= 1
+        else:
+            self.feeder = None
+            # Bound once: predict is a hot path at batch 1. A graph that standardizes its input itself takes
+            # the imputed, one-hot encoded rows; otherwise numpy standardizes them too.
+            in_graph = spec.get("standardization") == "in_graph"
+            self._transform = self.features.inputs.encode if in_graph else self.features.inputs.transform
 
     def _model_bytes(self, key: bytes | str | Path | None) -> bytes:
         """The graph's bytes, read once and checked against the manifest (onnxruntime never opens the file
@@ -109,21 +122,33 @@ class Predictor:
     def labels(self) -> list[Any]:
         return self.features.target.labels
 
-    def prepare(self, X: Any) -> np.ndarray:
-        """Raw rows -> the graph's input tensor (validated, imputed, encoded) with numpy alone."""
+    def prepare(self, X: Any) -> Any:
+        """Raw rows -> what ``run`` takes: for a whole-graph bundle the feed dict of raw inputs (checked, in the
+        graph's dtypes; concatenate feeds per input name to batch them), else the preprocessed input tensor."""
+        if self.feeder is not None:
+            return self._feed(X)
         return self._transform(X)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: Any) -> np.ndarray:
         """The graph on a batch from ``prepare``: probabilities, or predictions for regression."""
+        if self.feeder is not None:
+            return self.session.run(self._first_output, x)[0]
         return self.session.run(self._first_output, {self.input_name: x})[0]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         if self.task != "classification":
             raise BundleError("predict_proba is for classification bundles; use predict for regression")
+        if self.feeder is not None:  # a per-thread buffer: consumed by this run, before anything else fills it
+            return self.session.run(self._first_output, self._feed(X, True))[0]
         return self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
 
     def predict(self, X: Any) -> np.ndarray:
-        out = self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
+        if self.feeder is not None:
+            if self.task == "classification" and self._label_output:
+                return self.session.run(["label"], self._feed(X, True))[0]
+            out = self.session.run(self._first_output, self._feed(X, True))[0]
+        else:
+            out = self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
         if self.task == "classification":
             return self._labels[out.argmax(axis=1)]
         return out.reshape(-1).astype(np.float64)
