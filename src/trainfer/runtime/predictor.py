@@ -6,6 +6,7 @@ machines and starts fast.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ class Predictor:
         if self.whole_graph:
             self.feeder: RawFeeder | None = RawFeeder(self.features, spec.get("raw_inputs"))
             self._feed = self.feeder.feed
+            self._local = threading.local()
             # The graph's own label output, unless labels mix types (the graph holds them as text then).
             kinds = {type(v) for v in labels}
             self._label_output = "label" in self.output_names and len(kinds) <= 1
@@ -138,20 +140,43 @@ class Predictor:
     def predict_proba(self, X: Any) -> np.ndarray:
         if self.task != "classification":
             raise BundleError("predict_proba is for classification bundles; use predict for regression")
-        if self.feeder is not None:  # a per-thread buffer: consumed by this run, before anything else fills it
-            return self.session.run(self._first_output, self._feed(X, True))[0]
+        if self.feeder is not None:
+            return self._run_raw(X, self._first_output[0])
         return self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
 
     def predict(self, X: Any) -> np.ndarray:
         if self.feeder is not None:
             if self.task == "classification" and self._label_output:
-                return self.session.run(["label"], self._feed(X, True))[0]
-            out = self.session.run(self._first_output, self._feed(X, True))[0]
+                return self._run_raw(X, "label")
+            out = self._run_raw(X, self._first_output[0])
         else:
             out = self.session.run(self._first_output, {self.input_name: self._transform(X)})[0]
         if self.task == "classification":
             return self._labels[out.argmax(axis=1)]
         return out.reshape(-1).astype(np.float64)
+
+    def _run_raw(self, X: Any, output: str) -> np.ndarray:
+        """One output of the whole graph on raw rows. Rows of numbers (the hot path) go through a per-thread
+        buffer bound to the session once per batch size (IO binding): session.run converts each of the graph's
+        inputs on every call, ~1.2 us per input (digits' 64 columns: 95 us per call, against 16 us bound)."""
+        v = self.feeder.numeric_rows(X)
+        if v is None:
+            return self.session.run([output], self._feed(X))[0]
+        cache = self._local.__dict__.setdefault("bound", {})
+        hit = cache.get((v.shape[0], output))
+        if hit is None:
+            if len(cache) > 8:  # a few batch sizes recur (1, a server's batch); others are not kept
+                cache.clear()
+            buf, feed = self.feeder.buffer(v.shape[0])
+            io = self.session.io_binding()
+            for name, view in feed.items():
+                io.bind_input(name, "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
+            io.bind_output(output)
+            hit = cache[(v.shape[0], output)] = (buf, io)
+        buf, io = hit
+        self.feeder.fill(buf, v)
+        self.session.run_with_iobinding(io)
+        return io.copy_outputs_to_cpu()[0]
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r}, task={self.task}, variant={self.variant}, threads={self.threads})"
