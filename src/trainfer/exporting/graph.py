@@ -82,7 +82,12 @@ def whole_graph(model: onnx.ModelProto, features: Any, standardized_in_graph: bo
         [helper.make_tensor_value_info(i["name"], _DTYPES[i["dtype"]], i["shape"]) for i in inputs],
         outputs[0], initializer=b.inits + list(inner.graph.initializer))
     graph.value_info.extend(inner.graph.value_info)
-    opsets = {o.domain: o.version for o in inner.opset_import}
+    # Only the domains the graph uses: onnxruntime's quantization pre-processing declares a dozen (ai.onnx.ml 5,
+    # com.microsoft, ...) that would claim more than a runtime needs to support.
+    used = {n.domain for n in inner.graph.node} | {f.domain for f in inner.functions}
+    used |= {n.domain for f in inner.functions for n in f.node}
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in inner.opset_import}
+    opsets = {d: v for d, v in opsets.items() if d in used}
     opsets[""] = max(opsets.get("", OPSET), OPSET)
     if b.ml:
         opsets["ai.onnx.ml"] = max(opsets.get("ai.onnx.ml", OPSET_ML), OPSET_ML)
