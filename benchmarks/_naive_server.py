@@ -45,7 +45,8 @@ def create_app(bundle: Path, name: str, threads: int) -> Any:
             req = json.loads(await request.body())
             t = req["inputs"][0]
             x = np.asarray(t["data"], dtype=NUMPY[t["datatype"]]).reshape(t["shape"])
-            probs = session.run(None, {input_name: prepare(x)})[0]  # inline: the event loop waits
+            feed = prepare(x)  # a whole-graph bundle's feed dict of raw inputs; an older bundle's tensor
+            probs = session.run(["probabilities"], feed if isinstance(feed, dict) else {input_name: feed})[0]
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         label = labels[probs.argmax(axis=1)]

@@ -81,14 +81,15 @@ def test_manifest_describes_the_bundle(case) -> None:
     assert m["task"] == "classification"
     assert m["variant"] == "onnx-fp32"
     assert m["labels"] == run.features.target.labels
-    assert m["outputs"] == ["probabilities"]
+    assert m["outputs"] == ["probabilities", "label"]  # the whole graph (issue 14) returns the label too
     assert m["preprocessing"] == json.loads(json.dumps(run.features.to_dict()))
 
     schema = m["input"]
     if name == "cnn":
         assert schema["kind"] == "image"
         assert schema["height"] == schema["width"] == 16 and schema["channels"] == 3
-        assert schema["tensor_shape"] == ["batch", 3, 16, 16]
+        assert schema["raw_inputs"] == [{"name": "image", "column": "image", "dtype": "uint8",
+                                         "shape": ["batch", "height", "width", 3]}]
     else:
         assert schema["kind"] == "tabular"
         names = [c["name"] for c in schema["columns"]]

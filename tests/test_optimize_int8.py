@@ -21,6 +21,7 @@ import trainfer
 from trainfer import _timing
 from trainfer.exporting import graph_standardizes
 from trainfer.exporting.fold import fold_batchnorm
+from trainfer.exporting.graph import MODEL_PREFIX
 
 INT8 = ["int8-dynamic", "int8-static-minmax", "int8-static-percentile"]
 FAST = {"min_count": 64, "min_seconds": 0.2}
@@ -87,7 +88,8 @@ def test_quantized_graph_standardizes_in_float_before_its_first_int8_layer(tmp_p
     bundle = tmp_path / "bundle"
     trainfer.optimize(run, bundle, variants=["int8-dynamic"], max_accuracy_drop=100.0, threads=THREADS)
     graph = onnx.load(str(bundle / "model.onnx")).graph
-    consumers = [n for n in graph.node if "input" in n.input]
+    # the model part's input (the whole graph's preprocessing ends there, issue 14)
+    consumers = [n for n in graph.node if MODEL_PREFIX + "input" in n.input]
     assert [n.op_type for n in consumers] == ["Mul"], [n.op_type for n in consumers]
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     scale, shift = run.features.inputs.affine

@@ -200,8 +200,10 @@ def test_health_and_metadata_endpoints(digits_server: Server, digits_model) -> N
         assert "server" not in model.headers, "the server should not advertise its software"
         m = model.json()
         assert m["name"] == "digits" and m["versions"] == ["1"] and m["platform"] == "onnxruntime_onnx"
-        assert m["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
-        # one tensor of 64 numbers: which is which, in the order the tensor takes them
+        # the whole graph's raw inputs (issue 14): one FP32 tensor per column, as a stock client reads them
+        assert m["inputs"] == [{"name": c, "datatype": "FP32", "shape": [-1, 1]}
+                               for c in digits_model.features.inputs.column_names]
+        # one tensor of 64 numbers ("input") is taken too: which is which, in the order the tensor takes them
         assert m["parameters"]["columns"] == digits_model.features.inputs.column_names
         assert m["parameters"]["columns"][:2] == ["pixel_0_0", "pixel_0_1"] and len(m["parameters"]["columns"]) == 64
         assert m["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(digits_model.labels)]},
@@ -219,7 +221,7 @@ def test_tritonclient_metadata_calls(triton_client) -> None:
     assert triton_client.is_model_ready("digits")
     assert triton_client.get_server_metadata()["name"] == "trainfer"
     meta = triton_client.get_model_metadata("digits")
-    assert [i["name"] for i in meta["inputs"]] == ["input"]
+    assert [i["name"] for i in meta["inputs"]][:2] == ["pixel_0_0", "pixel_0_1"] and len(meta["inputs"]) == 64
     assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label"]
 
 
@@ -353,11 +355,28 @@ def test_tritonclient_table_with_strings_one_input_per_column(triton_client, bin
 @pytest.mark.parametrize("triton_client", ["cnn_server"], indirect=True)
 def test_tritonclient_images_binary(triton_client, shapes_model, shapes_X) -> None:
     meta = triton_client.get_model_metadata("shapes")
-    assert meta["inputs"] == [{"name": "input", "datatype": "UINT8", "shape": [-1, 16, 16, 3]}]
-    res = _triton_infer(triton_client, "shapes", [("input", "UINT8", shapes_X)], binary=True)
-    np.testing.assert_allclose(res.as_numpy("probabilities"), shapes_model.predict_proba(shapes_X),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(res.as_numpy("label"), shapes_model.predict(shapes_X).astype(np.int64))
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    for name in ("image", "input"):  # the raw input the metadata lists, and the tensor clients sent before
+        res = _triton_infer(triton_client, "shapes", [(name, "UINT8", shapes_X)], binary=True)
+        np.testing.assert_allclose(res.as_numpy("probabilities"), shapes_model.predict_proba(shapes_X),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(res.as_numpy("label"), shapes_model.predict(shapes_X).astype(np.int64))
+    # images of another size: resized as the bundle resizes them
+    big = np.repeat(np.repeat(shapes_X[:4], 2, axis=1), 3, axis=2)  # 32 x 48
+    res = _triton_infer(triton_client, "shapes", [("image", "UINT8", big)], binary=True)
+    np.testing.assert_array_equal(res.as_numpy("label"), shapes_model.predict(big).astype(np.int64))
+
+
+@pytest.mark.parametrize("triton_client", ["digits_server"], indirect=True)
+def test_tritonclient_sends_raw_columns_the_metadata_lists(triton_client, digits_model, digits_X) -> None:
+    """A stock client reads the metadata and sends one tensor per raw column (issue 14); NaN is a missing value."""
+    meta = triton_client.get_model_metadata("digits")
+    X = digits_X.copy()
+    X[0, 5] = np.nan
+    tensors = [(i["name"], i["datatype"], X[:, k:k + 1].astype(np.float32)) for k, i in enumerate(meta["inputs"])]
+    res = _triton_infer(triton_client, "digits", tensors, binary=True)
+    np.testing.assert_allclose(res.as_numpy("probabilities"), digits_model.predict_proba(X), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(res.as_numpy("label"), digits_model.predict(X).astype(np.int64))
 
 
 def test_json_images_flat_or_nested_match_the_bundle_and_out_of_range_pixels_are_400(cnn_server: Server,

@@ -17,6 +17,7 @@ from trainfer.exporting.fold import InferenceHead, InputAffine, fold_batchnorm, 
 from trainfer.exporting.onnx_export import INPUT_NAME, export_onnx
 from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.features import Features, Target
+from trainfer.features.raw import RawFeeder, raw_inputs
 from trainfer.runtime import default_threads, inference_session
 from trainfer.runtime.bundle import MODEL
 from trainfer.runtime.keys import symmetric_key
@@ -69,11 +70,45 @@ def reference_outputs(model: torch.nn.Module, X: np.ndarray, target: Target) -> 
                            for i in range(0, len(X), 1024)])
 
 
-def onnx_outputs(onnx_path: Path | io.BytesIO, X: np.ndarray) -> np.ndarray:
-    """The graph's outputs on ``X``, from the session a bundle runs it on (same graph optimizations)."""
+def onnx_outputs(onnx_path: Path | io.BytesIO | bytes, X: np.ndarray) -> np.ndarray:
+    """The model graph's outputs on ``X``, from the session a bundle runs it on (same graph optimizations)."""
     sess = inference_session(onnx_path.getvalue() if isinstance(onnx_path, io.BytesIO) else onnx_path,
                              default_threads())
     return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
+
+
+def whole_outputs(sess: Any, features: Features, X_raw: Any, batch: int = 256) -> np.ndarray:
+    """A whole graph's first output (probabilities, or predictions) on raw rows, fed as a bundle feeds them."""
+    feeder = RawFeeder(features)
+    first = sess.get_outputs()[0].name
+    n = len(X_raw)
+    return np.concatenate([sess.run([first], feeder.feed(X_raw[i:i + batch]))[0] for i in range(0, max(n, 1), batch)])
+
+
+def compose_whole(model_onnx: bytes | Path, features: Features) -> bytes:
+    """The model-only graph (as export_onnx writes it; quantized or pruned alike) with the float preprocessing and
+    the label lookup around it: the bundle's model.onnx (see exporting.graph)."""
+    import onnx
+
+    from trainfer.exporting.graph import whole_graph
+
+    model = onnx.load_from_string(model_onnx) if isinstance(model_onnx, bytes) else onnx.load(str(model_onnx))
+    return whole_graph(model, features, graph_standardizes(features)).SerializeToString()
+
+
+def check_whole_parity(model: torch.nn.Module, features: Features, whole: bytes, X_raw: Any, X_std: np.ndarray,
+                       atol: float = PARITY_ATOL) -> dict[str, Any]:
+    """torch (on the standardized rows) against the whole graph (on the same raw rows); ExportError when they
+    disagree."""
+    got = whole_outputs(inference_session(whole, default_threads()), features, X_raw)
+    report = compare(got, reference_outputs(model, X_std, features.target), features.task, atol)
+    report["inputs"] = "raw"
+    if not report["ok"]:
+        raise ExportError(
+            f"the exported whole graph disagrees with torch on raw rows: max abs diff {report['max_abs_diff']:.2e} "
+            f"(> {atol:.0e}) on {report['samples']} samples",
+            hint="a custom model may use an op that ONNX approximates; check it in eval mode")
+    return report
 
 
 def compare(got: np.ndarray, want: np.ndarray, task: str, atol: float = PARITY_ATOL) -> dict[str, Any]:
@@ -141,15 +176,20 @@ def export(run: Run | str | Path, out: str | Path, *, force: bool = False,
     check_bundle_out(out, force)  # before the work, not after
     key = None if encrypt_key is None else symmetric_key(encrypt_key, "--encrypt-key")
     run = run if isinstance(run, Run) else Run.load(run)
-    X_std, X_graph = graph_inputs(run.features, run.load_split("test")[0])
+    X_raw = run.load_split("test")[0]
+    X_std, X_graph = graph_inputs(run.features, X_raw)
 
     def fill(tmp: Path) -> dict[str, Any]:
-        target = io.BytesIO() if key is not None else tmp / MODEL
-        info = export_model(run.model, run.features, X_std, X_graph, target)
-        parity = info.pop("parity")
-        fields = manifest_fields(run, "onnx-fp32", info, parity)
-        if isinstance(target, io.BytesIO):
-            fields["model_bytes"] = target.getvalue()
+        model_only = io.BytesIO()  # the model part, in memory: what is written is the whole graph
+        info = export_model(run.model, run.features, X_std, X_graph, model_only)
+        info.pop("parity")
+        whole = compose_whole(model_only.getvalue(), run.features)
+        parity = check_whole_parity(run.model, run.features, whole, X_raw, X_std)
+        fields = manifest_fields(run, "onnx-fp32", info, parity, whole)
+        if key is not None:
+            fields["model_bytes"] = whole
+        else:
+            (tmp / MODEL).write_bytes(whole)
         return fields
 
     return write_bundle(Path(out), fill, force=force, key=key)
@@ -159,7 +199,13 @@ def output_name(task: str) -> str:
     return "probabilities" if task == "classification" else "prediction"
 
 
-def manifest_fields(run: Run, variant: str, onnx_info: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
+def manifest_fields(run: Run, variant: str, onnx_info: dict[str, Any], parity: dict[str, Any],
+                    whole: bytes) -> dict[str, Any]:
+    """The manifest of a whole-graph bundle (``whole``: its model.onnx bytes)."""
+    import onnx
+
+    from trainfer.exporting.graph import opsets_of
+
     f = run.features
     if f.kind == "tabular":
         schema: dict[str, Any] = {"kind": "tabular", "columns": [
@@ -169,10 +215,11 @@ def manifest_fields(run: Run, variant: str, onnx_info: dict[str, Any], parity: d
     else:
         schema = {"kind": "image", "height": f.inputs.size, "width": f.inputs.size, "channels": 3,
                   "accepts": "image files, or uint8 arrays (n, height, width, 3); other sizes are resized"}
-    # "in_graph": the tensor takes imputed, one-hot but unscaled values (Predictor.prepare makes them).
-    schema.update(tensor_name=INPUT_NAME, tensor_shape=["batch", *f.input_shape], id_column=f.id_column,
+    # "in_graph": raw columns in; imputation, one-hot, scaling, resizing and the label lookup are in the graph.
+    schema.update(pipeline="in_graph", raw_inputs=raw_inputs(f), id_column=f.id_column,
                   standardization=onnx_info.get("standardization", "numpy"))
-    import onnx
+    opset, opset_ml = opsets_of(onnx.load_from_string(whole))
+    onnx_info = {**onnx_info, "opset": opset, "opset_ml": opset_ml, "model_opset": onnx_info.get("opset")}
     import onnxruntime
 
     return {
@@ -181,7 +228,7 @@ def manifest_fields(run: Run, variant: str, onnx_info: dict[str, Any], parity: d
         "input": schema,
         "preprocessing": f.to_dict(),
         "labels": f.target.labels,
-        "outputs": [output_name(f.task)],
+        "outputs": ["probabilities", "label"] if f.task == "classification" else ["prediction"],
         "onnx": onnx_info,
         "parity": parity,
         "metrics": {k: run.summary.get(k) for k in ("train", "val", "test")},
@@ -206,5 +253,6 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["check_parity", "compare", "export", "export_model", "graph_inputs", "graph_standardizes",
-           "inference_module", "manifest_fields", "onnx_outputs", "output_name", "reference_outputs"]
+__all__ = ["check_parity", "check_whole_parity", "compare", "compose_whole", "export", "export_model", "graph_inputs",
+           "graph_standardizes", "inference_module", "manifest_fields", "onnx_outputs", "output_name",
+           "reference_outputs", "whole_outputs"]

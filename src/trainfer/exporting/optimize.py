@@ -18,13 +18,14 @@ from trainfer._timing import FULL, MIN_ROUNDS, QUICK, summarize, time_interleave
 from trainfer.errors import MissingDependencyError, TrainferError
 from trainfer.exporting import (
     compare,
+    compose_whole,
     export_model,
     graph_inputs,
     graph_standardizes,
     manifest_fields,
     reference_outputs,
+    whole_outputs,
 )
-from trainfer.exporting.onnx_export import INPUT_NAME
 from trainfer.exporting.prune import fine_tune, prune_structured
 from trainfer.exporting.select import (
     BASELINE,
@@ -36,6 +37,7 @@ from trainfer.exporting.select import (
 )
 from trainfer.exporting.variants import QUANTIZERS, Variant, by_name
 from trainfer.exporting.writer import check_bundle_out, write_bundle
+from trainfer.features.raw import RawFeeder
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
 from trainfer.runtime import MODEL, default_threads, inference_session
@@ -44,10 +46,6 @@ from trainfer.training import Run
 from trainfer.training.metrics import compute_metrics, monitor
 
 THROUGHPUT_BATCH = 64
-
-
-def _outputs(sess: Any, X: np.ndarray) -> np.ndarray:
-    return np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 256]})[0] for i in range(0, len(X), 256)])
 
 
 def _score(out: np.ndarray, y: np.ndarray, run: Run) -> float:
@@ -135,9 +133,11 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
     threads = int(threads or default_threads())
     enc = run.features.target.encode
     # X: what the ONNX graphs take; X_std: what the torch models take (they differ when the graph standardizes)
-    X, X_std = {}, {}
+    # X_raw: what the whole graphs (the bundles) take, and what accuracy and latency are measured on
+    X, X_std, X_raw = {}, {}, {}
     for s in ("train", "val", "test"):
-        X_std[s], X[s] = graph_inputs(run.features, run.load_split(s)[0])
+        X_raw[s] = run.load_split(s)[0]
+        X_std[s], X[s] = graph_inputs(run.features, X_raw[s])
     y = {s: enc(run.load_split(s)[1]) for s in ("val", "test")}
     rng = np.random.default_rng(run.recipe.seed)
     # A DP run's guarantee covers its train rows: static int8 calibration (activation min/max, percentiles) is
@@ -154,7 +154,7 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
         rows, sessions = [], {}
         for v in by_name(variants):
             log(f"building {v.name}")
-            row, sess = _build_variant(v, bases, run, X, X_std["test"], y, calib, threads, work)
+            row, sess = _build_variant(v, bases, run, X_raw, X_std["test"], y, calib, threads, work)
             rows.append(row)
             if sess is not None:
                 sessions[v.name] = sess
@@ -176,11 +176,11 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
 
         log("measuring latency and throughput (interleaved)")
         timing = QUICK if quick else FULL
-        lat = _latency(sessions, run, X["test"], X_std["test"], 1, threads, timing)
-        thr = _latency(sessions, run, X["test"], X_std["test"], THROUGHPUT_BATCH, threads,
+        lat = _latency(sessions, run, X_raw["test"], X_std["test"], 1, threads, timing)
+        thr = _latency(sessions, run, X_raw["test"], X_std["test"], THROUGHPUT_BATCH, threads,
                        {"min_count": 20, "min_seconds": 0.5 if quick else 3.0})
         deploy = lat if batch_size == 1 else thr if batch_size == THROUGHPUT_BATCH else \
-            _latency(sessions, run, X["test"], X_std["test"], batch_size, threads, timing)
+            _latency(sessions, run, X_raw["test"], X_std["test"], batch_size, threads, timing)
         torch_p50 = float(np.median(lat["torch-eager"]))
         for r in rows:
             if r["name"] in sessions:
@@ -193,7 +193,8 @@ def optimize(run: Run | str | Path, out: str | Path, *, max_accuracy_drop: float
                 r["status"] = "kept" if qualifies(r, max_accuracy_drop) else "over_budget"
             r["chosen"] = r["name"] == chosen
         log(f"chose {chosen}; sweeping thread counts")
-        sweep = _thread_sweep(next(r for r in rows if r["chosen"])["path"], X["test"][:batch_size], timing)
+        sweep = _thread_sweep(next(r for r in rows if r["chosen"])["path"],
+                              RawFeeder(run.features).feed(_take(X_raw["test"], np.arange(batch_size))), timing)
         record = {
             "run": str(run.path), "bundle": str(out), "chosen": chosen, "reason": why,
             "max_accuracy_drop": max_accuracy_drop, "drop_unit": "points" if run.task == "classification" else "%",
@@ -225,7 +226,7 @@ def memory_scratch() -> str:
                              "optimize where /dev/shm is mounted")
 
 
-def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray], X_test_std: np.ndarray,
+def _build_variant(v: Variant, bases: _Bases, run: Run, X_raw: dict[str, Any], X_test_std: np.ndarray,
                    y: dict[str, np.ndarray], calib: np.ndarray, threads: int,
                    work: Path) -> tuple[dict[str, Any], Any]:
     row: dict[str, Any] = {"name": v.name, "status": "ok", "reason": None}
@@ -242,8 +243,13 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
             source, info = bases.quant_source(v.prune)
             path = work / f"{v.name}.onnx"
             QUANTIZERS[v.quant](source, path, work, calib)
+        # The model part (quantized or pruned) between the float preprocessing and the label lookup: the graph
+        # the bundle would ship, measured on raw rows as the bundle runs them.
+        whole = work / f"{v.name}-whole.onnx"
+        whole.write_bytes(compose_whole(path, run.features))
+        path = whole
         sess = inference_session(path, threads)
-        outs = {s: _outputs(sess, X[s]) for s in ("val", "test")}
+        outs = {s: whole_outputs(sess, run.features, X_raw[s]) for s in ("val", "test")}
         metric, _ = monitor(run.task)
         parity = compare(outs["test"], reference_outputs(base["model"], X_test_std, run.features.target), run.task)
         row.update({
@@ -267,11 +273,20 @@ def _build_variant(v: Variant, bases: _Bases, run: Run, X: dict[str, np.ndarray]
     return row, None
 
 
-def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, X_std: np.ndarray, batch: int, threads: int,
+def _take(X: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of raw input (DataFrame, array or list)."""
+    if hasattr(X, "iloc"):
+        return X.iloc[idx]
+    if isinstance(X, np.ndarray):
+        return X[idx]
+    return [X[i] for i in idx]
+
+
+def _latency(sessions: dict[str, Any], run: Run, X: Any, X_std: np.ndarray, batch: int, threads: int,
              timing: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Per-call seconds at ``batch`` for every variant and torch eager, interleaved, same threads."""
-    x = np.ascontiguousarray(np.resize(X, (batch, *X.shape[1:])))
-    feed = {INPUT_NAME: x}
+    """Per-call seconds at ``batch`` for every variant (whole graphs, on a ready feed of raw rows) and torch eager
+    (on the same rows, preprocessed), interleaved, same threads."""
+    feed = RawFeeder(run.features).feed(_take(X, np.resize(np.arange(len(X)), batch)))
     fns: dict[str, Callable[[], Any]] = {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}
     model = run.model.eval()
     xt = torch.from_numpy(np.ascontiguousarray(np.resize(X_std, (batch, *X_std.shape[1:]))))
@@ -292,9 +307,8 @@ def _latency(sessions: dict[str, Any], run: Run, X: np.ndarray, X_std: np.ndarra
         torch.set_num_threads(prev)
 
 
-def _thread_sweep(path: Path, x: np.ndarray, timing: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def _thread_sweep(path: Path, feed: dict[str, np.ndarray], timing: dict[str, Any]) -> dict[int, dict[str, Any]]:
     counts = sorted({1, *[2**k for k in range(1, 8) if 2**k <= default_threads()], default_threads()})
-    feed = {INPUT_NAME: np.ascontiguousarray(x)}
     sessions = {str(t): inference_session(path, t) for t in counts}
     samples = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
                                min_count=timing["min_count"] // 2, min_seconds=timing["min_seconds"] / 2)
@@ -306,7 +320,7 @@ def _write(run: Run, out: Path, rows: list[dict[str, Any]], chosen: str, record:
     row = next(r for r in rows if r["name"] == chosen)
 
     def fill(tmp: Path) -> dict[str, Any]:
-        fields = manifest_fields(run, chosen, row["onnx"], row["parity"])
+        fields = manifest_fields(run, chosen, row["onnx"], row["parity"], row["path"].read_bytes())
         if key is None:
             shutil.copyfile(row["path"], tmp / MODEL)
         else:  # from the in-memory scratch directory, encrypted by the writer

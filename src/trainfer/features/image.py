@@ -129,8 +129,10 @@ class ImageFeatures:
     def column_names(self) -> list[str]:
         return ["image"]
 
-    def to_uint8(self, X: Any) -> np.ndarray:
-        """Paths, a folder, PIL images or arrays -> uint8 (n, size, size, 3)."""
+    def to_uint8(self, X: Any, resize: bool = True) -> np.ndarray:
+        """Paths, a folder, PIL images or arrays -> uint8 (n, size, size, 3). Files are decoded and resized by
+        Pillow; arrays of another size are resized too unless ``resize=False`` (a whole-graph bundle resizes
+        them in its graph: (n, height, width, 3) then)."""
         if isinstance(X, (str, os.PathLike)):
             p = Path(X)
             X = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
@@ -144,7 +146,7 @@ class ImageFeatures:
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise InputError(f"expected images as (n, height, width, 3) or file paths, got shape {arr.shape}")
         arr = pixels_in_range(arr)
-        if arr.shape[1:3] != (self.size, self.size):
+        if resize and arr.shape[1:3] != (self.size, self.size):
             arr = _resize(arr, self.size)
         return np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
 

@@ -9,6 +9,7 @@ ClientApps in Ray actors), offline, with the data already in memory; it is pinne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from trainfer.config import Recipe
@@ -82,7 +83,9 @@ def _run(server: Any, client: Any, clients: int, backend: dict[str, Any], stop: 
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **backend["init_args"])
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, _terminate)
-            run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_config=backend)
+            with _busy_actors_killed_on_stop():
+                run_simulation(server_app=server, client_app=client, num_supernodes=clients,
+                               backend_config=backend)
         except BaseException:
             # the ServerApp thread is not a daemon: it must stop waiting for replies, or the process cannot exit
             stop.set()
@@ -92,6 +95,41 @@ def _run(server: Any, client: Any, clients: int, backend: dict[str, Any], stop: 
                 signal.signal(signal.SIGTERM, previous)
             if ray.is_initialized():
                 ray.shutdown()
+
+
+@contextlib.contextmanager
+def _busy_actors_killed_on_stop() -> Iterator[None]:
+    """While Flower runs the simulation, its backend's ``terminate`` first kills the actors still running a task.
+
+    Flower (pinned 1.42.*) terminates only its idle actors and then shuts Ray down. A worker thread of its
+    that was waiting in ``ray.get`` on a busy actor when Ctrl-C came then waits forever (the reply can no
+    longer come), and the interpreter waits for that thread at exit: the command printed its error line and
+    hung (seen with its output on pipes; timing decided it). Killing the busy actors first makes that
+    ``ray.get`` raise; the thread sees Flower's stop flag and ends before Ray is shut down.
+    """
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    original = RayBackend.terminate
+
+    def terminate(self: Any) -> None:
+        pool = getattr(self, "pool", None)
+        busy = list(getattr(pool, "_future_to_actor", {}).values())
+        for actor in busy:
+            with contextlib.suppress(Exception):  # already gone: nothing to unblock
+                ray.kill(actor, no_restart=True)
+        if busy:
+            deadline = time.monotonic() + 10
+            for t in threading.enumerate():
+                if t.name.startswith("ThreadPoolExecutor") and t is not threading.current_thread():
+                    t.join(max(0.0, deadline - time.monotonic()))
+        original(self)
+
+    RayBackend.terminate = terminate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayBackend.terminate = original  # type: ignore[method-assign]
 
 
 def _terminate(_signum: int, _frame: Any) -> None:

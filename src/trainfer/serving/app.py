@@ -150,7 +150,8 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
 
     Requests pass Guard (keys, load shedding, metrics, access log) and BodyLimit; POSTs to the served
     model's infer endpoint are then answered by FastInfer, everything else by the FastAPI app."""
-    schema = Schema(predictor.features, predictor.labels, predictor.task)
+    feeder = getattr(predictor, "feeder", None)
+    schema = Schema(predictor.features, predictor.labels, predictor.task, feeder.inputs if feeder else None)
     metrics = _Metrics()
     state: dict[str, Any] = {}
     access = AccessLog() if config.access_log else None
@@ -212,7 +213,7 @@ def create_app(predictor: Predictor, config: ServeConfig) -> ASGIApp:
         if name != config.name:
             return error(404, f"unknown model {name!r}; this server serves {config.name!r}")
         meta = {"name": config.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": schema.inputs, "outputs": schema.outputs}
+                "inputs": schema.metadata_inputs, "outputs": schema.outputs}
         if schema.parameters:
             meta["parameters"] = schema.parameters
         return JSONResponse(meta)

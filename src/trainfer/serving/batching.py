@@ -21,10 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from trainfer._env import usable_cpus
+from trainfer.features.raw import concat_feeds, feed_rows
 
 # auto: batches faster than this (recent average) run inline on the event loop. With one CPU the thread
 # cannot run beside the loop, so the hand-off buys only the loop's responsiveness during a batch: worth
@@ -42,13 +44,13 @@ class Expired(Exception):
 
 @dataclass(slots=True)
 class Pending:
-    x: np.ndarray  # the request's prepared rows (its first axis is the batch axis)
+    x: Any  # the request's prepared rows: an array, or a feed dict of arrays (their first axis is the batch axis)
     enqueued: float  # time.monotonic() when it entered the queue
     future: asyncio.Future = field(repr=False)
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rows = int(self.x.shape[0])
+        self.rows = feed_rows(self.x) if isinstance(self.x, dict) else int(self.x.shape[0])
 
 
 def collate(queue: deque[Pending], max_rows: int, now: float, timeout_s: float) -> tuple[list[Pending], list[Pending]]:
@@ -78,7 +80,7 @@ def collate(queue: deque[Pending], max_rows: int, now: float, timeout_s: float) 
 class Batcher:
     """``await batcher.submit(x)`` returns the model's output rows for ``x``."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 32, max_delay_ms: float = 0.0,
+    def __init__(self, run: Callable[[Any], np.ndarray], max_batch_size: int = 32, max_delay_ms: float = 0.0,
                  max_queue: int = 256, timeout_ms: float = 1000.0,
                  observe: Callable[[str, float], None] | None = None, offload: str = "auto") -> None:
         if offload not in ("auto", "thread", "inline"):
@@ -113,7 +115,7 @@ class Batcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
+    async def submit(self, x: Any) -> np.ndarray:
         if len(self._queue) >= self.max_queue or self._closing:
             raise QueueFull
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -129,7 +131,7 @@ class Batcher:
         below = INLINE_BELOW_ONE_CPU_S if self._single_cpu else INLINE_BELOW_S
         return self._recent_s is not None and self._recent_s < below  # the first batch: in the thread
 
-    def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+    def _timed(self, x: Any) -> tuple[np.ndarray, float]:
         # Timed where the batch runs (thread or loop): the model's own time, not the hand-off back.
         t0 = time.perf_counter()
         out = self._run(x)
@@ -161,8 +163,13 @@ class Batcher:
                     p.future.set_exception(Expired())
             if not batch:
                 continue
-            x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
-            self._observe("batch_size", x.shape[0])
+            if len(batch) == 1:
+                x = batch[0].x
+            elif isinstance(batch[0].x, dict):  # whole-graph bundles: one array per raw input, joined per name
+                x = concat_feeds([p.x for p in batch])
+            else:
+                x = np.concatenate([p.x for p in batch])
+            self._observe("batch_size", sum(p.rows for p in batch))
             inline = self.inline
             try:
                 out, seconds = self._timed(x) if inline else await loop.run_in_executor(self._executor, self._timed, x)

@@ -38,7 +38,8 @@ _NUMPY = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT8": "i1", "INT16": "<
 class Schema:
     """What the bundle's v2 model looks like: its inputs and outputs, derived from the manifest."""
 
-    def __init__(self, features: Any, labels: list[Any], task: str) -> None:
+    def __init__(self, features: Any, labels: list[Any], task: str,
+                 raw_inputs: list[dict[str, Any]] | None = None) -> None:
         self.features, self.task, self.labels = features, task, labels
         self.tabular = features.kind == "tabular"
         cols = getattr(features.inputs, "columns", None)
@@ -55,6 +56,15 @@ class Schema:
             self.inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, len(cols)]}]
             # One tensor of numbers: without the names a client cannot know which column is which.
             self.parameters["columns"] = [c["name"] for c in cols]
+        # A whole-graph bundle's raw inputs (one tensor per column, or "image" of any size): what the metadata
+        # lists, so that a stock Triton/KServe client sends raw features; the tensors above are taken too.
+        self.raw = list(raw_inputs or [])
+        self.raw_only = {r["name"]: r for r in self.raw} if self.raw else {}
+        for i in self.inputs:
+            self.raw_only.pop(i["name"], None)
+        self.metadata_inputs = [{"name": r["name"], "datatype": _V2_TYPES[r["dtype"]],
+                                 "shape": [-1, -1, -1, 3] if r["dtype"] == "uint8" else [-1, 1]}
+                                for r in self.raw] or self.inputs
         numeric = [c for c in self.columns if c["type"] == "numeric"]
         self.means = np.asarray([c["mean"] for c in numeric], dtype=np.float64)
         self.stds = np.asarray([c["std"] for c in numeric], dtype=np.float64)
@@ -65,7 +75,9 @@ class Schema:
         self.safe_r2 = r * r if 0 < r < np.inf else -1.0
         self.numeric_index = {c["name"]: k for k, c in enumerate(numeric)}
         # Tables impute a missing number (NaN) as in training; images have no missing pixels.
-        self.imputed = {i["name"] for i in self.inputs if features.kind == "tabular" and i["datatype"] == "FP32"}
+        self.imputed = {i["name"] for i in [*self.inputs, *self.metadata_inputs]
+                        if features.kind == "tabular" and i["datatype"] in ("FP32", "FP64")}
+        self.known = {i["name"] for i in self.inputs} | set(self.raw_only)
         string_labels = any(isinstance(v, str) for v in labels)
         if task == "classification":  # the label output per class index, built once
             self.label_values = np.asarray(labels, dtype=object if string_labels else np.int64)
@@ -90,7 +102,7 @@ def parse_infer(body: bytes, header_length: int | None, schema: Schema) -> tuple
     rid = req.get("id")
     if rid is not None and not (isinstance(rid, str) and _utf8(rid)):  # it is echoed in the answer
         raise InputError("must be a string of valid Unicode", column="id")
-    known = {i["name"] for i in schema.inputs}
+    known = schema.known
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for i, t in enumerate(req["inputs"]):
@@ -266,6 +278,8 @@ def _decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
 
 
 def _rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
+    if schema.raw_only and any(n in schema.raw_only for n in tensors):
+        return _raw_rows(tensors, schema)
     names = [i["name"] for i in schema.inputs]
     missing = [n for n in names if n not in tensors]
     if missing:
@@ -297,6 +311,39 @@ def _rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
             check_range(v[:, None], schema.means[k:k + 1], schema.stds[k:k + 1], [spec["name"]])
         cols.append(v.astype(object))
     return np.stack(cols, axis=1)
+
+
+def _raw_rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
+    """Rows from a whole-graph bundle's raw inputs (as its metadata lists them): for Predictor.prepare."""
+    names = [r["name"] for r in schema.raw]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; the model takes {names}", column=missing[0])
+    if not schema.tabular:
+        x = tensors[names[0]]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise InputError(f"shape {list(x.shape)} does not match [-1, -1, -1, 3]", column=f"{names[0]}.shape")
+        return x
+    cols, n = [], None
+    for spec, r in zip(schema.columns, schema.raw, strict=True):
+        v = tensors[r["name"]]
+        if v.ndim == 2 and v.shape[1] == 1:
+            v = v[:, 0]
+        if v.ndim != 1:
+            raise InputError(f"shape {list(v.shape)} must be [batch] or [batch, 1]", column=f"{r['name']}.shape")
+        if n is not None and len(v) != n:
+            raise InputError(f"has {len(v)} rows, other inputs have {n}", column=r["name"])
+        n = len(v)
+        k = schema.numeric_index.get(spec["name"])
+        if k is not None and v.dtype.kind in "iuf":
+            check_range(v[:, None], schema.means[k:k + 1], schema.stds[k:k + 1], [r["name"]])
+        cols.append(v)
+    if all(c.dtype.kind in "iuf" for c in cols):  # all numbers: one float matrix, the features' fast path
+        return np.stack([c.astype(np.float64) for c in cols], axis=1)
+    return np.stack([c.astype(object) for c in cols], axis=1)
+
+
+_V2_TYPES = {"float32": "FP32", "float64": "FP64", "string": "BYTES", "uint8": "UINT8"}
 
 
 def check_range(x: np.ndarray, means: np.ndarray, stds: np.ndarray, names: list[str]) -> None:
