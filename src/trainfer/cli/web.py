@@ -95,7 +95,8 @@ def web(
             return
         url = url_of(server)
         record["url"] = url
-        _report(record, as_json)
+        if as_json:  # the human form is the "serving" line below (a temporary copy is nothing to host)
+            _report(record, as_json)
         previous = signal.signal(signal.SIGTERM, _terminate)  # stop as Ctrl-C does, temporary copy removed
         try:
             print(f"serving {site} at {url} (Ctrl-C stops)", flush=True)
@@ -119,5 +120,5 @@ def _report(record: dict[str, Any], as_json: bool) -> None:
         return
     mb = record["bytes"] / 1e6
     _console().print(f"[bold]site[/] {record['site']} ({record['kind']}, {len(record['files'])} files, {mb:.1f} MB; "
-                     f"onnxruntime-web {record['onnxruntime_web']}): open index.html from any static host, or "
-                     f"`trainfer web {record['bundle']} --serve`")
+                     f"onnxruntime-web {record['onnxruntime_web']}): serve this directory from any static host, or "
+                     f"run `trainfer web {record['bundle']} --serve`")
