@@ -2,8 +2,9 @@
 #   make demo   the whole path on a built-in dataset (digits): train, optimize, bench, report
 #   make test   run the test suite
 # Both create .venv and install the project when missing; `make test` also installs Chromium (for the report
-# tests) and PostgreSQL (the storage tests start a server of their own), Debian's packages, when missing and
-# this user may install packages, else says how.
+# and web tests), Node.js and npm (the web page's onnxruntime-web and the tests' puppeteer-core come from npm)
+# and PostgreSQL (the storage tests start a server of their own), Debian's packages, when missing and this
+# user may install packages, else says how.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -24,10 +25,11 @@ demo: $(BIN)/.installed
 	rm -rf runs/demo-digits
 	$(BIN)/trainfer run examples/digits.yaml --out runs/demo-digits
 
-# The set-up step of `make test`: the Python packages, the browser the report tests render in, and the
-# PostgreSQL server binaries the storage tests start.
+# The set-up step of `make test`: the Python packages, the browser the report and web tests render in, the npm
+# packages of the web page and its tests, and the PostgreSQL server binaries the storage tests start.
 test: $(BIN)/.installed
 	scripts/ensure-chromium
+	scripts/ensure-web
 	scripts/ensure-postgresql
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q --durations=20

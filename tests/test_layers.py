@@ -2,7 +2,7 @@
 
     L6  __main__ (`python -m trainfer`)
     L5  cli, pipeline
-    L4  serve (runtime only), bench, report, tuning, auditing, federating
+    L4  serve (runtime only), web (runtime only), bench, report, tuning, auditing, federating
     L3  exporting
     L2  training, models, data, runtime
     L1  features
@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     "training": 2, "models": 2, "data": 2, "runtime": 2,
     "exporting": 3,
     "serving": 4, "benching": 4, "reporting": 4,
+    # the browser page of a bundle: reads bundles through runtime, ships onnxruntime-web from npm
+    "web": 4,
     # tuning orchestrates runs of the loop, and for the latency objective it exports and times each trial
     "tuning": 4,
     # the membership-inference audit trains reference models through the loop, like a tuner's trials
@@ -49,10 +51,11 @@ LAYERS: dict[str, int] = {
 SAME_LAYER_ALLOWED = {("training", "data"), ("training", "models"), ("cli", "pipeline")}
 ANYONE_MAY_IMPORT = {"errors"}
 # Beyond the layer order: serve talks to bundles through the runtime only.
-ONLY_FROM = {"serving": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
+ONLY_FROM = {"serving": {"runtime", "features", *(c for c, lvl in LAYERS.items() if lvl == 0)},
+             "web": {"runtime", *(c for c, lvl in LAYERS.items() if lvl == 0)}}
 # Shipped in inference bundles or imported by everything: torch must never load because of them.
 NO_TORCH = {"errors", "config", "_imports", "_atomic", "_timing", "_energy", "_env", "_variants", "_signals",
-            "features", "runtime", "serving", ROOT}
+            "features", "runtime", "serving", "web", ROOT}
 
 
 @dataclass(frozen=True)
@@ -308,3 +311,19 @@ def test_cli_help_works_without_torch() -> None:
     """)
     assert proc.returncode == 0, proc.stderr
     assert "help ok without torch" in proc.stdout
+
+
+def test_web_side_loads_without_torch() -> None:
+    proc = _run_python("""
+        import trainfer.web, trainfer.web.site, trainfer.web.server, trainfer.web.assets
+        from trainfer.cli import main
+        try:
+            main(["web", "--help"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        loaded = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        assert not loaded, loaded
+        print("web ok without torch")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "web ok without torch" in proc.stdout

@@ -15,17 +15,17 @@ from typing import Any
 import typer
 
 from trainfer._imports import extra_for_missing
-from trainfer.cli import auditing, federating, inference, measuring, security, training, tuning
+from trainfer.cli import auditing, federating, inference, measuring, security, training, tuning, web
 from trainfer.cli._common import THREADS_DEFAULT, Interrupted, app
 from trainfer.errors import TrainferError
 
 # --help lists the verbs in the order of the path, whichever module defines them
 # ("keys" is a command group: typer lists groups after the commands)
 ORDER = ("train", "evaluate", "audit", "tune", "federate", "federate-node", "export", "optimize", "keys", "sign",
-         "verify", "predict", "bench", "report", "run", "serve")
+         "verify", "predict", "bench", "report", "run", "serve", "web")
 app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 __all__ = ["THREADS_DEFAULT", "app", "auditing", "federating", "inference", "main", "measuring", "security", "training",
-           "tuning"]
+           "tuning", "web"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,6 +52,9 @@ def export(
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = ...,
     force: Annotated[bool, _force("bundle")] = False,
     encrypt_key: Annotated[Path | None, _encrypt_key()] = None,
+    web: Annotated[Path | None, typer.Option(help=(
+        "Also build the bundle's browser page into this directory (as `trainfer web BUNDLE --out DIR`; "
+        "--force replaces an existing site there too)."))] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -66,9 +69,17 @@ def export(
     from trainfer.exporting import export as export_fn
     from trainfer.runtime import read_manifest
 
+    if web is not None:
+        _check_web(web, out, force, encrypt_key)
     with _spinner("exporting and checking parity", show=not quiet and not as_json):
         path = export_fn(run, out, force=force, encrypt_key=encrypt_key)
     m = read_manifest(path)
+    site = None
+    if web is not None:
+        from trainfer.web import build_site
+
+        with _spinner("building the web page", show=not quiet and not as_json):
+            site = build_site(path, web, force=force)
     human = (f"[bold]exported[/] {run} -> {path} ({m['onnx']['exporter']} exporter, opset {m['onnx']['opset']}, "
              f"{m['onnx']['bn_folded']} BatchNorm folded)\nparity on {m['parity']['samples']} test samples: "
              f"max abs diff {m['parity']['max_abs_diff']:.2e}")
@@ -78,8 +89,30 @@ def export(
         enc = m["encryption"]
         human += (f"\n[bold]encrypted[/] {enc['file']} ({enc['algorithm']}, key id {enc['key_id']}): "
                   "predict --key / serve --key-file need the key")
+    if site is not None:
+        human += (f"\n[bold]web page[/] {site['site']} ({site['bytes'] / 1e6:.1f} MB with onnxruntime-web "
+                  f"{site['onnxruntime_web']}): `trainfer web {path} --serve` or any static host")
     _emit({"bundle": str(path), "onnx": m["onnx"], "parity": m["parity"], "files": m["files"],
-           **({"encryption": m["encryption"]} if "encryption" in m else {})}, as_json, human)
+           **({"encryption": m["encryption"]} if "encryption" in m else {}),
+           **({"web": site} if site is not None else {})}, as_json, human)
+
+
+def _check_web(web: Path, out: Path, force: bool, encrypt_key: Path | None) -> None:
+    """--web's problems before any export work: an encrypted bundle (its key would ship to every visitor),
+    a --web that cannot be written, the same directory as --out, no npm to install onnxruntime-web with."""
+    from trainfer.errors import ConfigError
+    from trainfer.web import ensure_ort_web
+    from trainfer.web.site import check_site_out
+
+    if encrypt_key is not None:
+        raise ConfigError("--web builds a page that runs model.onnx in the browser, and --encrypt-key (or "
+                          "TRAINFER_BUNDLE_KEY) encrypts it: the page would have to ship the key",
+                          hint="export once without the key for the web, or drop --web")
+    if web.absolute() == out.absolute():
+        raise ConfigError(f"--web {web} is the bundle's --out; the site needs its own directory",
+                          hint=f"e.g. --web {out.parent / (out.name + '-web')}")
+    check_site_out(web, force)
+    ensure_ort_web()
 
 
 @app.command(epilog="Variants (--variant NAME):\n\n" + _variants.help_text())

@@ -1,0 +1,334 @@
+// The page's whole logic: read site.json, load model.onnx into onnxruntime-web (wasm), turn pasted or
+// uploaded CSV rows / image files into the graph's raw inputs, and show labels, probabilities and timings.
+// The graph does all the preprocessing (imputation, scaling, one-hot, resizing) and the label lookup, so
+// this script only parses text and decodes images. Problems are shown in the page, never thrown.
+import * as ort from './ort/ort.wasm.min.mjs';
+
+const $ = (id) => document.getElementById(id);
+// pandas' default missing-value markers: the same text means missing here as in `trainfer predict`
+const MISSING = new Set(['', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '-NaN', '-nan', '1.#IND', '1.#QNAN',
+  '<NA>', 'N/A', 'NA', 'NULL', 'NaN', 'None', 'n/a', 'nan', 'null', 'NaT']);
+const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+const INFINITE = /^[+-]?inf(inity)?$/i;
+const F32_MAX = 3.4028234663852886e38;
+
+class InputProblem extends Error {}
+
+// What tests and benchmarks read (window.trainfer): state, timings (ms), the last results.
+const state = { state: 'loading', done: 0, error: null, spec: null, timings: { calls: [] }, results: [], threads: null };
+window.trainfer = state;
+let session = null;
+let lastFeeds = null;
+
+function showError(message) {
+  const box = $('error');
+  box.textContent = message;
+  box.hidden = false;
+  state.error = message;
+}
+
+function clearError() {
+  $('error').hidden = true;
+  $('error').textContent = '';
+  state.error = null;
+}
+
+// A last net: anything unexpected becomes a message in the page, not a console error or a blank page.
+window.addEventListener('error', (e) => { showError(`unexpected error: ${e.message}`); e.preventDefault(); });
+window.addEventListener('unhandledrejection', (e) => {
+  showError(`unexpected error: ${e.reason && e.reason.message ? e.reason.message : e.reason}`);
+  e.preventDefault();
+});
+
+async function sha256Hex(bytes) {
+  if (!globalThis.crypto || !crypto.subtle) return null; // not a secure context (plain http on another host)
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function load() {
+  const spec = await (await fetch('site.json')).json();
+  state.spec = spec;
+  const bytes = new Uint8Array(await (await fetch(spec.model)).arrayBuffer());
+  const digest = await sha256Hex(bytes);
+  if (digest !== null && digest !== spec.model_sha256) {
+    throw new InputProblem(`${spec.model} does not match its sha256 in site.json: the site was changed; build it again`);
+  }
+  ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
+  ort.env.logLevel = 'error'; // onnxruntime's warnings reach the console as errors; real ones still throw
+  const t0 = performance.now();
+  session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all',
+    logSeverityLevel: 3 });
+  state.timings.session_ms = performance.now() - t0;
+  state.timings.ready_ms = performance.now(); // since navigation start: page, runtime and model loaded
+  state.threads = ort.env.wasm.numThreads;
+  const names = spec.inputs.map((i) => i.column);
+  $('status').textContent = `ready: ${spec.bundle.name} (${spec.kind} ${spec.task}, ${spec.inputs.length} input` +
+    `${spec.inputs.length === 1 ? '' : 's'}), onnxruntime-web ${spec.onnxruntime_web}, wasm, ` +
+    `${crossOriginIsolated ? 'threads allowed' : 'one thread (the page is not cross-origin isolated)'}`;
+  if (spec.kind === 'image') {
+    $('image-input').hidden = false;
+  } else {
+    $('table-input').hidden = false;
+    $('columns').textContent = `columns: ${names.join(', ')}`;
+  }
+  $('about').textContent = `model ${spec.model} from bundle ${spec.bundle.name} (${spec.bundle.variant}, opset ` +
+    `${spec.bundle.opset}); loaded in ${state.timings.session_ms.toFixed(1)} ms`;
+  state.state = 'ready';
+}
+
+// ---- CSV ---------------------------------------------------------------------------------------
+
+// RFC 4180: quoted fields may hold commas, quotes ("") and line breaks. Returns rows of strings, each with
+// the line it started on; blank lines are skipped (as pandas does).
+function parseCsv(text) {
+  const rows = [];
+  let row = [], field = '', quoted = false, line = 1, start = 1, i = 0;
+  if (text.charCodeAt(0) === 0xfeff) i = 1; // byte-order mark
+  const endRow = () => {
+    row.push(field);
+    if (!(row.length === 1 && row[0] === '')) rows.push({ cells: row, line: start });
+    row = []; field = '';
+  };
+  for (; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { field += '"'; i++; }
+      else if (c === '"') quoted = false;
+      else { if (c === '\n') line++; field += c; }
+    } else if (c === '"' && field === '') quoted = true;
+    else if (c === ',') { row.push(field); field = ''; }
+    else if (c === '\n' || c === '\r') {
+      if (c === '\r' && text[i + 1] === '\n') i++;
+      endRow(); line++; start = line;
+    } else field += c;
+  }
+  if (quoted) throw new InputProblem(`line ${start}: a quoted field is not closed (a " is missing)`);
+  if (field !== '' || row.length) endRow();
+  return rows;
+}
+
+function toNumber(cell, where, dtype) {
+  const s = cell.trim();
+  if (MISSING.has(s)) return NaN;
+  if (INFINITE.test(s)) throw new InputProblem(`${where}: value is infinite; send a finite number`);
+  if (NUMBER.test(s)) {
+    const v = Number(s);
+    if (!Number.isFinite(v) || (dtype === 'float32' && Math.abs(v) > F32_MAX)) {
+      throw new InputProblem(`${where}: ${s} is too large for the model (beyond float32)`);
+    }
+    return v;
+  }
+  if (dtype === 'float64') { // dates and times: seconds since 1970-01-01 UTC (a time without a zone is UTC)
+    const iso = /[zZ]|[+-]\d\d:?\d\d$/.test(s) || !/\d[T ]\d/.test(s) ? s : `${s.replace(' ', 'T')}Z`;
+    const ms = Date.parse(iso);
+    if (!Number.isNaN(ms)) return ms / 1000;
+  }
+  throw new InputProblem(`${where}: expected a number, got ${JSON.stringify(cell)}`);
+}
+
+// One batch-1 feed per data row: {input name: ort.Tensor}. Errors name the data row and the column.
+function tableFeeds(text) {
+  const spec = state.spec;
+  const rows = parseCsv(text);
+  if (!rows.length) throw new InputProblem('no rows: paste a header line with the column names, then data rows');
+  const header = rows[0].cells.map((h) => h.trim());
+  const missing = spec.inputs.filter((i) => !header.includes(i.column)).map((i) => i.column);
+  if (missing.length) {
+    const shown = missing.slice(0, 5).map((m) => JSON.stringify(m)).join(', ');
+    throw new InputProblem(`header (line ${rows[0].line}): column${missing.length > 1 ? 's' : ''} ${shown}` +
+      `${missing.length > 5 ? ` and ${missing.length - 5} more` : ''} missing; the model needs ` +
+      `${spec.inputs.length} columns (listed above the Predict button)`);
+  }
+  if (rows.length === 1) throw new InputProblem('no data rows below the header');
+  const index = spec.inputs.map((i) => header.indexOf(i.column));
+  const idAt = spec.id_column ? header.indexOf(spec.id_column) : -1;
+  const out = [];
+  for (let r = 1; r < rows.length; r++) {
+    const { cells, line } = rows[r];
+    const rowName = `data row ${r} (line ${line})`;
+    if (cells.length !== header.length) {
+      throw new InputProblem(`${rowName}: ${cells.length} fields, but the header has ${header.length}`);
+    }
+    const feeds = {};
+    spec.inputs.forEach((inp, k) => {
+      const cell = cells[index[k]];
+      const where = `${rowName}, column ${JSON.stringify(inp.column)}`;
+      if (inp.dtype === 'string') {
+        feeds[inp.name] = new ort.Tensor('string', [MISSING.has(cell.trim()) ? '' : cell], [1, 1]);
+      } else if (inp.dtype === 'float64') {
+        feeds[inp.name] = new ort.Tensor('float64', Float64Array.of(toNumber(cell, where, 'float64')), [1, 1]);
+      } else {
+        feeds[inp.name] = new ort.Tensor('float32', Float32Array.of(toNumber(cell, where, 'float32')), [1, 1]);
+      }
+    });
+    out.push({ name: idAt >= 0 ? cells[idAt] : String(r), feeds });
+  }
+  return out;
+}
+
+// ---- images ------------------------------------------------------------------------------------
+
+// Pixels as PIL decodes them: no colour-space conversion, no premultiplied alpha; RGB uint8 NHWC at the
+// file's own size (the graph resizes to the trained size).
+async function imageFeed(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  } catch (e) {
+    throw new InputProblem(`${file.name}: cannot be read as an image (${file.type || 'unknown type'}, ` +
+      `${file.size} bytes); use PNG, JPEG, GIF, BMP or WebP`);
+  }
+  const { width, height } = bitmap;
+  const canvas = new OffscreenCanvas(width, height);
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  const rgba = ctx.getImageData(0, 0, width, height).data;
+  const rgb = new Uint8Array(width * height * 3);
+  for (let p = 0, q = 0; p < rgba.length; p += 4, q += 3) {
+    rgb[q] = rgba[p]; rgb[q + 1] = rgba[p + 1]; rgb[q + 2] = rgba[p + 2];
+  }
+  return { [state.spec.inputs[0].name]: new ort.Tensor('uint8', rgb, [1, height, width, 3]) };
+}
+
+// ---- running and showing -------------------------------------------------------------------------
+
+function plain(v) { return typeof v === 'bigint' ? Number(v) : v; }
+
+async function runOne(feeds) {
+  const t0 = performance.now();
+  const out = await session.run(feeds);
+  const ms = performance.now() - t0;
+  state.timings.calls.push(ms);
+  if (state.timings.first_call_ms === undefined) {
+    state.timings.first_call_ms = ms;
+    // what a visitor with input at hand waits: page, runtime and model load, then one (cold) call
+    state.timings.first_prediction_ms = state.timings.ready_ms + ms;
+  }
+  lastFeeds = feeds;
+  if (state.spec.task === 'regression') return { value: plain(out.prediction.data[0]) };
+  const probs = Array.from(out.probabilities.data, Number);
+  return { label: String(plain(out.label.data[0])), probabilities: probs };
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN;
+}
+
+function showLatency() {
+  const t = state.timings;
+  const calls = t.calls;
+  $('latency').textContent = `time to first prediction ${t.first_prediction_ms.toFixed(0)} ms ` +
+    `(page, runtime and model ${t.ready_ms.toFixed(0)} ms + first call ${t.first_call_ms.toFixed(1)} ms); ` +
+    `per call (one row): p50 ${median(calls).toFixed(2)} ms, last ${calls[calls.length - 1].toFixed(2)} ms ` +
+    `over ${calls.length} call${calls.length === 1 ? '' : 's'}`;
+}
+
+function showResults(results, what) {
+  const spec = state.spec;
+  const table = document.createElement('table');
+  table.id = 'predictions';
+  const head = table.createTHead().insertRow();
+  const labels = spec.labels || [];
+  const cols = spec.task === 'regression' ? ['prediction'] : ['label', ...labels.map((l) => `p(${l})`)];
+  for (const name of [what, ...cols]) head.appendChild(document.createElement('th')).textContent = name;
+  const body = table.createTBody();
+  for (const r of results) {
+    const tr = body.insertRow();
+    tr.dataset.name = r.name;
+    tr.insertCell().textContent = r.name;
+    if (spec.task === 'regression') {
+      tr.dataset.prediction = String(r.value);
+      tr.insertCell().textContent = Number(r.value).toPrecision(6);
+      continue;
+    }
+    tr.dataset.label = r.label;
+    const lc = tr.insertCell();
+    lc.textContent = r.label;
+    lc.className = 'label';
+    const top = r.probabilities.indexOf(Math.max(...r.probabilities));
+    r.probabilities.forEach((p, k) => {
+      const td = tr.insertCell();
+      td.textContent = p.toFixed(4);
+      if (k === top) td.className = 'top';
+    });
+  }
+  $('results').replaceChildren(table);
+  state.results = results;
+  showLatency();
+}
+
+async function predictTable(text) {
+  clearError();
+  try {
+    if (state.state !== 'ready') throw new InputProblem('the model is not loaded yet');
+    const rows = tableFeeds(text);
+    const results = [];
+    for (const row of rows) results.push({ name: row.name, ...(await runOne(row.feeds)) });
+    showResults(results, state.spec.id_column ? state.spec.id_column : 'row');
+  } catch (e) {
+    // no stale table under the message: what is shown is always the answer to the last input
+    $('results').replaceChildren();
+    state.results = [];
+    showError(e instanceof InputProblem ? e.message : `prediction failed: ${e.message || e}`);
+  } finally {
+    state.done++; // tests and benchmarks wait for this
+  }
+}
+
+async function predictImages(files) {
+  clearError();
+  try {
+    if (state.state !== 'ready') return showError('the model is not loaded yet');
+    const results = [];
+    const problems = [];
+    for (const file of files) {
+      try {
+        results.push({ name: file.name, ...(await runOne(await imageFeed(file))) });
+      } catch (e) {
+        problems.push(e instanceof InputProblem ? e.message : `${file.name}: prediction failed: ${e.message || e}`);
+      }
+    }
+    if (results.length) showResults(results, 'file');
+    if (problems.length) showError(problems.join('\n'));
+  } finally {
+    state.done++;
+  }
+}
+
+// Benchmarks: n more calls on the last input at batch 1; returns every sample (ms).
+state.bench = async (n) => {
+  const samples = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await session.run(lastFeeds);
+    samples.push(performance.now() - t0);
+  }
+  return samples;
+};
+
+$('predict-csv').addEventListener('click', () => predictTable($('csv-text').value));
+$('csv-file').addEventListener('change', async (e) => {
+  const file = e.target.files[0];
+  if (!file) return;
+  let text;
+  try { text = await file.text(); } catch (err) { return showError(`${file.name}: cannot be read (${err.message})`); }
+  await predictTable(text);
+});
+$('image-files').addEventListener('change', (e) => predictImages([...e.target.files]));
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  predictImages([...e.dataTransfer.files]);
+});
+
+load().catch((e) => {
+  state.state = 'error';
+  $('status').textContent = 'the model could not be loaded';
+  showError(e instanceof InputProblem ? e.message : `the model could not be loaded: ${e.message || e}`);
+});
