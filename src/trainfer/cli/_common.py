@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,3 +144,25 @@ def _emit(record: dict[str, Any], as_json: bool, human: str) -> None:
         _console().print(human)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, `timeout`, a batch scheduler, `docker stop`): stop as Ctrl-C stops, workers included."""
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    # Without this, SIGTERM ended the command at once: its trials stayed RUNNING and its worker processes (their
+    # own process group) trained on, orphaned. Raised as an interrupt, it takes Ctrl-C's path: the workers get
+    # SIGINT, the trials are marked FAIL. A second SIGTERM during that clean-up ends the command at once.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -17,12 +17,14 @@ from trainfer.cli._common import (
     QuietFlag,
     SeedOption,
     TargetOption,
+    Terminated,
     _console,
     _emit,
     _force,
     _train_kept,
     _verb,
     app,
+    sigterm_stops,
 )
 
 # Sets privacy.epsilon, as --set privacy.epsilon=E would (a recipe's other privacy keys stay).
@@ -79,7 +81,6 @@ def train(
                                      out=out, seed=seed, resume=resume, force=force, dp_epsilon=dp_epsilon,
                                      quiet=quiet, set_=set_, as_json=as_json):
         return
-    from trainfer.cli.tuning import _sigterm_stops, _Terminated
     from trainfer.training import train as train_fn
     from trainfer.training.distributed import is_writer
 
@@ -87,11 +88,11 @@ def train(
         quiet, as_json = True, False
     show = not quiet and not as_json and sys.stdout.isatty()
     try:  # SIGTERM stops as Ctrl-C does: the last checkpoint whole, a streamed run's row caches removed
-        with _sigterm_stops():
+        with sigterm_stops():
             run = train_fn(recipe, out=out, data=data, target=target, model=model, epochs=epochs, seed=seed,
                            resume=resume, force=force, quiet=not show,
                            overrides=[*(set_ or []), *_dp_set(dp_epsilon)])
-    except _Terminated:
+    except Terminated:
         print(f"error: terminated: {_train_kept({'out': out})}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGTERM) from None
     if not is_writer():
@@ -239,7 +240,6 @@ def run_cmd(
         console.print(f"[{order.index(stage) + 1}/{len(order)} {stage}] {msg}  "
                       f"({time.perf_counter() - started:.0f} s)", markup=False, soft_wrap=True)
 
-    from trainfer.cli.tuning import _sigterm_stops, _Terminated
     from trainfer.training.distributed import env_rank
 
     if (env_rank() or (0, 1))[1] > 1:  # every rank would optimize, bench and report into the same OUT
@@ -249,11 +249,11 @@ def run_cmd(
                           hint="train with `trainfer train --nproc N` (or torchrun ... -m trainfer train), then "
                                "`trainfer export`, `optimize`, `bench` and `report` on its run")
     try:
-        with _sigterm_stops():  # a tune stage's workers are stopped, as by Ctrl-C, not left training as orphans
+        with sigterm_stops():  # a tune stage's workers are stopped, as by Ctrl-C, not left training as orphans
             result = run_fn(recipe, out, overrides=[*(set_ or []), *_dp_set(dp_epsilon)],
                             max_accuracy_drop=max_accuracy_drop, quick=not full,
                             resume=resume, force=force, on_stage=on_stage)
-    except _Terminated:
+    except Terminated:
         print(f"error: terminated: {_run_kept({'out': out, 'recipe': recipe})}", file=sys.stderr, flush=True)
         raise SystemExit(143) from None
     if as_json:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from trainfer.cli._common import JsonFlag, QuietFlag, _console, _emit, _verb, app
+from trainfer.cli._common import JsonFlag, QuietFlag, Terminated, _console, _emit, _verb, app, sigterm_stops
 from trainfer.config import _dump_scalar
 
 
@@ -22,30 +19,6 @@ def _tune_kept(args: dict[str, object]) -> str:
         return (f"the finished trials are in the study at {out}, the interrupted ones marked FAIL; the same "
                 "command continues the study")
     return "no study was written"
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, `timeout`, a batch scheduler, `docker stop`): stop as Ctrl-C stops, workers included."""
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    # Without this, SIGTERM ended the command at once: its trials stayed RUNNING and its worker processes (their
-    # own process group) trained on, orphaned. Raised as an interrupt, it takes Ctrl-C's path: the workers get
-    # SIGINT, the trials are marked FAIL. A second SIGTERM during that clean-up ends the command at once.
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(_signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -115,11 +88,11 @@ def tune(
     given = {"data.source": data, "data.target": target, "model.name": model, "train.epochs": epochs}
     shortcuts = [f"{k}={_dump_scalar(v)}" for k, v in given.items() if v is not None]
     try:
-        with _sigterm_stops():
+        with sigterm_stops():
             study = tune_fn(recipe, out=out, trials=trials, timeout=timeout, workers=workers, storage=storage,
                             sampler=sampler, pruner=pruner, objectives=objectives, pick=pick, study_name=study_name,
                             seed=seed, overrides=shortcuts + (set_ or []), quiet=not show, log=log)
-    except _Terminated:
+    except Terminated:
         print(f"error: terminated: {_tune_kept({'out': out})}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGTERM) from None
     s = study.summary
