@@ -2,8 +2,9 @@
 
 bash blocks run with `set -euo pipefail` and the venv's `trainfer` first on PATH; python blocks run in a
 fresh interpreter; yaml blocks must be valid recipes. The only lines not run are the two set-up commands
-(`make demo`, `make test`): they build the environment this test runs in. A `trainfer serve` line starts
-the server in the background on a free port (the README's port 8000 is replaced), the block's next lines
+(`make demo`, `make test`): they build the environment this test runs in. A `trainfer serve` line (and a
+`trainfer web --serve` line) starts the server in the background on a free port (the README's port
+8000, or 8080, is replaced), the block's next lines
 run against it once it is ready, and the server is stopped at the end of the block. A block under
 `<!-- readme-test: needs-server BUNDLE port=8000 -->` runs against `trainfer serve BUNDLE` started for it.
 """
@@ -47,11 +48,11 @@ def _command(line: str) -> str:
     return line.split("#", 1)[0].strip()
 
 
-def _start_server(cmd: str, port: int) -> list[str]:
-    cmd = cmd.replace("8000", str(port))
+def _start_server(cmd: str, port: int, readme_port: str = "8000", ready: str = "/v2/health/live") -> list[str]:
+    cmd = cmd.replace(readme_port, str(port))
     return [f"{cmd if '--port' in cmd else f'{cmd} --port {port}'} > serve.log 2>&1 &",
             "SERVER=$!; trap 'kill $SERVER; wait $SERVER || true' EXIT",
-            f"for i in $(seq 600); do curl -sf localhost:{port}/v2/health/live >/dev/null && break; "
+            f"for i in $(seq 600); do curl -sf localhost:{port}{ready} >/dev/null && break; "
             "kill -0 $SERVER || { cat serve.log; exit 1; }; sleep 0.1; done"]
 
 
@@ -68,7 +69,11 @@ def bash_script(code: str, port: int, marker: str = "") -> str:
             out += _start_server(cmd, port)
             serving = True
             continue
-        out.append(line.replace("localhost:8000", f"localhost:{port}") if serving else line)
+        if cmd.startswith("trainfer web ") and " --serve" in cmd:  # the page's static server: 8080, ready at /
+            out += _start_server(cmd, port, "8080", "/")
+            serving = True
+            continue
+        out.append(re.sub(r"localhost:80[08]0\b", f"localhost:{port}", line) if serving else line)
     return "\n".join(out) + "\n"
 
 
