@@ -18,6 +18,7 @@ with them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ OPSET_ML = 3
 PRE = "trainfer/pre/"
 POST = "trainfer/post/"
 MODEL_PREFIX = "trainfer/model/"
+RAW_INPUTS_KEY = "trainfer.raw_inputs"  # metadata_props: the manifest's input.raw_inputs, as JSON
 _PIL_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
 _DTYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "string": TensorProto.STRING,
            "uint8": TensorProto.UINT8}
@@ -94,6 +96,9 @@ def whole_graph(model: onnx.ModelProto, features: Any, standardized_in_graph: bo
     whole = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name="trainfer", ir_version=inner.ir_version)
     whole.functions.extend(inner.functions)
+    # Which column each input is (a column named like an output is fed as "input:<column>"): readable with no
+    # trainfer code, e.g. onnxruntime's session.get_modelmeta().custom_metadata_map.
+    helper.set_model_props(whole, {RAW_INPUTS_KEY: json.dumps(inputs, ensure_ascii=False)})
     onnx.checker.check_model(whole)
     return whole
 
@@ -250,4 +255,4 @@ def _outputs(b: _Builder, features: Any, model_out: str) -> tuple[list[onnx.Valu
             helper.make_tensor_value_info("label", ltype, ["batch"])], nodes
 
 
-__all__ = ["MODEL_PREFIX", "OPSET", "OPSET_ML", "opsets_of", "whole_graph"]
+__all__ = ["MODEL_PREFIX", "OPSET", "OPSET_ML", "RAW_INPUTS_KEY", "opsets_of", "whole_graph"]

@@ -1,0 +1,167 @@
+"""Whole-graph bundles on tables as users have them (issue 14 review): dates, booleans, bool labels, columns named
+with spaces, unicode, or like the graph's outputs (``label`` beside ``input:label``), a wide float64 column, CSVs in
+another column order with extra columns; a regression target with a time-zoned date column. Each checked against
+`trainfer predict`, the numpy preprocessing + model-only graph, and a plain onnxruntime with trainfer unimportable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from _inference_fixtures import REPO, SRC, TINY_MLP
+
+import trainfer
+from trainfer.exporting import export, export_model, graph_inputs, onnx_outputs
+from trainfer.exporting.graph import RAW_INPUTS_KEY
+from trainfer.training import train
+
+PARITY = 1e-5
+CLASHING = ["label", "probabilities", "prediction", "input:label"]
+
+
+def _messy_table(n: int = 240) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=n)
+    frame = pd.DataFrame({
+        "when": pd.date_range("2020-01-01", periods=n, freq="D").strftime("%Y-%m-%d").astype(object),
+        "flag": (rng.random(n) < 0.5).astype(object),
+        "größe ✓": x,
+        **{c: rng.normal(size=n) for c in CLASHING},
+        "wide": 1e6 + rng.normal(size=n),  # |mean|/std ~ 1e6: fed as float64
+    })
+    frame["target"] = frame["flag"].astype(bool) ^ (x > 0)  # bool labels
+    frame.loc[5, "when"] = None
+    frame.loc[6, "flag"] = None
+    frame.loc[8, "wide"] = np.nan
+    return frame
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("tables")
+    data = root / "messy.csv"
+    _messy_table().to_csv(data, index=False, encoding="utf-8")
+    run = train(data=str(data), target="target", model="mlp", epochs=4, overrides=TINY_MLP, seed=0, quiet=True,
+                out=root / "run")
+    return run, export(run, root / "bundle"), data
+
+
+def _model_only_outputs(run, X) -> np.ndarray:
+    """What bundles computed before the whole graph: numpy preprocessing, then the model-only graph."""
+    X_test = run.load_split("test")[0]
+    X_std, X_graph = graph_inputs(run.features, X_test)
+    buf = io.BytesIO()
+    export_model(run.model, run.features, X_std, X_graph, buf)
+    return onnx_outputs(buf.getvalue(), graph_inputs(run.features, X)[1])
+
+
+_PLAIN = textwrap.dedent("""
+    import csv, json, sys
+
+    class _Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name == "trainfer" or name.startswith("trainfer."):
+                raise ImportError("trainfer is not importable here")
+
+    sys.meta_path.insert(0, _Refuse())
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    # which column each input is: the graph says it (a column named like an output is fed as input:<column>)
+    columns = {i["name"]: i["column"] for i in
+               json.loads(sess.get_modelmeta().custom_metadata_map["trainfer.raw_inputs"])}
+    with open(sys.argv[2], newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    feed = {}
+    for i in sess.get_inputs():
+        cells = [r[columns[i.name]] for r in table]
+        if i.type == "tensor(string)":
+            feed[i.name] = np.array(cells, dtype=object).reshape(-1, 1)
+        elif i.name == "when":  # a date: seconds since 1970 UTC, as the contract says
+            days = np.array([c or "NaT" for c in cells], dtype="datetime64[D]")
+            feed[i.name] = np.where(np.isnat(days), np.nan, days.astype("datetime64[s]").astype(np.int64))
+            feed[i.name] = feed[i.name].astype(np.float64).reshape(-1, 1)
+        else:
+            dtype = np.float64 if i.type == "tensor(double)" else np.float32
+            feed[i.name] = np.array([float(c) if c != "" else np.nan for c in cells], dtype=dtype).reshape(-1, 1)
+    print(json.dumps([str(v) for v in sess.run(["label"], feed)[0].tolist()]))
+""")
+
+
+def test_columns_named_like_outputs_get_unique_inputs_and_plain_onnxruntime_agrees(messy, tmp_path: Path) -> None:
+    run, bundle, data = messy
+    m = json.loads((bundle / "manifest.json").read_text())
+    raw = m["input"]["raw_inputs"]
+    names = [r["name"] for r in raw]
+    assert len(set(names)) == len(names) and not set(names) & {"label", "probabilities", "prediction"}
+    assert [r["column"] for r in raw] == run.features.inputs.column_names
+    by_column = {r["column"]: r for r in raw}
+    assert by_column["input:label"]["name"] == "input:label"  # a column keeps its name unless it clashes
+    assert by_column["when"]["dtype"] == by_column["wide"]["dtype"] == "float64"
+    assert by_column["flag"]["dtype"] == "string"
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert json.loads(sess.get_modelmeta().custom_metadata_map[RAW_INPUTS_KEY]) == raw
+    assert sess.get_outputs()[1].type == "tensor(bool)"
+
+    # rows as a user has them: another column order, an extra column
+    X = pd.read_csv(data).drop(columns="target")
+    X = X[list(reversed(X.columns))].assign(comment="extra")
+    rows = tmp_path / "rows.csv"
+    X.to_csv(rows, index=False, encoding="utf-8")
+    out = tmp_path / "predictions.csv"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cli = subprocess.run([sys.executable, "-m", "trainfer.cli", "predict", str(bundle), str(rows), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert cli.returncode == 0, cli.stderr
+    with open(out, newline="", encoding="utf-8") as fh:
+        want = [r["prediction"] for r in csv.DictReader(fh)]
+    plain = subprocess.run([sys.executable, "-I", "-c", _PLAIN, str(bundle / "model.onnx"), str(rows)],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout.splitlines()[-1]) == want and len(set(want)) == 2
+
+    # and both equal numpy preprocessing + the model-only graph
+    reference = _model_only_outputs(run, X)
+    predictor = trainfer.load(bundle)
+    assert float(np.abs(predictor.predict_proba(X) - reference).max()) <= PARITY
+    assert [str(v) for v in np.asarray(predictor.labels)[reference.argmax(1)]] == want
+
+
+def test_regression_with_a_time_zoned_date_column(tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True).frame
+    frame.insert(0, "seen", pd.date_range("2021-03-01", periods=len(frame), freq="7h", tz="Europe/Berlin"))
+    data = tmp_path / "diabetes.parquet"
+    frame.to_parquet(data)
+    run = train(data=str(data), target="target", model="mlp", epochs=3, overrides=TINY_MLP, seed=0, quiet=True,
+                out=tmp_path / "run")
+    bundle = export(run, tmp_path / "bundle")
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["outputs"] == ["prediction"] and m["input"]["raw_inputs"][0]["dtype"] == "float64"
+    X = frame.drop(columns="target")
+    reference = _model_only_outputs(run, X)[:, 0]
+    predictor = trainfer.load(bundle)
+    got = predictor.predict(X)
+    assert float(np.abs(got - reference).max()) <= PARITY * max(1.0, float(np.abs(reference).max()))
+    # the same instants as naive UTC datetimes, as ISO text with an offset, and one missing
+    naive = X.assign(seen=X["seen"].dt.tz_convert("UTC").dt.tz_localize(None))
+    text = X.assign(seen=X["seen"].astype(str))
+    np.testing.assert_array_equal(predictor.predict(naive), got)
+    np.testing.assert_array_equal(predictor.predict(text), got)
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = predictor.prepare(X.iloc[:3].assign(seen=[pd.NaT, *X["seen"].iloc[1:3]]))
+    assert np.isnan(feed["seen"][0, 0]) and feed["seen"].dtype == np.float64
+    assert np.isfinite(sess.run(["prediction"], feed)[0]).all()
