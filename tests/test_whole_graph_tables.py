@@ -182,3 +182,19 @@ def test_regression_with_a_time_zoned_date_column(tmp_path: Path) -> None:
     feed = predictor.prepare(X.iloc[:3].assign(seen=[pd.NaT, *X["seen"].iloc[1:3]]))
     assert np.isnan(feed["seen"][0, 0]) and feed["seen"].dtype == np.float64
     assert np.isfinite(sess.run(["prediction"], feed)[0]).all()
+
+
+def test_tuning_times_the_whole_graph_the_bundle_ships(messy, tmp_path: Path) -> None:
+    """tune's latency objective: the trial's whole graph (raw inputs, preprocessing, label lookup), fed a raw
+    validation row, not the model-only graph."""
+    from trainfer.tuning import cost
+
+    run, bundle, _ = messy
+    path, feed = cost._export(run.path, tmp_path / "trial.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shipped = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in sess.get_inputs()] == [(i.name, i.type) for i in shipped.get_inputs()]
+    assert [o.name for o in sess.get_outputs()] == ["probabilities", "label"]
+    assert set(feed) == {i.name for i in sess.get_inputs()} and all(len(v) == 1 for v in feed.values())
+    (record,) = cost.measure_runs([run.path], tmp_path, threads=1)
+    assert record["latency_ms"] > 0 and record["latency_raw_p50_ms"] > 0
