@@ -198,3 +198,54 @@ def test_tuning_times_the_whole_graph_the_bundle_ships(messy, tmp_path: Path) ->
     assert set(feed) == {i.name for i in sess.get_inputs()} and all(len(v) == 1 for v in feed.values())
     (record,) = cost.measure_runs([run.path], tmp_path, threads=1)
     assert record["latency_ms"] > 0 and record["latency_raw_p50_ms"] > 0
+
+
+def test_serve_takes_raw_columns_from_a_stock_triton_client_and_kserve_json(messy, tmp_path: Path) -> None:
+    """`trainfer serve` on the table: a stock tritonclient.http client sends one tensor per raw column as the v2
+    metadata lists them (a missing value in each kind: NaN for FP32/FP64, "" for BYTES), and a KServe JSON v2
+    request built only from GET /v2/models/NAME (null for missing) does too; both get `predict`'s labels, typed as
+    the graph types them (BOOL here)."""
+    import httpx
+    import tritonclient.http as triton
+    from _serve_fixtures import running_server
+
+    _, bundle, data = messy
+    X = pd.read_csv(data).drop(columns="target").iloc[:12]
+    X = X.astype(object).where(X.notna(), None)  # one missing marker: None
+    for row, column in enumerate(["when", "flag", "größe ✓", "wide", "label", "input:label"]):
+        X.loc[row, column] = None
+    want = trainfer.load(bundle).predict(X).tolist()
+    raw = {r["name"]: r for r in json.loads((bundle / "manifest.json").read_text())["input"]["raw_inputs"]}
+
+    def tensor(name: str, datatype: str) -> np.ndarray:
+        values = X[raw[name]["column"]]
+        if datatype == "BYTES":
+            return np.array(["" if v is None else str(v) for v in values], dtype=object).reshape(-1, 1)
+        if raw[name]["column"] == "when":
+            days = np.array([v or "NaT" for v in values], dtype="datetime64[D]")
+            secs = days.astype("datetime64[s]").astype(np.int64).astype(np.float64)
+            return np.where(np.isnat(days), np.nan, secs).reshape(-1, 1)
+        return np.array([np.nan if v is None else v for v in values],
+                        dtype=np.float64 if datatype == "FP64" else np.float32).reshape(-1, 1)
+
+    with running_server(bundle, ["--name", "messy"], tmp_path / "server") as server:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        meta = client.get_model_metadata("messy")
+        assert [i["name"] for i in meta["inputs"]] == list(raw)
+        assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"probabilities": "FP32", "label": "BOOL"}
+        inputs = []
+        for i in meta["inputs"]:
+            arr = tensor(i["name"], i["datatype"])
+            inputs.append(triton.InferInput(i["name"], list(arr.shape), i["datatype"]))
+            inputs[-1].set_data_from_numpy(arr)
+        result = client.infer("messy", inputs, outputs=[triton.InferRequestedOutput("label")])
+        assert result.as_numpy("label").reshape(-1).tolist() == want
+        # KServe JSON v2, from the metadata alone
+        body = {"inputs": [{"name": i["name"], "datatype": i["datatype"], "shape": [len(X), 1],
+                            "data": [None if isinstance(v, float) and np.isnan(v) else v
+                                     for v in tensor(i["name"], i["datatype"]).reshape(-1).tolist()]}
+                           for i in httpx.get(f"{server.url}/v2/models/messy").json()["inputs"]]}
+        reply = httpx.post(f"{server.url}/v2/models/messy/infer", json=body)
+        assert reply.status_code == 200, reply.text
+        label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
+        assert label["datatype"] == "BOOL" and label["data"] == want
