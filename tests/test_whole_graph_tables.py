@@ -249,3 +249,60 @@ def test_serve_takes_raw_columns_from_a_stock_triton_client_and_kserve_json(mess
         assert reply.status_code == 200, reply.text
         label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
         assert label["datatype"] == "BOOL" and label["data"] == want
+
+
+def _old_bundle(run, bundle: Path, out: Path) -> Path:
+    """``bundle`` as export wrote it before the whole graph: model.onnx takes the preprocessed tensor "input", the
+    manifest has no input.pipeline nor raw_inputs."""
+    from trainfer.exporting.writer import write_bundle
+    from trainfer.runtime.bundle import MODEL
+
+    new = json.loads((bundle / "manifest.json").read_text())
+    X_test = run.load_split("test")[0]
+    X_std, X_graph = graph_inputs(run.features, X_test)
+    buf = io.BytesIO()
+    export_model(run.model, run.features, X_std, X_graph, buf)
+
+    def fill(tmp: Path) -> dict:
+        (tmp / MODEL).write_bytes(buf.getvalue())
+        fields = {k: v for k, v in new.items() if k not in ("format", "format_version", "created", "files",
+                                                             "manifest_sha256")}
+        old_input = {k: v for k, v in fields["input"].items() if k not in ("pipeline", "raw_inputs")}
+        old_input.update(tensor_name="input", tensor_shape=["batch", *run.features.input_shape])
+        fields["onnx"] = {k: v for k, v in fields["onnx"].items() if k not in ("opset_ml", "model_opset")}
+        return {**fields, "input": old_input, "outputs": ["probabilities"]}
+
+    return write_bundle(out, fill)
+
+
+def test_a_bundle_from_before_the_whole_graph_predicts_and_serves(messy, tmp_path: Path) -> None:
+    import httpx
+    from _serve_fixtures import running_server
+
+    run, bundle, data = messy
+    old = _old_bundle(run, bundle, tmp_path / "old")
+    assert not trainfer.load(old).whole_graph
+    X = pd.read_csv(data).drop(columns="target")
+    want = [str(v) for v in trainfer.load(bundle).predict(X)]
+    rows = tmp_path / "rows.csv"
+    X.to_csv(rows, index=False, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = tmp_path / "predictions.csv"
+    cli = subprocess.run([sys.executable, "-m", "trainfer.cli", "predict", str(old), str(rows), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert cli.returncode == 0, cli.stderr
+    with open(out, newline="", encoding="utf-8") as fh:
+        assert [r["prediction"] for r in csv.DictReader(fh)] == want
+    with running_server(old, ["--name", "old"], tmp_path / "server") as server:
+        meta = httpx.get(f"{server.url}/v2/models/old").json()
+        assert [i["name"] for i in meta["inputs"]] == run.features.inputs.column_names  # one tensor per column
+        first = X.iloc[:5].astype(object).where(X.iloc[:5].notna(), None)
+        # the date as its number (seconds since 1970), in float64: the metadata calls it a number
+        first["when"] = [(pd.Timestamp(v) - pd.Timestamp(0)).total_seconds() for v in first["when"]]
+        body = {"inputs": [{"name": c, "datatype": "FP64" if c == "when" else i["datatype"], "shape": [5, 1],
+                            "data": [str(v) if v is not None and i["datatype"] == "BYTES" else v for v in first[c]]}
+                           for c, i in zip(first.columns, meta["inputs"], strict=True)]}
+        reply = httpx.post(f"{server.url}/v2/models/old/infer", json=body)
+        assert reply.status_code == 200, reply.text
+        label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
+        assert [str(v) for v in label["data"]] == want[:5]
