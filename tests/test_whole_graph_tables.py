@@ -306,3 +306,29 @@ def test_a_bundle_from_before_the_whole_graph_predicts_and_serves(messy, tmp_pat
         assert reply.status_code == 200, reply.text
         label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
         assert [str(v) for v in label["data"]] == want[:5]
+
+
+@pytest.mark.filterwarnings("error")
+def test_the_float32_range_check_on_rows_of_numbers(tmp_path_factory) -> None:
+    """The hot path's one check (sum of squares at small batches): values each within float32 whose squares
+    overflow pass, a value beyond float32 or an infinity is refused with its row and column, NaN is missing."""
+    from _inference_fixtures import get_bundle
+
+    from trainfer.errors import InputError
+
+    digits = trainfer.load(get_bundle(tmp_path_factory, "digits"))
+    names = digits.features.inputs.column_names
+    X = np.full((3, len(names)), 1e38)  # each fits float32; the sum of their squares overflows float64's bound
+    X[1, 5] = np.nan
+    as_dicts = [dict(zip(names, row, strict=True)) for row in X.tolist()]
+    np.testing.assert_array_equal(digits.predict_proba(X), digits.predict_proba(as_dicts))
+    for bad, what in ((3.5e38, "float32"), (-np.inf, "infinite")):
+        for dtype in (np.float64, np.float32):
+            Y = np.zeros((2, len(names)), dtype=dtype)
+            with np.errstate(over="ignore"):
+                Y[1, 7] = bad
+            if dtype == np.float32 and what == "float32":
+                continue  # a float32 array cannot hold it
+            with pytest.raises(InputError, match=what) as info:
+                digits.predict(Y)
+            assert (info.value.row, info.value.column) == (1, names[7])
