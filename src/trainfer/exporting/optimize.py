@@ -40,7 +40,7 @@ from trainfer.exporting.writer import check_bundle_out, write_bundle
 from trainfer.features.raw import RawFeeder
 from trainfer.models import count_parameters
 from trainfer.models.flops import forward_flops
-from trainfer.runtime import MODEL, default_threads, inference_session
+from trainfer.runtime import MODEL, default_threads, feed_runner, inference_session
 from trainfer.runtime.keys import symmetric_key
 from trainfer.training import Run
 from trainfer.training.metrics import compute_metrics, monitor
@@ -287,7 +287,8 @@ def _latency(sessions: dict[str, Any], run: Run, X: Any, X_std: np.ndarray, batc
     """Per-call seconds at ``batch`` for every variant (whole graphs, on a ready feed of raw rows) and torch eager
     (on the same rows, preprocessed), interleaved, same threads."""
     feed = RawFeeder(run.features).feed(_take(X, np.resize(np.arange(len(X)), batch)))
-    fns: dict[str, Callable[[], Any]] = {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}
+    # run as the bundle's Predictor runs them (IO binding for rows of numbers), so the figures are the bundle's
+    fns: dict[str, Callable[[], Any]] = {n: feed_runner(s, feed) for n, s in sessions.items()}
     model = run.model.eval()
     xt = torch.from_numpy(np.ascontiguousarray(np.resize(X_std, (batch, *X_std.shape[1:]))))
     head = torch.softmax if run.task == "classification" else (lambda t, dim: t)
@@ -310,7 +311,7 @@ def _latency(sessions: dict[str, Any], run: Run, X: Any, X_std: np.ndarray, batc
 def _thread_sweep(path: Path, feed: dict[str, np.ndarray], timing: dict[str, Any]) -> dict[int, dict[str, Any]]:
     counts = sorted({1, *[2**k for k in range(1, 8) if 2**k <= default_threads()], default_threads()})
     sessions = {str(t): inference_session(path, t) for t in counts}
-    samples = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
+    samples = time_interleaved({t: feed_runner(s, feed) for t, s in sessions.items()},
                                min_count=timing["min_count"] // 2, min_seconds=timing["min_seconds"] / 2)
     return {int(t): summarize(s) for t, s in samples.items()}
 

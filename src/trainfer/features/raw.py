@@ -25,10 +25,15 @@ WIDE_RATIO = 1e3
 
 def raw_inputs(features: Any) -> list[dict[str, Any]]:
     """The whole graph's inputs, in column order: {"name", "column", "dtype", "shape"} (the manifest's
-    ``input.raw_inputs``). A column named like an output is fed as ``input:<column>``."""
+    ``input.raw_inputs``). A column named like an output (or like an internal node, ``trainfer/...``) is fed as
+    ``input:<column>`` (more ``input:`` when that is another column's name)."""
     if features.kind == "image":
         return [{"name": "image", "column": "image", "dtype": "uint8", "shape": ["batch", "height", "width", 3]}]
     out = []
+    # Names are unique and never an output's or an internal node's (``trainfer/...``): a column that would clash
+    # gets "input:" prepended until it does not (``label`` beside a column ``input:label`` -> ``input:input:label``).
+    # The manifest records each input's column, so the scheme only has to be deterministic.
+    taken = set(OUTPUT_NAMES) | {c["name"] for c in features.inputs.columns}
     for c in features.inputs.columns:
         if c["type"] == "categorical":
             dtype = "string"
@@ -36,7 +41,12 @@ def raw_inputs(features: Any) -> list[dict[str, Any]]:
             dtype = "float64"
         else:
             dtype = "float32"
-        name = f"input:{c['name']}" if c["name"] in OUTPUT_NAMES else c["name"]
+        name = c["name"]
+        if name in OUTPUT_NAMES or name.startswith("trainfer/"):
+            name = f"input:{name}"
+            while name in taken:
+                name = f"input:{name}"
+            taken.add(name)
         out.append({"name": name, "column": c["name"], "dtype": dtype, "shape": ["batch", 1]})
     return out
 

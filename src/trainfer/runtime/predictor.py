@@ -42,6 +42,28 @@ def inference_session(model_path: str | Path | bytes, threads: int) -> Any:
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
+def feed_runner(session: Any, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> Any:
+    """A zero-argument call of ``session`` on ``feed``, run as a bundle's Predictor runs it, for timing: bound once
+    through IO binding when every input is a float32 array (rows of numbers: session.run would convert each of the
+    graph's inputs on every call, ~1.2 us each, which the Predictor never pays), else session.run. The arrays
+    must stay alive and unchanged while the call is used."""
+    names = outputs or [o.name for o in session.get_outputs()]
+    if not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.flags.c_contiguous for v in feed.values()):
+        return lambda: session.run(names, feed)
+    io = session.io_binding()
+    for name, arr in feed.items():
+        io.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+    for name in names:
+        io.bind_output(name)
+
+    def call() -> list[np.ndarray]:
+        session.run_with_iobinding(io)
+        return io.copy_outputs_to_cpu()
+
+    call.feed = feed  # type: ignore[attr-defined]  # the bound memory lives as long as the call
+    return call
+
+
 class Predictor:
     """A loaded bundle. ``trainfer.load("bundles/digits").predict(rows)``.
 

@@ -79,10 +79,13 @@ class Schema:
                         if features.kind == "tabular" and i["datatype"] in ("FP32", "FP64")}
         self.known = {i["name"] for i in self.inputs} | set(self.raw_only)
         string_labels = any(isinstance(v, str) for v in labels)
+        # bool labels are BOOL, as the graph's label output (tensor(bool)) and Triton serving model.onnx say
+        bool_labels = bool(labels) and all(isinstance(v, (bool, np.bool_)) for v in labels)
         if task == "classification":  # the label output per class index, built once
-            self.label_values = np.asarray(labels, dtype=object if string_labels else np.int64)
+            self.label_values = np.asarray(labels, dtype=object if string_labels else bool if bool_labels else np.int64)
+            label_type = "BYTES" if string_labels else "BOOL" if bool_labels else "INT64"
             self.outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
-                            {"name": "label", "datatype": "BYTES" if string_labels else "INT64", "shape": [-1]}]
+                            {"name": "label", "datatype": label_type, "shape": [-1]}]
         else:
             self.outputs = [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
 

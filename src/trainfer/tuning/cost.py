@@ -10,9 +10,12 @@ so every trial's figure is in the same unit: milliseconds as the reference ran w
 Measured here (two digits runs, 4 windows alone and 4 beside a busy process on the same core): raw p50 varied
 with a CV of 5.4-5.6%, the figure recorded here by 0.5-2.6%.
 
-The graph is what a bundle would ship (``export_model``: BatchNorm and standardization folded, parity
-checked), run on the bundle's session settings at the study's thread count, fed validation rows: the test
-split is never read while tuning (``trainfer.export`` would check parity on it, so it is not used here).
+The graph is what a bundle would ship: the whole graph (issue 14: raw columns in, the preprocessing, the model with
+BatchNorm and standardization folded, probabilities and the label lookup out), parity-checked against torch on raw
+validation rows, run on the bundle's session settings at the study's thread count and as its Predictor runs it (IO
+binding for rows of numbers), fed one raw validation row: the test split is never read while tuning
+(``trainfer.export`` would check parity on it, so it is not used here). A trial's figure is therefore what a user
+of its bundle would see, preprocessing included (for digits' 64 raw inputs, about twice the model alone).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def measure_runs(run_dirs: list[Path], study_dir: Path, threads: int, strict: bo
     """Latency records of several runs, timed in one interleaved window with the reference (so that they are
     directly comparable, as optimize's variants are): one record per run, in order. A run that cannot be
     exported raises, or with ``strict=False`` gets latency_ms None and a latency_note saying why."""
-    from trainfer.runtime import inference_session
+    from trainfer.runtime import feed_runner, inference_session
 
     ref_ms = reference_ms(study_dir, threads)
     out: list[dict[str, Any]] = [{} for _ in run_dirs]
@@ -64,7 +67,7 @@ def measure_runs(run_dirs: list[Path], study_dir: Path, threads: int, strict: bo
                     raise
                 out[i] = {"latency_ms": None, "latency_note": f"not measured: {exc.message}"}
                 continue
-            fns[str(i)] = _call(inference_session(path, threads), x)
+            fns[str(i)] = feed_runner(inference_session(path, threads), x)
         timed = interleave(fns, min_count=100, min_seconds=WINDOW_S, min_rounds=MIN_ROUNDS)
     ref_now = summarize(timed.samples[REFERENCE])["latency_ms_p50"]
     for i in range(len(run_dirs)):
@@ -123,16 +126,25 @@ def _call(sess: Any, x: np.ndarray) -> Any:
     return lambda: sess.run(None, feed)
 
 
-def _export(run_dir: Path, path: Path) -> tuple[Path, np.ndarray]:
-    """The run's graph as a bundle ships it, parity-checked on validation rows; and one validation row to time."""
-    from trainfer.exporting import export_model, graph_inputs
+def _export(run_dir: Path, path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """The run's whole graph as a bundle ships it, parity-checked on raw validation rows; and the feed of one raw
+    validation row to time it on."""
+    import io
+
+    from trainfer.exporting import check_whole_parity, compose_whole, export_model, graph_inputs
+    from trainfer.features.raw import RawFeeder
     from trainfer.training import Run
 
     run = Run.load(run_dir)
     data = prepared_data(run.recipe)  # the worker's cached train/val preparation: no test row is touched
-    X_std, X_graph = graph_inputs(run.features, data.dataset.rows(data.split.val[:PARITY_ROWS]))
-    export_model(run.model, run.features, X_std, X_graph, path)
-    return path, X_graph[:1]
+    X_raw = data.dataset.rows(data.split.val[:PARITY_ROWS])
+    X_std, X_graph = graph_inputs(run.features, X_raw)
+    model_only = io.BytesIO()
+    export_model(run.model, run.features, X_std, X_graph, model_only)
+    whole = compose_whole(model_only.getvalue(), run.features)
+    check_whole_parity(run.model, run.features, whole, X_raw, X_std)
+    path.write_bytes(whole)
+    return path, RawFeeder(run.features).feed(X_raw[:1] if not hasattr(X_raw, "iloc") else X_raw.iloc[:1])
 
 
 def _reference_session(threads: int) -> Any:
