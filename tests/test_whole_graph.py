@@ -77,7 +77,7 @@ def test_whole_graph_matches_numpy_preprocessing_and_model(case) -> None:
     X = _messy(name, run)
     _, X_graph = graph_inputs(run.features, X)  # trainfer's numpy preprocessing, as bundles used it
     want = onnx_outputs(_model_only(run), X_graph)
-    feed = trainfer.load(bundle).prepare(X)
+    feed = trainfer.load(bundle).feed(X)
     proba, label = _session(bundle).run(["probabilities", "label"], feed)
     assert proba.shape == want.shape and len(X) >= 20
     assert float(np.abs(proba - want).max()) <= PARITY

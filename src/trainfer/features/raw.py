@@ -62,6 +62,7 @@ class RawFeeder:
         self._specs = [] if self.image else list(zip(features.inputs.columns, self.inputs, strict=True))
         # The hot path: every column a float32 number, rows given as a numeric ndarray.
         self._all_f32 = not self.image and all(i["dtype"] == "float32" for i in self.inputs)
+        self.all_float32 = self._all_f32
         self._local = threading.local()
 
     def feed(self, X: Any, reuse: bool = False) -> dict[str, np.ndarray]:
@@ -97,6 +98,17 @@ class RawFeeder:
             names = [i["column"] for i in self.inputs]
             raise InputError(f"expected rows of {len(names)} features {names}, got an array of shape {X.shape}")
         return v
+
+    def pack(self, X: Any) -> np.ndarray:
+        """Rows of a table whose raw inputs are all float32 -> one checked (n, columns) float32 matrix, the inputs'
+        columns side by side (the Predictor binds it to the session in one copy)."""
+        v = self.numeric_rows(X)
+        if v is None:
+            feed = self.feed(X)
+            return np.concatenate([feed[name] for name in self.names], axis=1)
+        buf = np.empty((len(self.names), v.shape[0], 1), dtype=np.float32)
+        self.fill(buf, v)
+        return buf[:, :, 0].T
 
     def buffer(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """A float32 (ncols, n, 1) buffer and the feed of its views: each column's (n, 1) slice is contiguous, so
