@@ -82,6 +82,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cells = lines[2].split(",")
     cells[0] = "-inf"  # refused, as trainfer predict refuses it (a raw runtime would compute with it)
     infinite = "\n".join([lines[0], lines[1], ",".join(cells)]) + "\n"
+    # files as spreadsheets write them: ';' with decimal commas (Excel in many locales), tabs with CRLF and a
+    # byte-order mark; trainfer predict sniffs both (features/delimiter.py), and so must the page
+    frame20 = frame[columns].iloc[:N_ROWS].astype(float) + 0.25
+    frame20.to_csv(root / "semicolon.csv", sep=";", decimal=",", index=False)
+    (root / "tabs.csv").write_bytes(b"\xef\xbb\xbf" + frame20.to_csv(sep="\t", index=False, lineterminator="\r\n")
+                                    .encode())
 
     from PIL import Image
 
@@ -94,6 +100,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         Image.fromarray(img).save(paths[-1])
     paths.append(folder / "other_size.png")  # not the trained size: the graph resizes it
     Image.fromarray(images[0]).resize((24, 20), Image.BILINEAR).save(paths[-1])
+    # a phone's JPEG: stored 24x16 with EXIF orientation 6 (shown turned). Pillow, which trainfer predicts
+    # with, does not turn it; the page must not either, or it feeds the model another image.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    paths.append(folder / "turned.jpg")
+    Image.fromarray(images[1]).resize((24, 16), Image.BILINEAR).save(paths[-1], quality=95, exif=exif.tobytes())
     broken = root / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really a png" * 4)
 
@@ -103,18 +115,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     animals.loc[5, "colour"] = "grün"
     animals.to_csv(root / "animals.csv", index=False)
     table = get_bundle(tmp_path_factory, "csv")
+    dated, dated_rows = _dated_bundle(root)
 
-    servers = [_serve(digits), _serve(cnn, "--out", root / "cnn-site"), _serve(table)]
+    servers = [_serve(digits), _serve(cnn, "--out", root / "cnn-site"), _serve(table), _serve(dated)]
     try:
         job = {"puppeteer": str(CACHE / f"puppeteer-core-{PUPPETEER}" / "node_modules" / "puppeteer-core"),
                "chromium": CHROMIUM, "timeout_ms": 60000, "pages": [
                    {"url": servers[0][1], "steps": [
                        {"do": "paste", "text": text}, {"do": "csv_file", "path": str(root / "rows.csv")},
                        {"do": "paste", "text": missing_column}, {"do": "paste", "text": not_a_number},
-                       {"do": "paste", "text": infinite}]},
+                       {"do": "paste", "text": infinite}, {"do": "paste", "text": text},
+                       {"do": "csv_file", "path": str(root / "semicolon.csv")},
+                       {"do": "csv_file", "path": str(root / "tabs.csv")}]},
                    {"url": servers[1][1], "steps": [
                        {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
-                   {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]}]}
+                   {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]},
+                   {"url": servers[3][1], "steps": [{"do": "csv_file", "path": str(dated_rows)},
+                                                    {"do": "paste", "text": "x,when\n0.5,March 7 2024\n"}]}]}
         proc = subprocess.run(["node", str(DRIVER)], input=json.dumps(job), capture_output=True, text=True,
                               timeout=240)
         assert proc.returncode == 0, f"the driver failed:\n{proc.stderr[-4000:]}"
@@ -126,7 +143,37 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"digits": digits, "cnn": cnn, "columns": columns, "pages": pages, "stops": stops, "root": root,
             "expected_digits": _predict(digits, root / "rows.csv", root / "digits.csv"),
             "expected_cnn": _predict(cnn, folder, root / "cnn.csv"),
-            "expected_table": _predict(table, root / "animals.csv", root / "table.csv")}
+            "expected_table": _predict(table, root / "animals.csv", root / "table.csv"),
+            "expected_semicolon": _predict(digits, root / "semicolon.csv", root / "semicolon-out.csv"),
+            "expected_tabs": _predict(digits, root / "tabs.csv", root / "tabs-out.csv"),
+            "expected_dated": _predict(dated, dated_rows, root / "dated-out.csv")}
+
+
+def _dated_bundle(root: Path) -> tuple[Path, Path]:
+    """A bundle with boolean labels and an ISO date column (a float64 input of epoch seconds), and rows to
+    predict with dates, date-times, time zones and a missing date."""
+    import pandas as pd
+
+    from trainfer.exporting import export
+    from trainfer.training import train
+
+    rng = np.random.default_rng(3)
+    n = 160
+    x = rng.normal(size=n)
+    when = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 366 * 24, n), unit="h")
+    frame = pd.DataFrame({"x": x, "when": when.strftime("%Y-%m-%dT%H:%M:%S"),
+                          "late": (x + (when.month > 6) - 0.5 + rng.normal(scale=0.3, size=n)) > 0})
+    frame.to_csv(root / "dated-train.csv", index=False)
+    run = train(out=root / "run-dated", data=str(root / "dated-train.csv"), target="late", model="mlp", epochs=3,
+                seed=0, quiet=True, overrides=["model.hidden=[16]"])
+    rows = frame.drop(columns=["late"]).head(12).copy()
+    rows.loc[1, "when"] = "2024-08-02"
+    rows.loc[2, "when"] = "2024-03-05 07:30"
+    rows.loc[3, "when"] = "2024-10-01T23:30:00-02:00"
+    rows.loc[4, "when"] = ""
+    rows.loc[5, "when"] = "2024-05-06T10:00:00.250Z"
+    rows.to_csv(root / "dated.csv", index=False)
+    return export(run, root / "bundle-dated"), root / "dated.csv"
 
 
 def _labels(step: dict) -> list[str]:
@@ -158,7 +205,11 @@ def test_page_predicts_images_like_trainfer_predict(world: dict) -> None:
     assert step["error"] is None
     want = {Path(r["path"]).name: r["prediction"] for r in world["expected_cnn"]}
     shown = {r["name"]: r["label"] for r in step["rows"]}
-    assert len(shown) == 6 and shown == want
+    assert len(shown) == 7 and shown == want
+    # the tiny CNN gives most images one label, so the probabilities are what shows the pixels are Pillow's
+    for r in world["expected_cnn"]:
+        got = next(x for x in step["results"] if x["name"] == Path(r["path"]).name)
+        np.testing.assert_allclose(got["probabilities"], [float(r[k]) for k in r if k.startswith("prob_")], atol=1e-4)
 
 
 def test_page_predicts_strings_missing_and_unseen_values_like_trainfer_predict(world: dict) -> None:
@@ -314,3 +365,49 @@ def test_ensure_web_reuses_the_cache_and_says_what_to_install_without_npm(tmp_pa
     assert bare.returncode == 2
     lines = bare.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "npm" in lines[0], bare.stderr
+
+
+# ---- what users' files look like -------------------------------------------------------------------
+
+
+def test_page_reads_semicolon_decimal_comma_and_tab_files_like_trainfer_predict(world: dict) -> None:
+    steps = world["pages"][0]["steps"]
+    after_errors, semicolon, tabs = steps[5], steps[6], steps[7]
+    assert after_errors["error"] is None  # a run after errors starts clean
+    assert _labels(after_errors) == [r["prediction"] for r in world["expected_digits"]]
+    for step, want in ((semicolon, world["expected_semicolon"]), (tabs, world["expected_tabs"])):
+        assert step["error"] is None
+        assert _labels(step) == [r["prediction"] for r in want] and len(want) == N_ROWS
+
+
+def test_page_ignores_exif_orientation_as_trainfer_predict_does(world: dict) -> None:
+    step = world["pages"][1]["steps"][0]
+    want = next(r for r in world["expected_cnn"] if Path(r["path"]).name == "turned.jpg")
+    got = next(r for r in step["results"] if r["name"] == "turned.jpg")
+    labels = [k for k in want if k.startswith("prob_")]
+    # the same pixels in the same orientation: the probabilities agree as closely as for PNGs
+    np.testing.assert_allclose(got["probabilities"], [float(want[k]) for k in labels], atol=1e-4)
+    assert got["label"] == want["prediction"]
+
+
+def test_page_shows_no_stale_table_when_every_file_fails(world: dict) -> None:
+    broken = world["pages"][1]["steps"][1]
+    assert broken["rows"] == [] and broken["results"] == []
+
+
+def test_page_shows_boolean_labels_and_reads_dates_like_trainfer_predict(world: dict) -> None:
+    step = world["pages"][3]["steps"][0]
+    assert step["error"] is None
+    want = [r["prediction"] for r in world["expected_dated"]]
+    assert set(want) <= {"True", "False"} and len(want) == 12
+    assert _labels(step) == want  # True/False as trainfer predict writes them, not 1/0
+    probs = np.array([r["probabilities"] for r in step["results"]])
+    cpu = np.array([[float(r["prob_False"]), float(r["prob_True"])] for r in world["expected_dated"]])
+    np.testing.assert_allclose(probs, cpu, atol=1e-4)  # the dates became the same epoch seconds
+    assert step["headers"] == ["row", "label", "p(False)", "p(True)"]
+
+
+def test_page_refuses_a_date_trainfer_refuses(world: dict) -> None:
+    not_iso = world["pages"][3]["steps"][1]
+    # trainfer refuses a date that is not ISO 8601; the browser's Date.parse would take it (in local time)
+    assert "data row 1" in not_iso["error"] and '"when"' in not_iso["error"] and "March 7 2024" in not_iso["error"]

@@ -79,9 +79,9 @@ async function load() {
 
 // ---- CSV ---------------------------------------------------------------------------------------
 
-// RFC 4180: quoted fields may hold commas, quotes ("") and line breaks. Returns rows of strings, each with
-// the line it started on; blank lines are skipped (as pandas does).
-function parseCsv(text) {
+// RFC 4180: quoted fields may hold the delimiter, quotes ("") and line breaks. Returns rows of strings, each
+// with the line it started on; blank lines are skipped (as pandas does).
+function parseCsv(text, sep = ',') {
   const rows = [];
   let row = [], field = '', quoted = false, line = 1, start = 1, i = 0;
   if (text.charCodeAt(0) === 0xfeff) i = 1; // byte-order mark
@@ -97,7 +97,7 @@ function parseCsv(text) {
       else if (c === '"') quoted = false;
       else { if (c === '\n') line++; field += c; }
     } else if (c === '"' && field === '') quoted = true;
-    else if (c === ',') { row.push(field); field = ''; }
+    else if (c === sep) { row.push(field); field = ''; }
     else if (c === '\n' || c === '\r') {
       if (c === '\r' && text[i + 1] === '\n') i++;
       endRow(); line++; start = line;
@@ -108,21 +108,83 @@ function parseCsv(text) {
   return rows;
 }
 
-function toNumber(cell, where, dtype) {
+// How the text is written, as trainfer's features/delimiter.py reads a file (training and `trainfer predict`
+// alike): the delimiter among ; tab | and comma that splits the header and the first 50 rows into the same
+// number of fields most often (then: the most header fields; on a tie ; tab | before the comma), and a decimal
+// comma when the delimiter is not a comma and the first 200 rows write numbers with commas, never with points.
+const POINT = /^[-+]?\d*\.\d+([eE][-+]?\d+)?$/;
+const COMMA = /^[-+]?\d*,\d+([eE][-+]?\d+)?$/;
+function csvFormat(text) {
+  const lines = text.replace(/^\ufeff/, '').split(/\r\n|\n|\r/);
+  const head = lines.slice(0, 51);
+  if (!head.length || head[0] === '') return { sep: ',', decimal: '.' };
+  const unquoted = head[0].replace(/"[^"]*"/g, '');
+  let best = ',', bestScore = [0, 1, 0];
+  [';', '\t', '|', ','].forEach((d, rank) => {
+    let counts;
+    try { counts = head.map((l) => (l === '' ? 0 : parseCsv(l, d)[0].cells.length)); } catch (e) { return; }
+    if (counts[0] < 2 || !unquoted.includes(d)) return;
+    const score = [counts.slice(1).filter((c) => c === counts[0]).length, counts[0], -rank];
+    const better = score[0] !== bestScore[0] ? score[0] > bestScore[0]
+      : score[1] !== bestScore[1] ? score[1] > bestScore[1] : score[2] > bestScore[2];
+    if (better) { best = d; bestScore = score; }
+  });
+  if (best === ',') return { sep: ',', decimal: '.' };
+  let comma = false, point = false;
+  try {
+    for (const { cells } of parseCsv(lines.slice(0, 201).join('\n'), best).slice(1)) {
+      for (const cell of cells) {
+        const t = cell.trim();
+        comma = comma || COMMA.test(t);
+        point = point || POINT.test(t);
+      }
+    }
+  } catch (e) { return { sep: best, decimal: '.' }; } // the full parse says what is wrong
+  return { sep: best, decimal: comma && !point ? ',' : '.' };
+}
+
+// ISO 8601 dates and date-times, exactly those trainfer takes (features/tabular.py: the pattern, then Python's
+// datetime.fromisoformat): seconds since 1970-01-01 UTC, a time without a zone being UTC; null if not one.
+const ISO = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?(Z|([+-])(\d{2})(?::?(\d{2}))?)?$/;
+function isoSeconds(s) {
+  const m = ISO.exec(s);
+  if (!m || (m[8] === 'Z' && m[4] === undefined)) return null; // fromisoformat refuses 2024-01-31Z
+  let [y, mo, d, h, mi, sec] = [1, 2, 3, 4, 5, 6].map((k) => Number(m[k] || 0));
+  if (m[4] === undefined && m[10] !== undefined) {
+    // 2024-01-31+02:00 is 02:00 UTC to `trainfer predict`: Python's fromisoformat takes the sign as the
+    // date/time separator. The page reads it the same way, so both give one answer.
+    [h, mi] = [Number(m[10]), Number(m[11] || 0)];
+    m[10] = undefined;
+  }
+  if (h > 23 || mi > 59 || sec > 59 || (m[10] !== undefined && (Number(m[10]) > 23 || Number(m[11] || 0) > 59))) {
+    return null;
+  }
+  const utc = new Date(0);
+  utc.setUTCFullYear(y, mo - 1, d); // years before 100 too (Date.UTC would take 24 as 1924)
+  if (y < 1 || utc.getUTCFullYear() !== y || utc.getUTCMonth() !== mo - 1 || utc.getUTCDate() !== d) return null;
+  utc.setUTCHours(h, mi, sec, 0);
+  const offset = m[10] === undefined ? 0 : (m[9] === '-' ? -1 : 1) * (Number(m[10]) * 3600 + Number(m[11] || 0) * 60);
+  const micros = Number((m[7] || '').padEnd(6, '0').slice(0, 6)); // fromisoformat keeps microseconds
+  return ((utc.getTime() / 1000 - offset) * 1e6 + micros) / 1e6;
+}
+
+function toNumber(cell, where, dtype, decimal = '.') {
   const s = cell.trim();
   if (MISSING.has(s)) return NaN;
   if (INFINITE.test(s)) throw new InputProblem(`${where}: value is infinite; send a finite number`);
-  if (NUMBER.test(s)) {
-    const v = Number(s);
+  const n = decimal === ',' ? s.replace(',', '.') : s;
+  if (NUMBER.test(n)) {
+    const v = Number(n);
     if (!Number.isFinite(v) || (dtype === 'float32' && Math.abs(v) > F32_MAX)) {
       throw new InputProblem(`${where}: ${s} is too large for the model (beyond float32)`);
     }
     return v;
   }
-  if (dtype === 'float64') { // dates and times: seconds since 1970-01-01 UTC (a time without a zone is UTC)
-    const iso = /[zZ]|[+-]\d\d:?\d\d$/.test(s) || !/\d[T ]\d/.test(s) ? s : `${s.replace(' ', 'T')}Z`;
-    const ms = Date.parse(iso);
-    if (!Number.isNaN(ms)) return ms / 1000;
+  if (dtype === 'float64') { // dates and times
+    const v = isoSeconds(s);
+    if (v !== null) return v;
+    throw new InputProblem(`${where}: expected a number or a date/time such as 2024-01-31 or 2024-01-31T12:30:00, ` +
+      `got ${JSON.stringify(cell)}`);
   }
   throw new InputProblem(`${where}: expected a number, got ${JSON.stringify(cell)}`);
 }
@@ -130,7 +192,8 @@ function toNumber(cell, where, dtype) {
 // One batch-1 feed per data row: {input name: ort.Tensor}. Errors name the data row and the column.
 function tableFeeds(text) {
   const spec = state.spec;
-  const rows = parseCsv(text);
+  const { sep, decimal } = csvFormat(text);
+  const rows = parseCsv(text, sep);
   if (!rows.length) throw new InputProblem('no rows: paste a header line with the column names, then data rows');
   const header = rows[0].cells.map((h) => h.trim());
   const missing = spec.inputs.filter((i) => !header.includes(i.column)).map((i) => i.column);
@@ -157,9 +220,9 @@ function tableFeeds(text) {
       if (inp.dtype === 'string') {
         feeds[inp.name] = new ort.Tensor('string', [MISSING.has(cell.trim()) ? '' : cell], [1, 1]);
       } else if (inp.dtype === 'float64') {
-        feeds[inp.name] = new ort.Tensor('float64', Float64Array.of(toNumber(cell, where, 'float64')), [1, 1]);
+        feeds[inp.name] = new ort.Tensor('float64', Float64Array.of(toNumber(cell, where, 'float64', decimal)), [1, 1]);
       } else {
-        feeds[inp.name] = new ort.Tensor('float32', Float32Array.of(toNumber(cell, where, 'float32')), [1, 1]);
+        feeds[inp.name] = new ort.Tensor('float32', Float32Array.of(toNumber(cell, where, 'float32', decimal)), [1, 1]);
       }
     });
     out.push({ name: idAt >= 0 ? cells[idAt] : String(r), feeds });
@@ -169,12 +232,44 @@ function tableFeeds(text) {
 
 // ---- images ------------------------------------------------------------------------------------
 
-// Pixels as PIL decodes them: no colour-space conversion, no premultiplied alpha; RGB uint8 NHWC at the
-// file's own size (the graph resizes to the trained size).
+// A JPEG's EXIF orientation tag set to 1 (as stored) in a copy of its bytes: Pillow, which trainfer predicts
+// with, does not turn images by it, and createImageBitmap always does (in Chromium, measured on 156, with
+// imageOrientation 'none' too). Other bytes, and files without the tag, are returned unchanged.
+function withoutOrientation(bytes) {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (v.byteLength < 4 || v.getUint16(0) !== 0xffd8) return bytes;
+  for (let at = 2; at + 4 <= v.byteLength && v.getUint8(at) === 0xff;) {
+    const marker = v.getUint8(at + 1);
+    const length = v.getUint16(at + 2);
+    if (marker === 0xda || marker === 0xd9) break; // image data: no more metadata
+    const tiff = at + 10;
+    if (marker === 0xe1 && length >= 16 && v.getUint32(at + 4) === 0x45786966 && tiff + 8 <= v.byteLength) {
+      const little = v.getUint16(tiff) === 0x4949; // "II": little-endian, "MM": big-endian
+      const ifd = tiff + v.getUint32(tiff + 4, little);
+      if (ifd + 2 > v.byteLength) return bytes;
+      const n = v.getUint16(ifd, little);
+      for (let e = ifd + 2; e < ifd + 2 + 12 * n && e + 12 <= v.byteLength; e += 12) {
+        if (v.getUint16(e, little) === 0x0112 && v.getUint16(e + 8, little) !== 1) {
+          const copy = bytes.slice();
+          new DataView(copy.buffer).setUint16(e + 8, 1, little);
+          return copy;
+        }
+      }
+      return bytes;
+    }
+    at += 2 + length;
+  }
+  return bytes;
+}
+
+// Pixels as PIL decodes them: no colour-space conversion, no premultiplied alpha, no EXIF rotation; RGB uint8
+// NHWC at the file's own size (the graph resizes to the trained size).
 async function imageFeed(file) {
   let bitmap;
   try {
-    bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    const bytes = withoutOrientation(new Uint8Array(await file.arrayBuffer()));
+    bitmap = await createImageBitmap(new Blob([bytes], { type: file.type }),
+      { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   } catch (e) {
     throw new InputProblem(`${file.name}: cannot be read as an image (${file.type || 'unknown type'}, ` +
       `${file.size} bytes); use PNG, JPEG, GIF, BMP or WebP`);
@@ -195,6 +290,8 @@ async function imageFeed(file) {
 // ---- running and showing -------------------------------------------------------------------------
 
 function plain(v) { return typeof v === 'bigint' ? Number(v) : v; }
+// Labels as `trainfer predict` writes them: Python's str(), so booleans are True and False.
+function labelText(v) { return typeof v === 'boolean' ? (v ? 'True' : 'False') : String(v); }
 
 async function runOne(feeds) {
   const t0 = performance.now();
@@ -209,7 +306,8 @@ async function runOne(feeds) {
   lastFeeds = feeds;
   if (state.spec.task === 'regression') return { value: plain(out.prediction.data[0]) };
   const probs = Array.from(out.probabilities.data, Number);
-  return { label: String(plain(out.label.data[0])), probabilities: probs };
+  const label = out.label.type === 'bool' ? Boolean(out.label.data[0]) : plain(out.label.data[0]);
+  return { label: labelText(label), probabilities: probs };
 }
 
 function median(xs) {
@@ -232,7 +330,7 @@ function showResults(results, what) {
   table.id = 'predictions';
   const head = table.createTHead().insertRow();
   const labels = spec.labels || [];
-  const cols = spec.task === 'regression' ? ['prediction'] : ['label', ...labels.map((l) => `p(${l})`)];
+  const cols = spec.task === 'regression' ? ['prediction'] : ['label', ...labels.map((l) => `p(${labelText(l)})`)];
   for (const name of [what, ...cols]) head.appendChild(document.createElement('th')).textContent = name;
   const body = table.createTBody();
   for (const r of results) {
@@ -260,13 +358,36 @@ function showResults(results, what) {
   showLatency();
 }
 
+// Long inputs: the page shows how far it is and stays responsive (it yields to the browser every 100 ms), and
+// the inputs wait until the run ends, so a second click cannot interleave two runs on one session.
+let busy = false;
+function setBusy(on) {
+  busy = on;
+  for (const id of ['predict-csv', 'csv-file', 'image-files']) $(id).disabled = on;
+  if (!on) $('progress').textContent = '';
+}
+
+async function eachWithProgress(items, what, fn) {
+  let shown = performance.now();
+  for (let k = 0; k < items.length; k++) {
+    if (performance.now() - shown > 100) {
+      $('progress').textContent = `predicting ${what} ${k + 1} of ${items.length}…`;
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      shown = performance.now();
+    }
+    await fn(items[k]);
+  }
+}
+
 async function predictTable(text) {
+  if (busy) return;
   clearError();
+  setBusy(true);
   try {
     if (state.state !== 'ready') throw new InputProblem('the model is not loaded yet');
     const rows = tableFeeds(text);
     const results = [];
-    for (const row of rows) results.push({ name: row.name, ...(await runOne(row.feeds)) });
+    await eachWithProgress(rows, 'row', async (row) => results.push({ name: row.name, ...(await runOne(row.feeds)) }));
     showResults(results, state.spec.id_column ? state.spec.id_column : 'row');
   } catch (e) {
     // no stale table under the message: what is shown is always the answer to the last input
@@ -274,26 +395,32 @@ async function predictTable(text) {
     state.results = [];
     showError(e instanceof InputProblem ? e.message : `prediction failed: ${e.message || e}`);
   } finally {
+    setBusy(false);
     state.done++; // tests and benchmarks wait for this
   }
 }
 
 async function predictImages(files) {
+  if (busy) return;
   clearError();
+  setBusy(true);
   try {
     if (state.state !== 'ready') return showError('the model is not loaded yet');
     const results = [];
     const problems = [];
-    for (const file of files) {
+    await eachWithProgress(files, 'image', async (file) => {
       try {
         results.push({ name: file.name, ...(await runOne(await imageFeed(file))) });
       } catch (e) {
         problems.push(e instanceof InputProblem ? e.message : `${file.name}: prediction failed: ${e.message || e}`);
       }
-    }
+    });
+    // no stale table: what is shown is always the answer to the last input
     if (results.length) showResults(results, 'file');
+    else { $('results').replaceChildren(); state.results = []; }
     if (problems.length) showError(problems.join('\n'));
   } finally {
+    setBusy(false);
     state.done++;
   }
 }
