@@ -106,6 +106,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     exif[0x0112] = 6
     paths.append(folder / "turned.jpg")
     Image.fromarray(images[1]).resize((24, 16), Image.BILINEAR).save(paths[-1], quality=95, exif=exif.tobytes())
+    # transparency: Pillow keeps the colour under a transparent pixel, a browser's canvas keeps it premultiplied
+    # (0 where alpha is 0); 16-bit grey: trainfer scales it to 8 bits by 255/65535 (features/image.py)
+    alpha = np.random.default_rng(0).integers(0, 256, images[2].shape[:2], dtype=np.uint8)
+    alpha[::2, ::2] = 0
+    paths.append(folder / "transparent.png")
+    Image.fromarray(np.dstack([images[2], alpha]), "RGBA").save(paths[-1])
+    paths.append(folder / "grey16.png")
+    Image.fromarray(images[3].mean(axis=2).astype(np.uint16) * 257 + 100).save(paths[-1])
     broken = root / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really a png" * 4)
 
@@ -205,7 +213,7 @@ def test_page_predicts_images_like_trainfer_predict(world: dict) -> None:
     assert step["error"] is None
     want = {Path(r["path"]).name: r["prediction"] for r in world["expected_cnn"]}
     shown = {r["name"]: r["label"] for r in step["rows"]}
-    assert len(shown) == 7 and shown == want
+    assert len(shown) == 9 and shown == want
     # the tiny CNN gives most images one label, so the probabilities are what shows the pixels are Pillow's
     for r in world["expected_cnn"]:
         got = next(x for x in step["results"] if x["name"] == Path(r["path"]).name)
@@ -267,14 +275,14 @@ def test_site_holds_the_page_the_model_and_only_the_wasm_runtime(tmp_path_factor
     record = run_main(["web", bundle, "--out", tmp_path / "site", "--json"], capsys).check().json()
     site = tmp_path / "site"
     files = {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
-    assert files == {"index.html", "app.js", "site.json", "model.onnx", *SHIPPED} == set(record["files"])
+    assert files == {"index.html", "app.js", "png.js", "site.json", "model.onnx", *SHIPPED} == set(record["files"])
     assert (site / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
     assert "MIT License" in (site / "ort" / "LICENSE.onnxruntime-web.txt").read_text()
     spec = json.loads((site / "site.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [i["name"] for i in spec["inputs"]] == [r["name"] for r in manifest["input"]["raw_inputs"]]
     assert spec["labels"] == manifest["labels"] and spec["kind"] == "tabular" and spec["onnxruntime_web"] == "1.30.0"
-    assert "http://" not in (site / "index.html").read_text() + (site / "app.js").read_text()
+    assert "http://" not in "".join((site / name).read_text() for name in ("index.html", "app.js", "png.js"))
 
     again = run_main(["web", bundle, "--out", site], capsys)  # an existing site is replaced only with --force
     assert_user_error(again, mentions=["already exists"])

@@ -3,6 +3,7 @@
 // The graph does all the preprocessing (imputation, scaling, one-hot, resizing) and the label lookup, so
 // this script only parses text and decodes images. Problems are shown in the page, never thrown.
 import * as ort from './ort/ort.wasm.min.mjs';
+import { decodePng } from './png.js';
 
 const $ = (id) => document.getElementById(id);
 // pandas' default missing-value markers: the same text means missing here as in `trainfer predict`
@@ -265,9 +266,15 @@ function withoutOrientation(bytes) {
 // Pixels as PIL decodes them: no colour-space conversion, no premultiplied alpha, no EXIF rotation; RGB uint8
 // NHWC at the file's own size (the graph resizes to the trained size).
 async function imageFeed(file) {
+  const tensor = (rgb, height, width) =>
+    ({ [state.spec.inputs[0].name]: new ort.Tensor('uint8', rgb, [1, height, width, 3]) });
   let bitmap;
   try {
     const bytes = withoutOrientation(new Uint8Array(await file.arrayBuffer()));
+    // PNGs with transparency or 16-bit samples: decoded here, as Pillow does (png.js); a damaged one falls
+    // through to the browser's decoder, whose refusal is the message
+    const png = await decodePng(bytes).catch(() => null);
+    if (png) return tensor(png.rgb, png.height, png.width);
     bitmap = await createImageBitmap(new Blob([bytes], { type: file.type }),
       { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   } catch (e) {
@@ -284,7 +291,7 @@ async function imageFeed(file) {
   for (let p = 0, q = 0; p < rgba.length; p += 4, q += 3) {
     rgb[q] = rgba[p]; rgb[q + 1] = rgba[p + 1]; rgb[q + 2] = rgba[p + 2];
   }
-  return { [state.spec.inputs[0].name]: new ort.Tensor('uint8', rgb, [1, height, width, 3]) };
+  return tensor(rgb, height, width);
 }
 
 // ---- running and showing -------------------------------------------------------------------------
