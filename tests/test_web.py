@@ -86,6 +86,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # byte-order mark; trainfer predict sniffs both (features/delimiter.py), and so must the page
     frame20 = frame[columns].iloc[:N_ROWS].astype(float) + 0.25
     frame20.to_csv(root / "semicolon.csv", sep=";", decimal=",", index=False)
+    frame20.insert(0, "ID", [f"s{i}" for i in range(N_ROWS)])  # rows named as trainfer predict names them
     (root / "tabs.csv").write_bytes(b"\xef\xbb\xbf" + frame20.to_csv(sep="\t", index=False, lineterminator="\r\n")
                                     .encode())
 
@@ -134,21 +135,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                        {"do": "paste", "text": missing_column}, {"do": "paste", "text": not_a_number},
                        {"do": "paste", "text": infinite}, {"do": "paste", "text": text},
                        {"do": "csv_file", "path": str(root / "semicolon.csv")},
-                       {"do": "csv_file", "path": str(root / "tabs.csv")}]},
+                       {"do": "csv_file", "path": str(root / "tabs.csv")},
+                       {"do": "keys", "text": "\n".join(lines[:3])}]},
                    {"url": servers[1][1], "steps": [
                        {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
                    {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]},
                    {"url": servers[3][1], "steps": [{"do": "csv_file", "path": str(dated_rows)},
-                                                    {"do": "paste", "text": "x,when\n0.5,March 7 2024\n"}]}]}
+                                                    {"do": "paste", "text": "x,when\n0.5,March 7 2024\n"}]},
+                   {"url": (root / "cnn-site" / "index.html").as_uri(), "opened_from_disk": True}]}
         proc = subprocess.run(["node", str(DRIVER)], input=json.dumps(job), capture_output=True, text=True,
                               timeout=240)
         assert proc.returncode == 0, f"the driver failed:\n{proc.stderr[-4000:]}"
         pages = json.loads(proc.stdout)["pages"]
     finally:
         stops = [_stop(p) for p, _ in servers]
+    *pages, from_disk = pages
     for page in pages:
         assert "driver_error" not in page, (page["driver_error"], page["console"], page["page_errors"])
     return {"digits": digits, "cnn": cnn, "columns": columns, "pages": pages, "stops": stops, "root": root,
+            "from_disk": from_disk,
             "expected_digits": _predict(digits, root / "rows.csv", root / "digits.csv"),
             "expected_cnn": _predict(cnn, folder, root / "cnn.csv"),
             "expected_table": _predict(table, root / "animals.csv", root / "table.csv"),
@@ -275,14 +280,15 @@ def test_site_holds_the_page_the_model_and_only_the_wasm_runtime(tmp_path_factor
     record = run_main(["web", bundle, "--out", tmp_path / "site", "--json"], capsys).check().json()
     site = tmp_path / "site"
     files = {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
-    assert files == {"index.html", "app.js", "png.js", "site.json", "model.onnx", *SHIPPED} == set(record["files"])
+    page = {"index.html", "app.js", "png.js", "boot.js"}
+    assert files == {*page, "site.json", "model.onnx", *SHIPPED} == set(record["files"])
     assert (site / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
     assert "MIT License" in (site / "ort" / "LICENSE.onnxruntime-web.txt").read_text()
     spec = json.loads((site / "site.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [i["name"] for i in spec["inputs"]] == [r["name"] for r in manifest["input"]["raw_inputs"]]
     assert spec["labels"] == manifest["labels"] and spec["kind"] == "tabular" and spec["onnxruntime_web"] == "1.30.0"
-    assert "http://" not in "".join((site / name).read_text() for name in ("index.html", "app.js", "png.js"))
+    assert "http://" not in "".join((site / name).read_text() for name in page)
 
     again = run_main(["web", bundle, "--out", site], capsys)  # an existing site is replaced only with --force
     assert_user_error(again, mentions=["already exists"])
@@ -386,6 +392,18 @@ def test_page_reads_semicolon_decimal_comma_and_tab_files_like_trainfer_predict(
     for step, want in ((semicolon, world["expected_semicolon"]), (tabs, world["expected_tabs"])):
         assert step["error"] is None
         assert _labels(step) == [r["prediction"] for r in want] and len(want) == N_ROWS
+    # an id column, found as trainfer predict finds it (named id in any case), names the rows
+    assert [r["name"] for r in tabs["rows"]] == [r["ID"] for r in world["expected_tabs"]] and tabs["headers"][0] == "ID"
+
+
+def test_page_predicts_on_ctrl_enter(world: dict) -> None:
+    typed = world["pages"][0]["steps"][8]
+    assert typed["error"] is None and _labels(typed) == [r["prediction"] for r in world["expected_digits"][:2]]
+
+
+def test_page_opened_from_disk_says_how_to_serve_it(world: dict) -> None:
+    said = world["from_disk"]["said"]  # browsers run no module script on file:// URLs
+    assert "file opened on disk" in said["status"] and "trainfer web BUNDLE --serve" in said["error"]
 
 
 def test_page_ignores_exif_orientation_as_trainfer_predict_does(world: dict) -> None:

@@ -190,6 +190,18 @@ function toNumber(cell, where, dtype, decimal = '.') {
   throw new InputProblem(`${where}: expected a number, got ${JSON.stringify(cell)}`);
 }
 
+// The column that names rows, as `trainfer predict` picks it (runtime/files.py): the training data's id column,
+// else one named id; the exact name first, then in any case when only one column matches. -1: none.
+function idColumnOf(header, trained) {
+  const wanted = [trained, 'id'].filter(Boolean);
+  for (const name of wanted) if (header.includes(name)) return header.indexOf(name);
+  for (const name of wanted) {
+    const found = header.filter((h) => h.toLowerCase() === name.toLowerCase());
+    if (found.length === 1) return header.indexOf(found[0]);
+  }
+  return -1;
+}
+
 // One batch-1 feed per data row: {input name: ort.Tensor}. Errors name the data row and the column.
 function tableFeeds(text) {
   const spec = state.spec;
@@ -206,7 +218,7 @@ function tableFeeds(text) {
   }
   if (rows.length === 1) throw new InputProblem('no data rows below the header');
   const index = spec.inputs.map((i) => header.indexOf(i.column));
-  const idAt = spec.id_column ? header.indexOf(spec.id_column) : -1;
+  const idAt = idColumnOf(header, spec.id_column);
   const out = [];
   for (let r = 1; r < rows.length; r++) {
     const { cells, line } = rows[r];
@@ -228,6 +240,7 @@ function tableFeeds(text) {
     });
     out.push({ name: idAt >= 0 ? cells[idAt] : String(r), feeds });
   }
+  out.idName = idAt >= 0 ? header[idAt] : null;
   return out;
 }
 
@@ -279,7 +292,7 @@ async function imageFeed(file) {
       { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   } catch (e) {
     throw new InputProblem(`${file.name}: cannot be read as an image (${file.type || 'unknown type'}, ` +
-      `${file.size} bytes); use PNG, JPEG, GIF, BMP or WebP`);
+      `${file.size} bytes); use PNG, JPEG, BMP or WebP (the files trainfer predict reads)`);
   }
   const { width, height } = bitmap;
   const canvas = new OffscreenCanvas(width, height);
@@ -395,7 +408,7 @@ async function predictTable(text) {
     const rows = tableFeeds(text);
     const results = [];
     await eachWithProgress(rows, 'row', async (row) => results.push({ name: row.name, ...(await runOne(row.feeds)) }));
-    showResults(results, state.spec.id_column ? state.spec.id_column : 'row');
+    showResults(results, rows.idName || 'row');
   } catch (e) {
     // no stale table under the message: what is shown is always the answer to the last input
     $('results').replaceChildren();
@@ -444,6 +457,10 @@ state.bench = async (n) => {
 };
 
 $('predict-csv').addEventListener('click', () => predictTable($('csv-text').value));
+// Ctrl+Enter (Cmd+Enter on a Mac) in the text box predicts, as the button does
+$('csv-text').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); predictTable($('csv-text').value); }
+});
 $('csv-file').addEventListener('change', async (e) => {
   const file = e.target.files[0];
   if (!file) return;
