@@ -86,6 +86,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # byte-order mark; trainfer predict sniffs both (features/delimiter.py), and so must the page
     frame20 = frame[columns].iloc[:N_ROWS].astype(float) + 0.25
     frame20.to_csv(root / "semicolon.csv", sep=";", decimal=",", index=False)
+    many = frame[columns].iloc[np.arange(1500) % len(frame)]  # one run per row: 1,500 of them
+    many.to_csv(root / "many.csv", index=False)
     frame20.insert(0, "ID", [f"s{i}" for i in range(N_ROWS)])  # rows named as trainfer predict names them
     (root / "tabs.csv").write_bytes(b"\xef\xbb\xbf" + frame20.to_csv(sep="\t", index=False, lineterminator="\r\n")
                                     .encode())
@@ -136,7 +138,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                        {"do": "paste", "text": infinite}, {"do": "paste", "text": text},
                        {"do": "csv_file", "path": str(root / "semicolon.csv")},
                        {"do": "csv_file", "path": str(root / "tabs.csv")},
-                       {"do": "keys", "text": "\n".join(lines[:3])}]},
+                       {"do": "keys", "text": "\n".join(lines[:3])},
+                       {"do": "csv_file", "path": str(root / "many.csv")}]},
                    {"url": servers[1][1], "steps": [
                        {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
                    {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]},
@@ -159,6 +162,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "expected_table": _predict(table, root / "animals.csv", root / "table.csv"),
             "expected_semicolon": _predict(digits, root / "semicolon.csv", root / "semicolon-out.csv"),
             "expected_tabs": _predict(digits, root / "tabs.csv", root / "tabs-out.csv"),
+            "expected_many": _predict(digits, root / "many.csv", root / "many-out.csv"),
             "expected_dated": _predict(dated, dated_rows, root / "dated-out.csv")}
 
 
@@ -437,3 +441,12 @@ def test_page_refuses_a_date_trainfer_refuses(world: dict) -> None:
     not_iso = world["pages"][3]["steps"][1]
     # trainfer refuses a date that is not ISO 8601; the browser's Date.parse would take it (in local time)
     assert "data row 1" in not_iso["error"] and '"when"' in not_iso["error"] and "March 7 2024" in not_iso["error"]
+
+
+def test_page_predicts_1500_rows_and_shows_the_first_thousand(world: dict) -> None:
+    step = world["pages"][0]["steps"][9]
+    want = [r["prediction"] for r in world["expected_many"]]
+    assert step["error"] is None and len(want) == 1500
+    assert [r["label"] for r in step["results"]] == want  # every row predicted, kept in window.trainfer.results
+    assert _labels(step) == want[:1000]  # a table the browser lays out at once: the first 1,000 rows
+    assert step["note"] == "1500 predictions; the first 1000 are shown"

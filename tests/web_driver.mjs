@@ -29,6 +29,7 @@ async function shown(page) {
     error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
     latency: document.getElementById('latency').textContent,
     headers: [...document.querySelectorAll('#predictions thead th')].map((th) => th.textContent),
+    note: document.getElementById('shown')?.textContent ?? null,
     rows: [...document.querySelectorAll('#predictions tbody tr')].map((tr) => ({
       name: tr.dataset.name, label: tr.dataset.label ?? null, prediction: tr.dataset.prediction ?? null,
       cells: [...tr.cells].map((c) => c.textContent),

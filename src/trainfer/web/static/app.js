@@ -12,6 +12,7 @@ const MISSING = new Set(['', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '
 const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
 const INFINITE = /^[+-]?inf(inity)?$/i;
 const F32_MAX = 3.4028234663852886e38;
+const MAX_SHOWN = 1000;
 
 class InputProblem extends Error {}
 
@@ -169,25 +170,26 @@ function isoSeconds(s) {
   return ((utc.getTime() / 1000 - offset) * 1e6 + micros) / 1e6;
 }
 
-function toNumber(cell, where, dtype, decimal = '.') {
+// One cell as the number the graph takes; an InputProblem (its message without the row and column) if it is none.
+function toNumber(cell, dtype, decimal = '.') {
   const s = cell.trim();
   if (MISSING.has(s)) return NaN;
-  if (INFINITE.test(s)) throw new InputProblem(`${where}: value is infinite; send a finite number`);
+  if (INFINITE.test(s)) throw new InputProblem('value is infinite; send a finite number');
   const n = decimal === ',' ? s.replace(',', '.') : s;
   if (NUMBER.test(n)) {
     const v = Number(n);
     if (!Number.isFinite(v) || (dtype === 'float32' && Math.abs(v) > F32_MAX)) {
-      throw new InputProblem(`${where}: ${s} is too large for the model (beyond float32)`);
+      throw new InputProblem(`${s} is too large for the model (beyond float32)`);
     }
     return v;
   }
   if (dtype === 'float64') { // dates and times
     const v = isoSeconds(s);
     if (v !== null) return v;
-    throw new InputProblem(`${where}: expected a number or a date/time such as 2024-01-31 or 2024-01-31T12:30:00, ` +
+    throw new InputProblem('expected a number or a date/time such as 2024-01-31 or 2024-01-31T12:30:00, ' +
       `got ${JSON.stringify(cell)}`);
   }
-  throw new InputProblem(`${where}: expected a number, got ${JSON.stringify(cell)}`);
+  throw new InputProblem(`expected a number, got ${JSON.stringify(cell)}`);
 }
 
 // The column that names rows, as `trainfer predict` picks it (runtime/files.py): the training data's id column,
@@ -202,8 +204,20 @@ function idColumnOf(header, trained) {
   return -1;
 }
 
-// One batch-1 feed per data row: {input name: ort.Tensor}. Errors name the data row and the column.
-function tableFeeds(text) {
+// The data rows, checked and converted: {name, values (one per graph input)}. Errors name the data row and column.
+// One row's batch-1 feed: {input name: ort.Tensor}, built just before its run (tens of thousands of rows would
+// otherwise hold one tensor per cell at once).
+function feedsOf(values) {
+  const feeds = {};
+  state.spec.inputs.forEach((inp, k) => {
+    const v = values[k];
+    feeds[inp.name] = inp.dtype === 'string' ? new ort.Tensor('string', [v], [1, 1])
+      : new ort.Tensor(inp.dtype, inp.dtype === 'float64' ? Float64Array.of(v) : Float32Array.of(v), [1, 1]);
+  });
+  return feeds;
+}
+
+function tableRows(text) {
   const spec = state.spec;
   const { sep, decimal } = csvFormat(text);
   const rows = parseCsv(text, sep);
@@ -226,19 +240,17 @@ function tableFeeds(text) {
     if (cells.length !== header.length) {
       throw new InputProblem(`${rowName}: ${cells.length} fields, but the header has ${header.length}`);
     }
-    const feeds = {};
-    spec.inputs.forEach((inp, k) => {
+    // every cell is checked before the first run: an error names its row and column, and nothing runs
+    const values = spec.inputs.map((inp, k) => {
       const cell = cells[index[k]];
-      const where = `${rowName}, column ${JSON.stringify(inp.column)}`;
-      if (inp.dtype === 'string') {
-        feeds[inp.name] = new ort.Tensor('string', [MISSING.has(cell.trim()) ? '' : cell], [1, 1]);
-      } else if (inp.dtype === 'float64') {
-        feeds[inp.name] = new ort.Tensor('float64', Float64Array.of(toNumber(cell, where, 'float64', decimal)), [1, 1]);
-      } else {
-        feeds[inp.name] = new ort.Tensor('float32', Float32Array.of(toNumber(cell, where, 'float32', decimal)), [1, 1]);
+      if (inp.dtype === 'string') return MISSING.has(cell.trim()) ? '' : cell;
+      try {
+        return toNumber(cell, inp.dtype, decimal);
+      } catch (e) {
+        throw new InputProblem(`${rowName}, column ${JSON.stringify(inp.column)}: ${e.message}`);
       }
     });
-    out.push({ name: idAt >= 0 ? cells[idAt] : String(r), feeds });
+    out.push({ name: idAt >= 0 ? cells[idAt] : String(r), values });
   }
   out.idName = idAt >= 0 ? header[idAt] : null;
   return out;
@@ -353,7 +365,9 @@ function showResults(results, what) {
   const cols = spec.task === 'regression' ? ['prediction'] : ['label', ...labels.map((l) => `p(${labelText(l)})`)];
   for (const name of [what, ...cols]) head.appendChild(document.createElement('th')).textContent = name;
   const body = table.createTBody();
-  for (const r of results) {
+  // a table of tens of thousands of rows takes the browser seconds to lay out: the first MAX_SHOWN are shown,
+  // and every result stays in window.trainfer.results
+  for (const r of results.slice(0, MAX_SHOWN)) {
     const tr = body.insertRow();
     tr.dataset.name = r.name;
     tr.insertCell().textContent = r.name;
@@ -373,7 +387,12 @@ function showResults(results, what) {
       if (k === top) td.className = 'top';
     });
   }
-  $('results').replaceChildren(table);
+  const note = document.createElement('p');
+  note.className = 'muted';
+  note.id = 'shown';
+  note.textContent = results.length > MAX_SHOWN ? `${results.length} predictions; the first ${MAX_SHOWN} are shown`
+    : `${results.length} prediction${results.length === 1 ? '' : 's'}`;
+  $('results').replaceChildren(note, table);
   state.results = results;
   showLatency();
 }
@@ -405,9 +424,10 @@ async function predictTable(text) {
   setBusy(true);
   try {
     if (state.state !== 'ready') throw new InputProblem('the model is not loaded yet');
-    const rows = tableFeeds(text);
+    const rows = tableRows(text);
     const results = [];
-    await eachWithProgress(rows, 'row', async (row) => results.push({ name: row.name, ...(await runOne(row.feeds)) }));
+    await eachWithProgress(rows, 'row', async (row) =>
+      results.push({ name: row.name, ...(await runOne(feedsOf(row.values))) }));
     showResults(results, rows.idName || 'row');
   } catch (e) {
     // no stale table under the message: what is shown is always the answer to the last input
