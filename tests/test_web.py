@@ -139,6 +139,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                        {"do": "csv_file", "path": str(root / "semicolon.csv")},
                        {"do": "csv_file", "path": str(root / "tabs.csv")},
                        {"do": "keys", "text": "\n".join(lines[:3])},
+                       {"do": "csv_file", "path": str(root / "many.csv")},
                        {"do": "csv_file", "path": str(root / "many.csv")}]},
                    {"url": servers[1][1], "steps": [
                        {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
@@ -450,3 +451,8 @@ def test_page_predicts_1500_rows_and_shows_the_first_thousand(world: dict) -> No
     assert [r["label"] for r in step["results"]] == want  # every row predicted, kept in window.trainfer.results
     assert _labels(step) == want[:1000]  # a table the browser lays out at once: the first 1,000 rows
     assert step["note"] == "1500 predictions; the first 1000 are shown"
+
+
+def test_page_predicts_when_the_same_file_is_chosen_again(world: dict) -> None:
+    first, again = world["pages"][0]["steps"][9:11]  # a browser fires no change event for the same file unless the
+    assert again["error"] is None and again["results"] == first["results"]  # page clears the input after reading

@@ -483,12 +483,17 @@ $('csv-text').addEventListener('keydown', (e) => {
 });
 $('csv-file').addEventListener('change', async (e) => {
   const file = e.target.files[0];
+  e.target.value = ''; // so choosing the same file again (after fixing it) is a change too
   if (!file) return;
   let text;
   try { text = await file.text(); } catch (err) { return showError(`${file.name}: cannot be read (${err.message})`); }
   await predictTable(text);
 });
-$('image-files').addEventListener('change', (e) => predictImages([...e.target.files]));
+$('image-files').addEventListener('change', (e) => {
+  const files = [...e.target.files];
+  e.target.value = ''; // so choosing the same files again is a change too
+  predictImages(files);
+});
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
