@@ -285,7 +285,7 @@ def test_site_holds_the_page_the_model_and_only_the_wasm_runtime(tmp_path_factor
     record = run_main(["web", bundle, "--out", tmp_path / "site", "--json"], capsys).check().json()
     site = tmp_path / "site"
     files = {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
-    page = {"index.html", "app.js", "png.js", "boot.js"}
+    page = {"index.html", "app.js", "csv.js", "png.js", "boot.js"}
     assert files == {*page, "site.json", "model.onnx", *SHIPPED} == set(record["files"])
     assert (site / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
     assert "MIT License" in (site / "ort" / "LICENSE.onnxruntime-web.txt").read_text()
