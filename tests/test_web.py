@@ -82,6 +82,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cells = lines[2].split(",")
     cells[0] = "-inf"  # refused, as trainfer predict refuses it (a raw runtime would compute with it)
     infinite = "\n".join([lines[0], lines[1], ",".join(cells)]) + "\n"
+    # files as spreadsheets write them: ';' with decimal commas (Excel in many locales), tabs with CRLF and a
+    # byte-order mark; trainfer predict sniffs both (features/delimiter.py), and so must the page
+    frame20 = frame[columns].iloc[:N_ROWS].astype(float) + 0.25
+    frame20.to_csv(root / "semicolon.csv", sep=";", decimal=",", index=False)
+    many = frame[columns].iloc[np.arange(1500) % len(frame)]  # one run per row: 1,500 of them
+    many.to_csv(root / "many.csv", index=False)
+    frame20.insert(0, "ID", [f"s{i}" for i in range(N_ROWS)])  # rows named as trainfer predict names them
+    (root / "tabs.csv").write_bytes(b"\xef\xbb\xbf" + frame20.to_csv(sep="\t", index=False, lineterminator="\r\n")
+                                    .encode())
 
     from PIL import Image
 
@@ -94,6 +103,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         Image.fromarray(img).save(paths[-1])
     paths.append(folder / "other_size.png")  # not the trained size: the graph resizes it
     Image.fromarray(images[0]).resize((24, 20), Image.BILINEAR).save(paths[-1])
+    # a phone's JPEG: stored 24x16 with EXIF orientation 6 (shown turned). Pillow, which trainfer predicts
+    # with, does not turn it; the page must not either, or it feeds the model another image.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    paths.append(folder / "turned.jpg")
+    Image.fromarray(images[1]).resize((24, 16), Image.BILINEAR).save(paths[-1], quality=95, exif=exif.tobytes())
+    # transparency: Pillow keeps the colour under a transparent pixel, a browser's canvas keeps it premultiplied
+    # (0 where alpha is 0); 16-bit grey: trainfer scales it to 8 bits by 255/65535 (features/image.py)
+    alpha = np.random.default_rng(0).integers(0, 256, images[2].shape[:2], dtype=np.uint8)
+    alpha[::2, ::2] = 0
+    paths.append(folder / "transparent.png")
+    Image.fromarray(np.dstack([images[2], alpha]), "RGBA").save(paths[-1])
+    paths.append(folder / "grey16.png")
+    Image.fromarray(images[3].mean(axis=2).astype(np.uint16) * 257 + 100).save(paths[-1])
     broken = root / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really a png" * 4)
 
@@ -103,30 +126,72 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     animals.loc[5, "colour"] = "grün"
     animals.to_csv(root / "animals.csv", index=False)
     table = get_bundle(tmp_path_factory, "csv")
+    dated, dated_rows = _dated_bundle(root)
 
-    servers = [_serve(digits), _serve(cnn, "--out", root / "cnn-site"), _serve(table)]
+    servers = [_serve(digits), _serve(cnn, "--out", root / "cnn-site"), _serve(table), _serve(dated)]
     try:
         job = {"puppeteer": str(CACHE / f"puppeteer-core-{PUPPETEER}" / "node_modules" / "puppeteer-core"),
                "chromium": CHROMIUM, "timeout_ms": 60000, "pages": [
                    {"url": servers[0][1], "steps": [
                        {"do": "paste", "text": text}, {"do": "csv_file", "path": str(root / "rows.csv")},
                        {"do": "paste", "text": missing_column}, {"do": "paste", "text": not_a_number},
-                       {"do": "paste", "text": infinite}]},
+                       {"do": "paste", "text": infinite}, {"do": "paste", "text": text},
+                       {"do": "csv_file", "path": str(root / "semicolon.csv")},
+                       {"do": "csv_file", "path": str(root / "tabs.csv")},
+                       {"do": "keys", "text": "\n".join(lines[:3])},
+                       {"do": "csv_file", "path": str(root / "many.csv")},
+                       {"do": "csv_file", "path": str(root / "many.csv")}]},
                    {"url": servers[1][1], "steps": [
                        {"do": "images", "paths": [str(p) for p in paths]}, {"do": "images", "paths": [str(broken)]}]},
-                   {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]}]}
+                   {"url": servers[2][1], "steps": [{"do": "csv_file", "path": str(root / "animals.csv")}]},
+                   {"url": servers[3][1], "steps": [{"do": "csv_file", "path": str(dated_rows)},
+                                                    {"do": "paste", "text": "x,when\n0.5,March 7 2024\n"}]},
+                   {"url": (root / "cnn-site" / "index.html").as_uri(), "opened_from_disk": True}]}
         proc = subprocess.run(["node", str(DRIVER)], input=json.dumps(job), capture_output=True, text=True,
                               timeout=240)
         assert proc.returncode == 0, f"the driver failed:\n{proc.stderr[-4000:]}"
         pages = json.loads(proc.stdout)["pages"]
     finally:
         stops = [_stop(p) for p, _ in servers]
+    *pages, from_disk = pages
     for page in pages:
         assert "driver_error" not in page, (page["driver_error"], page["console"], page["page_errors"])
     return {"digits": digits, "cnn": cnn, "columns": columns, "pages": pages, "stops": stops, "root": root,
+            "from_disk": from_disk,
             "expected_digits": _predict(digits, root / "rows.csv", root / "digits.csv"),
             "expected_cnn": _predict(cnn, folder, root / "cnn.csv"),
-            "expected_table": _predict(table, root / "animals.csv", root / "table.csv")}
+            "expected_table": _predict(table, root / "animals.csv", root / "table.csv"),
+            "expected_semicolon": _predict(digits, root / "semicolon.csv", root / "semicolon-out.csv"),
+            "expected_tabs": _predict(digits, root / "tabs.csv", root / "tabs-out.csv"),
+            "expected_many": _predict(digits, root / "many.csv", root / "many-out.csv"),
+            "expected_dated": _predict(dated, dated_rows, root / "dated-out.csv")}
+
+
+def _dated_bundle(root: Path) -> tuple[Path, Path]:
+    """A bundle with boolean labels and an ISO date column (a float64 input of epoch seconds), and rows to
+    predict with dates, date-times, time zones and a missing date."""
+    import pandas as pd
+
+    from trainfer.exporting import export
+    from trainfer.training import train
+
+    rng = np.random.default_rng(3)
+    n = 160
+    x = rng.normal(size=n)
+    when = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 366 * 24, n), unit="h")
+    frame = pd.DataFrame({"x": x, "when": when.strftime("%Y-%m-%dT%H:%M:%S"),
+                          "late": (x + (when.month > 6) - 0.5 + rng.normal(scale=0.3, size=n)) > 0})
+    frame.to_csv(root / "dated-train.csv", index=False)
+    run = train(out=root / "run-dated", data=str(root / "dated-train.csv"), target="late", model="mlp", epochs=3,
+                seed=0, quiet=True, overrides=["model.hidden=[16]"])
+    rows = frame.drop(columns=["late"]).head(12).copy()
+    rows.loc[1, "when"] = "2024-08-02"
+    rows.loc[2, "when"] = "2024-03-05 07:30"
+    rows.loc[3, "when"] = "2024-10-01T23:30:00-02:00"
+    rows.loc[4, "when"] = ""
+    rows.loc[5, "when"] = "2024-05-06T10:00:00.250Z"
+    rows.to_csv(root / "dated.csv", index=False)
+    return export(run, root / "bundle-dated"), root / "dated.csv"
 
 
 def _labels(step: dict) -> list[str]:
@@ -158,7 +223,11 @@ def test_page_predicts_images_like_trainfer_predict(world: dict) -> None:
     assert step["error"] is None
     want = {Path(r["path"]).name: r["prediction"] for r in world["expected_cnn"]}
     shown = {r["name"]: r["label"] for r in step["rows"]}
-    assert len(shown) == 6 and shown == want
+    assert len(shown) == 9 and shown == want
+    # the tiny CNN gives most images one label, so the probabilities are what shows the pixels are Pillow's
+    for r in world["expected_cnn"]:
+        got = next(x for x in step["results"] if x["name"] == Path(r["path"]).name)
+        np.testing.assert_allclose(got["probabilities"], [float(r[k]) for k in r if k.startswith("prob_")], atol=1e-4)
 
 
 def test_page_predicts_strings_missing_and_unseen_values_like_trainfer_predict(world: dict) -> None:
@@ -216,14 +285,15 @@ def test_site_holds_the_page_the_model_and_only_the_wasm_runtime(tmp_path_factor
     record = run_main(["web", bundle, "--out", tmp_path / "site", "--json"], capsys).check().json()
     site = tmp_path / "site"
     files = {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
-    assert files == {"index.html", "app.js", "site.json", "model.onnx", *SHIPPED} == set(record["files"])
+    page = {"index.html", "app.js", "csv.js", "png.js", "boot.js"}
+    assert files == {*page, "site.json", "model.onnx", *SHIPPED} == set(record["files"])
     assert (site / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
     assert "MIT License" in (site / "ort" / "LICENSE.onnxruntime-web.txt").read_text()
     spec = json.loads((site / "site.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [i["name"] for i in spec["inputs"]] == [r["name"] for r in manifest["input"]["raw_inputs"]]
     assert spec["labels"] == manifest["labels"] and spec["kind"] == "tabular" and spec["onnxruntime_web"] == "1.30.0"
-    assert "http://" not in (site / "index.html").read_text() + (site / "app.js").read_text()
+    assert "http://" not in "".join((site / name).read_text() for name in page)
 
     again = run_main(["web", bundle, "--out", site], capsys)  # an existing site is replaced only with --force
     assert_user_error(again, mentions=["already exists"])
@@ -314,3 +384,75 @@ def test_ensure_web_reuses_the_cache_and_says_what_to_install_without_npm(tmp_pa
     assert bare.returncode == 2
     lines = bare.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "npm" in lines[0], bare.stderr
+
+
+# ---- what users' files look like -------------------------------------------------------------------
+
+
+def test_page_reads_semicolon_decimal_comma_and_tab_files_like_trainfer_predict(world: dict) -> None:
+    steps = world["pages"][0]["steps"]
+    after_errors, semicolon, tabs = steps[5], steps[6], steps[7]
+    assert after_errors["error"] is None  # a run after errors starts clean
+    assert _labels(after_errors) == [r["prediction"] for r in world["expected_digits"]]
+    for step, want in ((semicolon, world["expected_semicolon"]), (tabs, world["expected_tabs"])):
+        assert step["error"] is None
+        assert _labels(step) == [r["prediction"] for r in want] and len(want) == N_ROWS
+    # an id column, found as trainfer predict finds it (named id in any case), names the rows
+    assert [r["name"] for r in tabs["rows"]] == [r["ID"] for r in world["expected_tabs"]] and tabs["headers"][0] == "ID"
+
+
+def test_page_predicts_on_ctrl_enter(world: dict) -> None:
+    typed = world["pages"][0]["steps"][8]
+    assert typed["error"] is None and _labels(typed) == [r["prediction"] for r in world["expected_digits"][:2]]
+
+
+def test_page_opened_from_disk_says_how_to_serve_it(world: dict) -> None:
+    said = world["from_disk"]["said"]  # browsers run no module script on file:// URLs
+    assert "file opened on disk" in said["status"] and "trainfer web BUNDLE --serve" in said["error"]
+
+
+def test_page_ignores_exif_orientation_as_trainfer_predict_does(world: dict) -> None:
+    step = world["pages"][1]["steps"][0]
+    want = next(r for r in world["expected_cnn"] if Path(r["path"]).name == "turned.jpg")
+    got = next(r for r in step["results"] if r["name"] == "turned.jpg")
+    labels = [k for k in want if k.startswith("prob_")]
+    # the same pixels in the same orientation: the probabilities agree as closely as for PNGs
+    np.testing.assert_allclose(got["probabilities"], [float(want[k]) for k in labels], atol=1e-4)
+    assert got["label"] == want["prediction"]
+
+
+def test_page_shows_no_stale_table_when_every_file_fails(world: dict) -> None:
+    broken = world["pages"][1]["steps"][1]
+    assert broken["rows"] == [] and broken["results"] == []
+
+
+def test_page_shows_boolean_labels_and_reads_dates_like_trainfer_predict(world: dict) -> None:
+    step = world["pages"][3]["steps"][0]
+    assert step["error"] is None
+    want = [r["prediction"] for r in world["expected_dated"]]
+    assert set(want) <= {"True", "False"} and len(want) == 12
+    assert _labels(step) == want  # True/False as trainfer predict writes them, not 1/0
+    probs = np.array([r["probabilities"] for r in step["results"]])
+    cpu = np.array([[float(r["prob_False"]), float(r["prob_True"])] for r in world["expected_dated"]])
+    np.testing.assert_allclose(probs, cpu, atol=1e-4)  # the dates became the same epoch seconds
+    assert step["headers"] == ["row", "label", "p(False)", "p(True)"]
+
+
+def test_page_refuses_a_date_trainfer_refuses(world: dict) -> None:
+    not_iso = world["pages"][3]["steps"][1]
+    # trainfer refuses a date that is not ISO 8601; the browser's Date.parse would take it (in local time)
+    assert "data row 1" in not_iso["error"] and '"when"' in not_iso["error"] and "March 7 2024" in not_iso["error"]
+
+
+def test_page_predicts_1500_rows_and_shows_the_first_thousand(world: dict) -> None:
+    step = world["pages"][0]["steps"][9]
+    want = [r["prediction"] for r in world["expected_many"]]
+    assert step["error"] is None and len(want) == 1500
+    assert [r["label"] for r in step["results"]] == want  # every row predicted, kept in window.trainfer.results
+    assert _labels(step) == want[:1000]  # a table the browser lays out at once: the first 1,000 rows
+    assert step["note"] == "1500 predictions; the first 1000 are shown"
+
+
+def test_page_predicts_when_the_same_file_is_chosen_again(world: dict) -> None:
+    first, again = world["pages"][0]["steps"][9:11]  # a browser fires no change event for the same file unless the
+    assert again["error"] is None and again["results"] == first["results"]  # page clears the input after reading

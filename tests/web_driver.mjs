@@ -28,6 +28,8 @@ async function shown(page) {
     state: window.trainfer.state,
     error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
     latency: document.getElementById('latency').textContent,
+    headers: [...document.querySelectorAll('#predictions thead th')].map((th) => th.textContent),
+    note: document.getElementById('shown')?.textContent ?? null,
     rows: [...document.querySelectorAll('#predictions tbody tr')].map((tr) => ({
       name: tr.dataset.name, label: tr.dataset.label ?? null, prediction: tr.dataset.prediction ?? null,
       cells: [...tr.cells].map((c) => c.textContent),
@@ -44,6 +46,12 @@ async function act(page, step) {
   if (step.do === 'paste') {
     await page.$eval('#csv-text', (el, text) => { el.value = text; el.dispatchEvent(new Event('input')); }, step.text);
     await page.click('#predict-csv');
+  } else if (step.do === 'keys') { // typed into the text box (a short text), then Ctrl+Enter
+    await page.$eval('#csv-text', (el) => { el.value = ''; });
+    await page.type('#csv-text', step.text);
+    await page.keyboard.down('Control');
+    await page.keyboard.press('Enter');
+    await page.keyboard.up('Control');
   } else if (step.do === 'csv_file') {
     await (await page.$('#csv-file')).uploadFile(step.path);
   } else if (step.do === 'images') {
@@ -76,11 +84,16 @@ try {
     const t0 = Date.now();
     try {
       await page.goto(spec.url, { waitUntil: 'load', timeout: 60000 });
-      await page.waitForFunction(() => window.trainfer && window.trainfer.state !== 'loading',
-        { timeout: job.timeout_ms || 60000 });
-      record.load_wall_ms = Date.now() - t0;
-      record.loaded = await shown(page);
-      for (const step of spec.steps || []) record.steps.push(await act(page, step));
+      if (spec.opened_from_disk) { // app.js never runs there: what the page says instead
+        record.said = await page.evaluate(() => ({ status: document.getElementById('status').textContent,
+          error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent }));
+      } else {
+        await page.waitForFunction(() => window.trainfer && window.trainfer.state !== 'loading',
+          { timeout: job.timeout_ms || 60000 });
+        record.load_wall_ms = Date.now() - t0;
+        record.loaded = await shown(page);
+        for (const step of spec.steps || []) record.steps.push(await act(page, step));
+      }
     } catch (e) {
       // the test reports this beside the console and page errors, which usually say why
       record.driver_error = String(e && e.message ? e.message : e);

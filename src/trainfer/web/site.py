@@ -21,7 +21,7 @@ from trainfer.web.assets import ORT_WEB_VERSION, copy_runtime, ensure_ort_web
 
 SITE_FORMAT = "trainfer-web"
 SITE_JSON = "site.json"
-PAGE_FILES = ("index.html", "app.js")
+PAGE_FILES = ("index.html", "app.js", "csv.js", "png.js", "boot.js")
 ORT_DIR = "ort"
 
 

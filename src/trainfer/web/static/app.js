@@ -1,18 +1,14 @@
 // The page's whole logic: read site.json, load model.onnx into onnxruntime-web (wasm), turn pasted or
 // uploaded CSV rows / image files into the graph's raw inputs, and show labels, probabilities and timings.
 // The graph does all the preprocessing (imputation, scaling, one-hot, resizing) and the label lookup, so
-// this script only parses text and decodes images. Problems are shown in the page, never thrown.
+// this script (with csv.js, which reads CSV text as trainfer predict does, and png.js, which decodes the PNGs a
+// browser would alter) only parses text and decodes images. Problems are shown in the page, never thrown.
 import * as ort from './ort/ort.wasm.min.mjs';
+import { InputProblem, tableRows } from './csv.js';
+import { decodePng } from './png.js';
 
 const $ = (id) => document.getElementById(id);
-// pandas' default missing-value markers: the same text means missing here as in `trainfer predict`
-const MISSING = new Set(['', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '-NaN', '-nan', '1.#IND', '1.#QNAN',
-  '<NA>', 'N/A', 'NA', 'NULL', 'NaN', 'None', 'n/a', 'nan', 'null', 'NaT']);
-const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
-const INFINITE = /^[+-]?inf(inity)?$/i;
-const F32_MAX = 3.4028234663852886e38;
-
-class InputProblem extends Error {}
+const MAX_SHOWN = 1000;
 
 // What tests and benchmarks read (window.trainfer): state, timings (ms), the last results.
 const state = { state: 'loading', done: 0, error: null, spec: null, timings: { calls: [] }, results: [], threads: null };
@@ -77,107 +73,69 @@ async function load() {
   state.state = 'ready';
 }
 
-// ---- CSV ---------------------------------------------------------------------------------------
+// ---- CSV rows -> feeds -------------------------------------------------------------------------
 
-// RFC 4180: quoted fields may hold commas, quotes ("") and line breaks. Returns rows of strings, each with
-// the line it started on; blank lines are skipped (as pandas does).
-function parseCsv(text) {
-  const rows = [];
-  let row = [], field = '', quoted = false, line = 1, start = 1, i = 0;
-  if (text.charCodeAt(0) === 0xfeff) i = 1; // byte-order mark
-  const endRow = () => {
-    row.push(field);
-    if (!(row.length === 1 && row[0] === '')) rows.push({ cells: row, line: start });
-    row = []; field = '';
-  };
-  for (; i < text.length; i++) {
-    const c = text[i];
-    if (quoted) {
-      if (c === '"' && text[i + 1] === '"') { field += '"'; i++; }
-      else if (c === '"') quoted = false;
-      else { if (c === '\n') line++; field += c; }
-    } else if (c === '"' && field === '') quoted = true;
-    else if (c === ',') { row.push(field); field = ''; }
-    else if (c === '\n' || c === '\r') {
-      if (c === '\r' && text[i + 1] === '\n') i++;
-      endRow(); line++; start = line;
-    } else field += c;
-  }
-  if (quoted) throw new InputProblem(`line ${start}: a quoted field is not closed (a " is missing)`);
-  if (field !== '' || row.length) endRow();
-  return rows;
-}
-
-function toNumber(cell, where, dtype) {
-  const s = cell.trim();
-  if (MISSING.has(s)) return NaN;
-  if (INFINITE.test(s)) throw new InputProblem(`${where}: value is infinite; send a finite number`);
-  if (NUMBER.test(s)) {
-    const v = Number(s);
-    if (!Number.isFinite(v) || (dtype === 'float32' && Math.abs(v) > F32_MAX)) {
-      throw new InputProblem(`${where}: ${s} is too large for the model (beyond float32)`);
-    }
-    return v;
-  }
-  if (dtype === 'float64') { // dates and times: seconds since 1970-01-01 UTC (a time without a zone is UTC)
-    const iso = /[zZ]|[+-]\d\d:?\d\d$/.test(s) || !/\d[T ]\d/.test(s) ? s : `${s.replace(' ', 'T')}Z`;
-    const ms = Date.parse(iso);
-    if (!Number.isNaN(ms)) return ms / 1000;
-  }
-  throw new InputProblem(`${where}: expected a number, got ${JSON.stringify(cell)}`);
-}
-
-// One batch-1 feed per data row: {input name: ort.Tensor}. Errors name the data row and the column.
-function tableFeeds(text) {
-  const spec = state.spec;
-  const rows = parseCsv(text);
-  if (!rows.length) throw new InputProblem('no rows: paste a header line with the column names, then data rows');
-  const header = rows[0].cells.map((h) => h.trim());
-  const missing = spec.inputs.filter((i) => !header.includes(i.column)).map((i) => i.column);
-  if (missing.length) {
-    const shown = missing.slice(0, 5).map((m) => JSON.stringify(m)).join(', ');
-    throw new InputProblem(`header (line ${rows[0].line}): column${missing.length > 1 ? 's' : ''} ${shown}` +
-      `${missing.length > 5 ? ` and ${missing.length - 5} more` : ''} missing; the model needs ` +
-      `${spec.inputs.length} columns (listed above the Predict button)`);
-  }
-  if (rows.length === 1) throw new InputProblem('no data rows below the header');
-  const index = spec.inputs.map((i) => header.indexOf(i.column));
-  const idAt = spec.id_column ? header.indexOf(spec.id_column) : -1;
-  const out = [];
-  for (let r = 1; r < rows.length; r++) {
-    const { cells, line } = rows[r];
-    const rowName = `data row ${r} (line ${line})`;
-    if (cells.length !== header.length) {
-      throw new InputProblem(`${rowName}: ${cells.length} fields, but the header has ${header.length}`);
-    }
-    const feeds = {};
-    spec.inputs.forEach((inp, k) => {
-      const cell = cells[index[k]];
-      const where = `${rowName}, column ${JSON.stringify(inp.column)}`;
-      if (inp.dtype === 'string') {
-        feeds[inp.name] = new ort.Tensor('string', [MISSING.has(cell.trim()) ? '' : cell], [1, 1]);
-      } else if (inp.dtype === 'float64') {
-        feeds[inp.name] = new ort.Tensor('float64', Float64Array.of(toNumber(cell, where, 'float64')), [1, 1]);
-      } else {
-        feeds[inp.name] = new ort.Tensor('float32', Float32Array.of(toNumber(cell, where, 'float32')), [1, 1]);
-      }
-    });
-    out.push({ name: idAt >= 0 ? cells[idAt] : String(r), feeds });
-  }
-  return out;
+// One row's batch-1 feed: {input name: ort.Tensor}, built just before its run (tens of thousands of rows would
+// otherwise hold one tensor per cell at once).
+function feedsOf(values) {
+  const feeds = {};
+  state.spec.inputs.forEach((inp, k) => {
+    const v = values[k];
+    feeds[inp.name] = inp.dtype === 'string' ? new ort.Tensor('string', [v], [1, 1])
+      : new ort.Tensor(inp.dtype, inp.dtype === 'float64' ? Float64Array.of(v) : Float32Array.of(v), [1, 1]);
+  });
+  return feeds;
 }
 
 // ---- images ------------------------------------------------------------------------------------
 
-// Pixels as PIL decodes them: no colour-space conversion, no premultiplied alpha; RGB uint8 NHWC at the
-// file's own size (the graph resizes to the trained size).
+// A JPEG's EXIF orientation tag set to 1 (as stored) in a copy of its bytes: Pillow, which trainfer predicts
+// with, does not turn images by it, and createImageBitmap always does (in Chromium, measured on 156, with
+// imageOrientation 'none' too). Other bytes, and files without the tag, are returned unchanged.
+function withoutOrientation(bytes) {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (v.byteLength < 4 || v.getUint16(0) !== 0xffd8) return bytes;
+  for (let at = 2; at + 4 <= v.byteLength && v.getUint8(at) === 0xff;) {
+    const marker = v.getUint8(at + 1);
+    const length = v.getUint16(at + 2);
+    if (marker === 0xda || marker === 0xd9) break; // image data: no more metadata
+    const tiff = at + 10;
+    if (marker === 0xe1 && length >= 16 && v.getUint32(at + 4) === 0x45786966 && tiff + 8 <= v.byteLength) {
+      const little = v.getUint16(tiff) === 0x4949; // "II": little-endian, "MM": big-endian
+      const ifd = tiff + v.getUint32(tiff + 4, little);
+      if (ifd + 2 > v.byteLength) return bytes;
+      const n = v.getUint16(ifd, little);
+      for (let e = ifd + 2; e < ifd + 2 + 12 * n && e + 12 <= v.byteLength; e += 12) {
+        if (v.getUint16(e, little) === 0x0112 && v.getUint16(e + 8, little) !== 1) {
+          const copy = bytes.slice();
+          new DataView(copy.buffer).setUint16(e + 8, 1, little);
+          return copy;
+        }
+      }
+      return bytes;
+    }
+    at += 2 + length;
+  }
+  return bytes;
+}
+
+// Pixels as PIL decodes them: no colour-space conversion, no premultiplied alpha, no EXIF rotation; RGB uint8
+// NHWC at the file's own size (the graph resizes to the trained size).
 async function imageFeed(file) {
+  const tensor = (rgb, height, width) =>
+    ({ [state.spec.inputs[0].name]: new ort.Tensor('uint8', rgb, [1, height, width, 3]) });
   let bitmap;
   try {
-    bitmap = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    const bytes = withoutOrientation(new Uint8Array(await file.arrayBuffer()));
+    // PNGs with transparency or 16-bit samples: decoded here, as Pillow does (png.js); a damaged one falls
+    // through to the browser's decoder, whose refusal is the message
+    const png = await decodePng(bytes).catch(() => null);
+    if (png) return tensor(png.rgb, png.height, png.width);
+    bitmap = await createImageBitmap(new Blob([bytes], { type: file.type }),
+      { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   } catch (e) {
     throw new InputProblem(`${file.name}: cannot be read as an image (${file.type || 'unknown type'}, ` +
-      `${file.size} bytes); use PNG, JPEG, GIF, BMP or WebP`);
+      `${file.size} bytes); use PNG, JPEG, BMP or WebP (the files trainfer predict reads)`);
   }
   const { width, height } = bitmap;
   const canvas = new OffscreenCanvas(width, height);
@@ -189,12 +147,14 @@ async function imageFeed(file) {
   for (let p = 0, q = 0; p < rgba.length; p += 4, q += 3) {
     rgb[q] = rgba[p]; rgb[q + 1] = rgba[p + 1]; rgb[q + 2] = rgba[p + 2];
   }
-  return { [state.spec.inputs[0].name]: new ort.Tensor('uint8', rgb, [1, height, width, 3]) };
+  return tensor(rgb, height, width);
 }
 
 // ---- running and showing -------------------------------------------------------------------------
 
 function plain(v) { return typeof v === 'bigint' ? Number(v) : v; }
+// Labels as `trainfer predict` writes them: Python's str(), so booleans are True and False.
+function labelText(v) { return typeof v === 'boolean' ? (v ? 'True' : 'False') : String(v); }
 
 async function runOne(feeds) {
   const t0 = performance.now();
@@ -209,7 +169,8 @@ async function runOne(feeds) {
   lastFeeds = feeds;
   if (state.spec.task === 'regression') return { value: plain(out.prediction.data[0]) };
   const probs = Array.from(out.probabilities.data, Number);
-  return { label: String(plain(out.label.data[0])), probabilities: probs };
+  const label = out.label.type === 'bool' ? Boolean(out.label.data[0]) : plain(out.label.data[0]);
+  return { label: labelText(label), probabilities: probs };
 }
 
 function median(xs) {
@@ -232,10 +193,12 @@ function showResults(results, what) {
   table.id = 'predictions';
   const head = table.createTHead().insertRow();
   const labels = spec.labels || [];
-  const cols = spec.task === 'regression' ? ['prediction'] : ['label', ...labels.map((l) => `p(${l})`)];
+  const cols = spec.task === 'regression' ? ['prediction'] : ['label', ...labels.map((l) => `p(${labelText(l)})`)];
   for (const name of [what, ...cols]) head.appendChild(document.createElement('th')).textContent = name;
   const body = table.createTBody();
-  for (const r of results) {
+  // a table of tens of thousands of rows takes the browser seconds to lay out: the first MAX_SHOWN are shown,
+  // and every result stays in window.trainfer.results
+  for (const r of results.slice(0, MAX_SHOWN)) {
     const tr = body.insertRow();
     tr.dataset.name = r.name;
     tr.insertCell().textContent = r.name;
@@ -255,45 +218,80 @@ function showResults(results, what) {
       if (k === top) td.className = 'top';
     });
   }
-  $('results').replaceChildren(table);
+  const note = document.createElement('p');
+  note.className = 'muted';
+  note.id = 'shown';
+  note.textContent = results.length > MAX_SHOWN ? `${results.length} predictions; the first ${MAX_SHOWN} are shown`
+    : `${results.length} prediction${results.length === 1 ? '' : 's'}`;
+  $('results').replaceChildren(note, table);
   state.results = results;
   showLatency();
 }
 
+// Long inputs: the page shows how far it is and stays responsive (it yields to the browser every 100 ms), and
+// the inputs wait until the run ends, so a second click cannot interleave two runs on one session.
+let busy = false;
+function setBusy(on) {
+  busy = on;
+  for (const id of ['predict-csv', 'csv-file', 'image-files']) $(id).disabled = on;
+  if (!on) $('progress').textContent = '';
+}
+
+async function eachWithProgress(items, what, fn) {
+  let shown = performance.now();
+  for (let k = 0; k < items.length; k++) {
+    if (performance.now() - shown > 100) {
+      $('progress').textContent = `predicting ${what} ${k + 1} of ${items.length}…`;
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      shown = performance.now();
+    }
+    await fn(items[k]);
+  }
+}
+
 async function predictTable(text) {
+  if (busy) return;
   clearError();
+  setBusy(true);
   try {
     if (state.state !== 'ready') throw new InputProblem('the model is not loaded yet');
-    const rows = tableFeeds(text);
+    const rows = tableRows(text, state.spec);
     const results = [];
-    for (const row of rows) results.push({ name: row.name, ...(await runOne(row.feeds)) });
-    showResults(results, state.spec.id_column ? state.spec.id_column : 'row');
+    await eachWithProgress(rows, 'row', async (row) =>
+      results.push({ name: row.name, ...(await runOne(feedsOf(row.values))) }));
+    showResults(results, rows.idName || 'row');
   } catch (e) {
     // no stale table under the message: what is shown is always the answer to the last input
     $('results').replaceChildren();
     state.results = [];
     showError(e instanceof InputProblem ? e.message : `prediction failed: ${e.message || e}`);
   } finally {
+    setBusy(false);
     state.done++; // tests and benchmarks wait for this
   }
 }
 
 async function predictImages(files) {
+  if (busy) return;
   clearError();
+  setBusy(true);
   try {
     if (state.state !== 'ready') return showError('the model is not loaded yet');
     const results = [];
     const problems = [];
-    for (const file of files) {
+    await eachWithProgress(files, 'image', async (file) => {
       try {
         results.push({ name: file.name, ...(await runOne(await imageFeed(file))) });
       } catch (e) {
         problems.push(e instanceof InputProblem ? e.message : `${file.name}: prediction failed: ${e.message || e}`);
       }
-    }
+    });
+    // no stale table: what is shown is always the answer to the last input
     if (results.length) showResults(results, 'file');
+    else { $('results').replaceChildren(); state.results = []; }
     if (problems.length) showError(problems.join('\n'));
   } finally {
+    setBusy(false);
     state.done++;
   }
 }
@@ -310,14 +308,23 @@ state.bench = async (n) => {
 };
 
 $('predict-csv').addEventListener('click', () => predictTable($('csv-text').value));
+// Ctrl+Enter (Cmd+Enter on a Mac) in the text box predicts, as the button does
+$('csv-text').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); predictTable($('csv-text').value); }
+});
 $('csv-file').addEventListener('change', async (e) => {
   const file = e.target.files[0];
+  e.target.value = ''; // so choosing the same file again (after fixing it) is a change too
   if (!file) return;
   let text;
   try { text = await file.text(); } catch (err) { return showError(`${file.name}: cannot be read (${err.message})`); }
   await predictTable(text);
 });
-$('image-files').addEventListener('change', (e) => predictImages([...e.target.files]));
+$('image-files').addEventListener('change', (e) => {
+  const files = [...e.target.files];
+  e.target.value = ''; // so choosing the same files again is a change too
+  predictImages(files);
+});
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
