@@ -308,15 +308,21 @@ def test_a_raw_runtime_given_inf_returns_nan_probabilities_and_the_first_label(d
 def test_prepare_returns_arrays_that_later_calls_do_not_change(digits_bundle: Path, tmp_path_factory) -> None:
     digits = trainfer.load(digits_bundle)
     X = get_run(tmp_path_factory, "digits").load_split("test")[0].to_numpy(dtype=np.float64)
-    a = digits.prepare(X[:1])
-    kept = {k: v.copy() for k, v in a.items()}
+    a = digits.prepare(X[:1])  # all-number table: one (1, 64) float32 matrix that run() binds
+    assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (1, 64)
+    kept = a.copy()
     digits.predict(X[1:2])
     digits.prepare(X[2:3])
-    assert all(np.array_equal(a[k], kept[k], equal_nan=True) for k in a)
-    assert all(v.dtype == np.float32 and v.shape == (1, 1) and v.flags.c_contiguous for v in a.values())
+    digits.run(digits.prepare(X[3:4]))
+    assert np.array_equal(a, kept, equal_nan=True)
+    f = digits.feed(X[:1])  # the feed dict any runtime takes
+    assert all(v.dtype == np.float32 and v.shape == (1, 1) and v.flags.c_contiguous for v in f.values())
     # the per-thread buffer predict reuses does not leak one batch into the next
     assert list(digits.predict(X[:5])) == [digits.predict(X[i:i + 1])[0] for i in range(5)]
     np.testing.assert_allclose(digits.run(a), digits.predict_proba(X[:1]))
+    np.testing.assert_allclose(digits.run(np.concatenate([digits.prepare(X[i:i + 1]) for i in range(5)])),
+                               digits.predict_proba(X[:5]))  # batched as the server batches: rows joined
+    np.testing.assert_allclose(digits.run(f), digits.predict_proba(X[:1]))
 
 
 def test_missing_column_is_named(csv_bundle: Path) -> None:
