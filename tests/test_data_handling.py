@@ -195,6 +195,9 @@ def test_a_datetime_column_is_the_same_numeric_feature_from_parquet_and_csv(tmp_
     np.testing.assert_allclose(fp.transform(epoch), expected, rtol=0, atol=1e-6)
     assert fp.transform([{"x": 0.0, "when": "2024-03-01T12:00:00+02:00"}])[0, 1] == pytest.approx(
         fp.transform([{"x": 0.0, "when": "2024-03-01 10:00:00"}])[0, 1])
+    # a date with a zone and no time is midnight in that zone (fromisoformat read "+02:00" as a time: 02:00 UTC)
+    assert fp.transform([{"x": 0.0, "when": "2024-03-01+02:00"}])[0, 1] == pytest.approx(
+        fp.transform([{"x": 0.0, "when": "2024-02-29T22:00:00"}])[0, 1])
     with pytest.raises(trainfer.TrainferError, match="column 'when': expected a date/time"):
         fp.transform([{"x": 0.0, "when": "next tuesday"}])
 

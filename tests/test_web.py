@@ -190,6 +190,7 @@ def _dated_bundle(root: Path) -> tuple[Path, Path]:
     rows.loc[3, "when"] = "2024-10-01T23:30:00-02:00"
     rows.loc[4, "when"] = ""
     rows.loc[5, "when"] = "2024-05-06T10:00:00.250Z"
+    rows.loc[6, "when"] = "2024-07-01+02:00"  # a date with a zone: midnight there
     rows.to_csv(root / "dated.csv", index=False)
     return export(run, root / "bundle-dated"), root / "dated.csv"
 

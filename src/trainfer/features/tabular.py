@@ -363,8 +363,12 @@ def _holds_datetimes(values: np.ndarray) -> bool:
 
 def _parse_iso(text: str) -> _dt.datetime | None:
     text = text.strip()
-    if not _ISO.fullmatch(text):
+    m = _ISO.fullmatch(text)
+    if not m:
         return None
+    if m.group(1) is None and m.group(4) not in (None, "Z"):
+        # 2024-01-31+02:00 is midnight at +02:00: fromisoformat took the sign for the date/time separator (02:00 UTC)
+        text = f"{text[:10]}T00:00{text[10:]}"
     try:
         return _dt.datetime.fromisoformat(text)
     except ValueError:  # e.g. 2024-02-30

@@ -83,12 +83,7 @@ function isoSeconds(s) {
   const m = ISO.exec(s);
   if (!m || (m[8] === 'Z' && m[4] === undefined)) return null; // fromisoformat refuses 2024-01-31Z
   let [y, mo, d, h, mi, sec] = [1, 2, 3, 4, 5, 6].map((k) => Number(m[k] || 0));
-  if (m[4] === undefined && m[10] !== undefined) {
-    // 2024-01-31+02:00 is 02:00 UTC to `trainfer predict`: Python's fromisoformat takes the sign as the
-    // date/time separator. The page reads it the same way, so both give one answer.
-    [h, mi] = [Number(m[10]), Number(m[11] || 0)];
-    m[10] = undefined;
-  }
+  // a date with a zone and no time (2024-01-31+02:00) is midnight in that zone, as for `trainfer predict`
   if (h > 23 || mi > 59 || sec > 59 || (m[10] !== undefined && (Number(m[10]) > 23 || Number(m[11] || 0) > 59))) {
     return null;
   }
