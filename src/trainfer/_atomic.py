@@ -13,10 +13,11 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainfer.errors import OutputError, TrainferError
 
@@ -62,6 +63,38 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
     tmp.chmod(dir_mode())
     return tmp
+
+
+_T = TypeVar("_T")
+
+
+def write_dir(out: Path, fill: Callable[[Path], _T]) -> _T:
+    """Build the directory ``out`` atomically: ``fill(tmp)`` writes it under a temporary name beside ``out`` (the
+    rename stays on one file system), which is then renamed into place. An existing ``out`` (the caller checked
+    that it may be replaced) is moved aside first, so a crash never leaves neither. On any failure the temporary
+    directory is removed and the old ``out`` kept; an OS error (disk full, read-only, no permission), even one
+    re-raised as another error, becomes an OutputError naming ``out``. Returns what ``fill`` returned."""
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(out.parent, out.name)
+        result = fill(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        err = output_error(exc, out) if isinstance(exc, Exception) else None
+        if err is not None:
+            raise err from None
+        raise
+    return result
 
 
 def os_error_in(exc: BaseException) -> tuple[int, str, str | None] | None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainfer._atomic import check_output, make_temp_dir, output_error
+from trainfer._atomic import check_output, write_dir
 from trainfer.errors import OutputError
 from trainfer.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, MODEL, manifest_bytes, sha256_file
 from trainfer.runtime.encryption import ENCRYPTED_MODEL, encrypt, encryption_record
@@ -36,10 +35,8 @@ def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool 
     error, becomes an OutputError naming ``out``; the temporary directory is removed, the old bundle kept.
     """
     out = check_bundle_out(out, force)
-    tmp: Path | None = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(out.parent, out.name)  # beside out: the final rename stays on one file system
+
+    def build(tmp: Path) -> None:
         fields = fill(tmp)
         model = fields.pop("model_bytes", None)
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -53,19 +50,6 @@ def write_bundle(out: Path, fill: Callable[[Path], dict[str, Any]], force: bool 
             (tmp / MODEL).write_bytes(model)
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_bytes(manifest_bytes(manifest))
-        if out.exists():  # --force: move the old bundle aside first, so a crash never leaves neither
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        err = output_error(exc, out) if isinstance(exc, Exception) else None
-        if err is not None:
-            raise err from None
-        raise
+
+    write_dir(out, build)
     return out

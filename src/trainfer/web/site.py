@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from trainfer._atomic import check_output, make_temp_dir, output_error
+from trainfer._atomic import check_output, write_dir
 from trainfer.errors import BundleError, OutputError
 from trainfer.runtime.bundle import MODEL, read_listed, read_manifest
 from trainfer.web.assets import ORT_WEB_VERSION, copy_runtime, ensure_ort_web
@@ -85,31 +84,16 @@ def build_site(bundle: str | Path, out: str | Path, force: bool = False) -> dict
     model = read_listed(bundle, manifest, MODEL)  # the bytes copied are the bytes checked
     out = check_site_out(out, force)
     ensure_ort_web()  # installed (or npm missing: an error) before anything is written
-    tmp: Path | None = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(out.parent, out.name)
+
+    def build(tmp: Path) -> dict[str, int]:
         static = resources.files("trainfer.web") / "static"
         for name in PAGE_FILES:
             (tmp / name).write_bytes((static / name).read_bytes())
         (tmp / MODEL).write_bytes(model)
         (tmp / SITE_JSON).write_text(json.dumps(spec, indent=2) + "\n")
         copy_runtime(tmp / ORT_DIR)
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        if out.exists():  # --force: the old site moves aside first, so a crash never leaves neither
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        err = output_error(exc, out) if isinstance(exc, Exception) else None
-        if err is not None:
-            raise err from None
-        raise
+        return {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+
+    files = write_dir(out, build)
     return {"site": str(out), "bundle": str(bundle), "kind": spec["kind"], "files": files,
             "bytes": sum(files.values()), "onnxruntime_web": ORT_WEB_VERSION}
