@@ -298,22 +298,27 @@ def _rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
             if not (x.dtype.kind == "f" and float(flat @ flat) <= schema.safe_r2):
                 check_range(x, schema.means, schema.stds, [c["name"] for c in schema.columns])
         return x
-    cols = []
-    n = None
-    for spec in schema.inputs:
-        v = tensors[spec["name"]]
+    cols = _column_vectors(tensors, [(spec["name"], spec["name"]) for spec in schema.inputs], schema)
+    return np.stack([v.astype(object) for v in cols], axis=1)
+
+
+def _column_vectors(tensors: dict[str, np.ndarray], names: list[tuple[str, str]], schema: Schema) -> list[np.ndarray]:
+    """One 1-D array per (tensor name, column name), each [batch] or [batch, 1] with the same batch; numbers
+    further than Z_MAX standard deviations from their column's training mean are refused (check_range)."""
+    cols: list[np.ndarray] = []
+    for tensor, column in names:
+        v = tensors[tensor]
         if v.ndim == 2 and v.shape[1] == 1:
             v = v[:, 0]
         if v.ndim != 1:
-            raise InputError(f"shape {list(v.shape)} must be [batch] or [batch, 1]", column=f"{spec['name']}.shape")
-        if n is not None and len(v) != n:
-            raise InputError(f"has {len(v)} rows, other inputs have {n}", column=spec["name"])
-        n = len(v)
-        k = schema.numeric_index.get(spec["name"])
+            raise InputError(f"shape {list(v.shape)} must be [batch] or [batch, 1]", column=f"{tensor}.shape")
+        if cols and len(v) != len(cols[0]):
+            raise InputError(f"has {len(v)} rows, other inputs have {len(cols[0])}", column=tensor)
+        k = schema.numeric_index.get(column)
         if k is not None and v.dtype.kind in "iuf":
-            check_range(v[:, None], schema.means[k:k + 1], schema.stds[k:k + 1], [spec["name"]])
-        cols.append(v.astype(object))
-    return np.stack(cols, axis=1)
+            check_range(v[:, None], schema.means[k:k + 1], schema.stds[k:k + 1], [tensor])
+        cols.append(v)
+    return cols
 
 
 def _raw_rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
@@ -327,20 +332,8 @@ def _raw_rows(tensors: dict[str, np.ndarray], schema: Schema) -> Any:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise InputError(f"shape {list(x.shape)} does not match [-1, -1, -1, 3]", column=f"{names[0]}.shape")
         return x
-    cols, n = [], None
-    for spec, r in zip(schema.columns, schema.raw, strict=True):
-        v = tensors[r["name"]]
-        if v.ndim == 2 and v.shape[1] == 1:
-            v = v[:, 0]
-        if v.ndim != 1:
-            raise InputError(f"shape {list(v.shape)} must be [batch] or [batch, 1]", column=f"{r['name']}.shape")
-        if n is not None and len(v) != n:
-            raise InputError(f"has {len(v)} rows, other inputs have {n}", column=r["name"])
-        n = len(v)
-        k = schema.numeric_index.get(spec["name"])
-        if k is not None and v.dtype.kind in "iuf":
-            check_range(v[:, None], schema.means[k:k + 1], schema.stds[k:k + 1], [r["name"]])
-        cols.append(v)
+    cols = _column_vectors(tensors, [(r["name"], spec["name"]) for spec, r in zip(schema.columns, schema.raw,
+                                                                                   strict=True)], schema)
     if all(c.dtype.kind in "iuf" for c in cols):  # all numbers: one float matrix, the features' fast path
         return np.stack([c.astype(np.float64) for c in cols], axis=1)
     return np.stack([c.astype(object) for c in cols], axis=1)
