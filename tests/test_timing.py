@@ -115,11 +115,15 @@ def test_optimize_times_as_many_rounds_as_the_selection_rule_needs(csv_run) -> N
     from trainfer.exporting import graph_inputs
     from trainfer.exporting.optimize import _latency
 
-    class Slow:
+    class Slow:  # a session whose every call takes 2 ms
+        def get_outputs(self) -> list[object]:
+            return []
+
         def run(self, _outputs: object, _feed: object) -> None:
             time.sleep(0.002)
 
-    X_std, X = graph_inputs(csv_run.features, csv_run.load_split("val")[0])
+    X = csv_run.load_split("val")[0]  # raw rows: optimize times whole graphs, as bundles run them
+    X_std, _ = graph_inputs(csv_run.features, X)
     block = 2
     samples = _latency({"a": Slow(), "b": Slow()}, csv_run, X, X_std, 1, 1,
                        {"min_count": 1, "min_seconds": 0.0, "block": block, "warmup": 0})
