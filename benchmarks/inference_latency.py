@@ -7,7 +7,7 @@ For the digits MLP and the image CNN, the same run is timed three ways, interlea
   onnxruntime_bare  inference_session(bundle/model.onnx, threads).run(["probabilities"], feed): the bundle's
                     session on a ready feed dict (model.onnx is the whole pipeline: raw columns in, issue 14)
 
-plus two diagnostics: bundle_preprocess, predictor.prepare(raw) alone; and onnxruntime_bound, the same session run
+plus two diagnostics: bundle_preprocess, predictor.prepare(raw) alone (its checks and the copy); and onnxruntime_bound, the same session run
 through IO binding on a buffer bound once (how the bundle runs rows of numbers: session.run converts each of the
 graph's inputs on every call, which at digits' 64 inputs costs more than the model). ``raw`` is one test
 sample as the user passes it ((1, 64) float64 for digits, (1, 32, 32, 3) uint8 for the CNN); ``feed`` is
@@ -68,7 +68,7 @@ def build_variants(run_dir: Path, bundle_dir: Path, threads: int) -> tuple[dict[
     t3 = time.perf_counter()
 
     raw = first_raw_row(run)
-    feed = predictor.prepare(raw)  # what the whole graph takes: one array per raw input, ready
+    feed = predictor.feed(raw)  # what the whole graph takes: one array per raw input, ready
     xt = torch.from_numpy(run.features.transform(raw))  # what the torch model takes
     model = run.model.eval()
 
