@@ -28,7 +28,9 @@ def create_app(bundle: Path, name: str, threads: int) -> Any:
     from trainfer.runtime import inference_session
 
     predictor = trainfer.load(bundle, threads=threads)  # for its preprocessing only (numpy)
-    prepare, labels = predictor.prepare, np.asarray(predictor.labels)
+    # a whole-graph bundle's feed dict of raw inputs (what any runtime takes); an older bundle's tensor
+    prepare = predictor.feed if predictor.feeder is not None else predictor.prepare
+    labels = np.asarray(predictor.labels)
     session = inference_session(bundle / "model.onnx", threads)  # the same session settings as the bundle's
     input_name = session.get_inputs()[0].name
     app = FastAPI()
@@ -45,7 +47,7 @@ def create_app(bundle: Path, name: str, threads: int) -> Any:
             req = json.loads(await request.body())
             t = req["inputs"][0]
             x = np.asarray(t["data"], dtype=NUMPY[t["datatype"]]).reshape(t["shape"])
-            feed = prepare(x)  # a whole-graph bundle's feed dict of raw inputs; an older bundle's tensor
+            feed = prepare(x)
             probs = session.run(["probabilities"], feed if isinstance(feed, dict) else {input_name: feed})[0]
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)

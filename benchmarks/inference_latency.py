@@ -7,9 +7,10 @@ For the digits MLP and the image CNN, the same run is timed three ways, interlea
   onnxruntime_bare  inference_session(bundle/model.onnx, threads).run(["probabilities"], feed): the bundle's
                     session on a ready feed dict (model.onnx is the whole pipeline: raw columns in, issue 14)
 
-plus two diagnostics: bundle_preprocess, predictor.prepare(raw) alone (its checks and the copy); and onnxruntime_bound, the same session run
-through IO binding on a buffer bound once (how the bundle runs rows of numbers: session.run converts each of the
-graph's inputs on every call, which at digits' 64 inputs costs more than the model). ``raw`` is one test
+plus two diagnostics: bundle_preprocess, predictor.prepare(raw) alone (its checks and the copy); and
+onnxruntime_bound, the same session run through IO binding on a buffer bound once (how the bundle runs rows of
+numbers: session.run converts each of the graph's inputs on every call, which at digits' 64 inputs costs more
+than the model). ``raw`` is one test
 sample as the user passes it ((1, 64) float64 for digits, (1, 32, 32, 3) uint8 for the CNN); ``feed`` is
 it as the graph's raw inputs (64 float32 [1, 1] arrays for digits; the uint8 image for the CNN); ``x`` is it
 preprocessed for torch. Every variant runs at the same thread count. Rounds of blocks (one block of each
