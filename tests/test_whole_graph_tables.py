@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 from _inference_fixtures import REPO, SRC, TINY_MLP
+from test_whole_graph import predict_both_ways
 
 import trainfer
 from trainfer.exporting import export, export_model, graph_inputs, onnx_outputs
@@ -81,38 +81,6 @@ def _model_only_outputs(run, X) -> np.ndarray:
     return onnx_outputs(buf.getvalue(), graph_inputs(run.features, X)[1])
 
 
-_PLAIN = textwrap.dedent("""
-    import csv, json, sys
-
-    class _Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if name == "trainfer" or name.startswith("trainfer."):
-                raise ImportError("trainfer is not importable here")
-
-    sys.meta_path.insert(0, _Refuse())
-    import numpy as np
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-    # which column each input is: the graph says it (a column named like an output is fed as input:<column>)
-    columns = {i["name"]: i["column"] for i in
-               json.loads(sess.get_modelmeta().custom_metadata_map["trainfer.raw_inputs"])}
-    with open(sys.argv[2], newline="", encoding="utf-8") as fh:
-        table = list(csv.DictReader(fh))
-    feed = {}
-    for i in sess.get_inputs():
-        cells = [r[columns[i.name]] for r in table]
-        if i.type == "tensor(string)":
-            feed[i.name] = np.array(cells, dtype=object).reshape(-1, 1)
-        elif i.name == "when":  # a date: seconds since 1970 UTC, as the contract says
-            days = np.array([c or "NaT" for c in cells], dtype="datetime64[D]")
-            feed[i.name] = np.where(np.isnat(days), np.nan, days.astype("datetime64[s]").astype(np.int64))
-            feed[i.name] = feed[i.name].astype(np.float64).reshape(-1, 1)
-        else:
-            dtype = np.float64 if i.type == "tensor(double)" else np.float32
-            feed[i.name] = np.array([float(c) if c != "" else np.nan for c in cells], dtype=dtype).reshape(-1, 1)
-    print(json.dumps([str(v) for v in sess.run(["label"], feed)[0].tolist()]))
-""")
 
 
 def test_columns_named_like_outputs_get_unique_inputs_and_plain_onnxruntime_agrees(messy, tmp_path: Path) -> None:
@@ -136,17 +104,8 @@ def test_columns_named_like_outputs_get_unique_inputs_and_plain_onnxruntime_agre
     X = X[list(reversed(X.columns))].assign(comment="extra")
     rows = tmp_path / "rows.csv"
     X.to_csv(rows, index=False, encoding="utf-8")
-    out = tmp_path / "predictions.csv"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    cli = subprocess.run([sys.executable, "-m", "trainfer.cli", "predict", str(bundle), str(rows), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
-    assert cli.returncode == 0, cli.stderr
-    with open(out, newline="", encoding="utf-8") as fh:
-        want = [r["prediction"] for r in csv.DictReader(fh)]
-    plain = subprocess.run([sys.executable, "-I", "-c", _PLAIN, str(bundle / "model.onnx"), str(rows)],
-                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert plain.returncode == 0, plain.stderr
-    assert json.loads(plain.stdout.splitlines()[-1]) == want and len(set(want)) == 2
+    want, got = predict_both_ways(bundle, rows, tmp_path)
+    assert got == want and len(set(want)) == 2
 
     # and both equal numpy preprocessing + the model-only graph
     reference = _model_only_outputs(run, X)
