@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from trainfer.cli._common import JsonFlag, QuietFlag, _console, _force, _spinner, _verb, app
+from trainfer.cli._common import (
+    JsonFlag,
+    QuietFlag,
+    Terminated,
+    _console,
+    _force,
+    _spinner,
+    _verb,
+    app,
+    sigterm_stops,
+)
 from trainfer.errors import ConfigError
 
 
@@ -21,14 +30,6 @@ def _check_port(value: int) -> int:
     if not 0 <= value <= 65535:
         raise typer.BadParameter(f"must be a TCP port 0 to 65535 (0 picks a free one), not {value}")
     return value
-
-
-class _Terminated(BaseException):
-    """SIGTERM while serving (a BaseException, like KeyboardInterrupt: no handler on the way swallows it)."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated
 
 
 def _web_kept(args: dict[str, Any]) -> str:
@@ -97,16 +98,14 @@ def web(
         record["url"] = url
         if as_json:  # the human form is the "serving" line below (a temporary copy is nothing to host)
             _report(record, as_json)
-        previous = signal.signal(signal.SIGTERM, _terminate)  # stop as Ctrl-C does, temporary copy removed
         try:
-            print(f"serving {site} at {url} (Ctrl-C stops)", flush=True)
-            server.serve_forever()
-        except (KeyboardInterrupt, _Terminated) as exc:
+            with sigterm_stops():  # SIGTERM stops as Ctrl-C does, the temporary copy removed
+                print(f"serving {site} at {url} (Ctrl-C stops)", flush=True)
+                server.serve_forever()
+        except KeyboardInterrupt as exc:
             kept = f"the site stays at {site}" if scratch is None else "its temporary copy was removed"
             print(f"stopped serving {url}; {kept}", file=sys.stderr)
-            raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     finally:
         if server is not None:
             server.server_close()

@@ -9,7 +9,6 @@ beyond float32 is refused naming its row and column; a missing column is named).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -61,18 +60,17 @@ class RawFeeder:
         self.image = features.kind == "image"
         self._specs = [] if self.image else list(zip(features.inputs.columns, self.inputs, strict=True))
         # The hot path: every column a float32 number, rows given as a numeric ndarray.
-        self._all_f32 = not self.image and all(i["dtype"] == "float32" for i in self.inputs)
-        self.all_float32 = self._all_f32
-        self._local = threading.local()
+        self.all_float32 = not self.image and all(i["dtype"] == "float32" for i in self.inputs)
 
-    def feed(self, X: Any, reuse: bool = False) -> dict[str, np.ndarray]:
-        """The feed for ``X``. ``reuse=True`` fills a per-thread buffer kept for the batch size (no allocation
-        at batch 1): the arrays are only valid until this thread's next call, so the caller runs them at once."""
+    def feed(self, X: Any) -> dict[str, np.ndarray]:
+        """The feed for ``X``: fresh arrays, {input name: array} in the graph's dtypes, checked."""
         if self.image:
             return {self.names[0]: self.features.inputs.to_uint8(X, resize=False)}
         v = self.numeric_rows(X)
         if v is not None:
-            return self._numeric(v, reuse)
+            buf, feed = self.buffer(v.shape[0])
+            self.fill(buf, v)
+            return feed
         cols = self.features.inputs._columns_of(X)
         feed = {}
         for (spec, inp), values in zip(self._specs, cols, strict=True):
@@ -91,7 +89,7 @@ class RawFeeder:
     def numeric_rows(self, X: Any) -> np.ndarray | None:
         """``X`` as (n, ncols) numbers when the hot path applies (every input float32, ``X`` a numeric ndarray),
         else None. Raises InputError for an array of the wrong width."""
-        if not (self._all_f32 and isinstance(X, np.ndarray) and X.dtype.kind in "iufb"):
+        if not (self.all_float32 and isinstance(X, np.ndarray) and X.dtype.kind in "iufb"):
             return None
         v = X.reshape(1, -1) if X.ndim == 1 else X
         if v.ndim != 2 or v.shape[1] != len(self.names):
@@ -132,20 +130,6 @@ class RawFeeder:
                 _check_finite(src[row:row + 1, col], self.inputs[col]["column"], True, row)
             return
         np.copyto(dest, v.T, casting="unsafe")
-
-    def _numeric(self, v: np.ndarray, reuse: bool) -> dict[str, np.ndarray]:
-        n = v.shape[0]
-        if reuse:
-            cache = self._local.__dict__.setdefault("bufs", {})
-            hit = cache.get(n)
-            if hit is None:
-                if len(cache) > 8:  # a few batch sizes recur (1, the server's batch); others are not kept
-                    cache.clear()
-                hit = cache[n] = self.buffer(n)
-        else:
-            hit = self.buffer(n)
-        self.fill(hit[0], v)
-        return hit[1]
 
 
 def _check_finite(v: np.ndarray, column: str, float32: bool, first_row: int = 0) -> None:
